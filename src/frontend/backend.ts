@@ -1,0 +1,65 @@
+/**
+ * The contract between host-facing front ends (NBD server, native host protocol) and a node's
+ * volumes. Front ends parse and validate requests and map results to protocol errors; everything
+ * behind this interface (sequencer, journal, volume file) belongs to src/node.
+ *
+ * Ordering contract: when a write/zero promise resolves, the write is journalled (page-cache
+ * durable at least) and visible to every later read on any connection. When `flush()` resolves,
+ * every write resolved before flush() was called is durable (journal fsynced). A write with
+ * `fua: true` is durable when it resolves. Rejections are `BackendError`s, never other throws.
+ */
+import type { TimeUs } from '../core/types.js';
+
+export type BackendErrno = 'EINVAL' | 'ENOSPC' | 'EPERM' | 'EIO' | 'ENOTSUP' | 'ESHUTDOWN';
+
+export class BackendError extends Error {
+  override name = 'BackendError';
+  constructor(
+    readonly errno: BackendErrno,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface Extent {
+  /** Length in bytes. */
+  readonly length: number;
+  /** NBD base:allocation flags: bit 0 = hole, bit 1 = reads as zero. */
+  readonly flags: number;
+}
+
+export interface WriteOptions {
+  /** Durable before the promise resolves. */
+  readonly fua?: boolean;
+  /** Host write time (native protocol only); becomes the record's host time. */
+  readonly hostTimeUs?: TimeUs;
+}
+
+export interface ZeroOptions extends WriteOptions {
+  /** Deallocation allowed (TRIM, or WRITE_ZEROES without NO_HOLE). */
+  readonly punchHole: boolean;
+}
+
+export interface VolumeExport {
+  readonly name: string;
+  readonly description: string;
+  readonly sizeBytes: number;
+  readonly readOnly: boolean;
+
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer, opts: WriteOptions): Promise<void>;
+  /** Zero a range (WRITE_ZEROES, TRIM). */
+  zero(offset: number, length: number, opts: ZeroOptions): Promise<void>;
+  flush(): Promise<void>;
+  /** Allocation status from `offset`, covering at most `length` bytes, at least one extent. */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /** Read-ahead hint (NBD_CMD_CACHE). May be a no-op. */
+  cache(offset: number, length: number): Promise<void>;
+}
+
+/** What a front end serves: the node's exports, looked up by name per connection. */
+export interface ExportCatalog {
+  list(): readonly VolumeExport[];
+  get(name: string): VolumeExport | undefined;
+}
