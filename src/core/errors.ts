@@ -19,6 +19,7 @@ export const ErrorCodes = {
   RC_ERR_UNKNOWN_NODE: 'no such node in the configuration',
   RC_ERR_AUTH: 'authentication failed',
   RC_ERR_SHUTDOWN: 'node is shutting down',
+  RC_ERR_LISTEN: 'cannot listen on a configured address',
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;
 

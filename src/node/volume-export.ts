@@ -1,0 +1,147 @@
+/**
+ * A node's volume as the front ends see it (VolumeExport): bounds and permission checks, then
+ * either the journalled write path (a volume that is the source of a group) or the device alone
+ * (a volume in no group). A volume that is the target of a group is exported read-only.
+ */
+import { RecordKind } from '../core/types.js';
+import type { Extent, VolumeExport, WriteOptions, ZeroOptions } from '../frontend/backend.js';
+import { BackendError } from '../frontend/backend.js';
+import type { BlockDevice } from '../storage/blockdev.js';
+import type { WritePath } from './write-path.js';
+
+export type VolumeRole =
+  | { kind: 'none' }
+  | { kind: 'source'; group: string }
+  | { kind: 'target'; group: string };
+
+/** Zero detection for BLOCK_STATUS looks at most this much per request. */
+const BLOCK_STATUS_SCAN_BYTES = 1 << 20;
+const BLOCK_STATUS_GRAIN_BYTES = 4096;
+const STATE_ZERO = 2;
+
+export class NodeVolume implements VolumeExport {
+  readonly readOnly: boolean;
+  readonly description: string;
+
+  constructor(
+    readonly name: string,
+    readonly device: BlockDevice,
+    readonly role: VolumeRole,
+    private readonly writePath: WritePath,
+  ) {
+    this.readOnly = role.kind === 'target';
+    this.description =
+      role.kind === 'none' ? 'remcopy volume' : `remcopy ${role.kind} volume of group ${role.group}`;
+  }
+
+  get sizeBytes(): number {
+    return this.device.sizeBytes;
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    const bad = this.rangeError(offset, length, 'EINVAL');
+    if (bad) return Promise.reject(bad);
+    return this.device.read(offset, length).catch((e) => {
+      throw new BackendError('EIO', `read failed: ${String(e)}`);
+    });
+  }
+
+  write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
+    const bad = this.writeError(offset, data.length);
+    if (bad) return Promise.reject(bad);
+    return this.submit(RecordKind.data, offset, data.length, data, opts);
+  }
+
+  zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    const bad = this.writeError(offset, length);
+    if (bad) return Promise.reject(bad);
+    return this.submit(RecordKind.zero, offset, length, undefined, opts);
+  }
+
+  flush(): Promise<void> {
+    if (this.role.kind === 'source') return this.writePath.flush();
+    return this.device.sync().catch((e) => {
+      throw new BackendError('EIO', `flush failed: ${String(e)}`);
+    });
+  }
+
+  /** Runs of all-zero 4 KiB blocks are reported as zero; everything else as allocated data. */
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    const bad = this.rangeError(offset, length, 'EINVAL');
+    if (bad) throw bad;
+    const scan = Math.min(length, BLOCK_STATUS_SCAN_BYTES);
+    const buf = await this.read(offset, scan);
+    const extents: Extent[] = [];
+    for (let at = 0; at < scan; ) {
+      const end = Math.min(scan, at + BLOCK_STATUS_GRAIN_BYTES - ((offset + at) % BLOCK_STATUS_GRAIN_BYTES));
+      const flags = isZero(buf, at, end) ? STATE_ZERO : 0;
+      const last = extents[extents.length - 1];
+      if (last && last.flags === flags)
+        extents[extents.length - 1] = { length: last.length + end - at, flags };
+      else extents.push({ length: end - at, flags });
+      at = end;
+    }
+    return extents;
+  }
+
+  cache(offset: number, length: number): Promise<void> {
+    const bad = this.rangeError(offset, length, 'EINVAL');
+    return bad ? Promise.reject(bad) : Promise.resolve();
+  }
+
+  private async submit(
+    kind: RecordKind,
+    offset: number,
+    length: number,
+    payload: Buffer | undefined,
+    opts: WriteOptions,
+  ): Promise<void> {
+    if (this.role.kind === 'source') {
+      return this.writePath.submit({
+        group: this.role.group,
+        kind,
+        volume: this.name,
+        device: this.device,
+        offset,
+        length,
+        payload,
+        hostTimeUs: opts.hostTimeUs,
+        fua: opts.fua === true,
+      });
+    }
+    try {
+      if (payload) this.device.writeSync(offset, payload);
+      else this.device.zeroSync(offset, length);
+      if (opts.fua) await this.device.sync();
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code === 'ENOSPC' ? 'ENOSPC' : 'EIO';
+      throw new BackendError(code, `write failed: ${String(e)}`);
+    }
+  }
+
+  private writeError(offset: number, length: number): BackendError | undefined {
+    if (this.readOnly) return new BackendError('EPERM', `${this.name} is read-only on this node`);
+    return this.rangeError(offset, length, 'ENOSPC');
+  }
+
+  /** Errors are returned, not thrown, so callers always get a rejected promise. */
+  private rangeError(offset: number, length: number, errno: 'EINVAL' | 'ENOSPC'): BackendError | undefined {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      return new BackendError('EINVAL', `bad range ${offset}+${length}`);
+    }
+    if (offset + length > this.sizeBytes) {
+      return new BackendError(
+        errno,
+        `range ${offset}+${length} is past the end of ${this.name} (${this.sizeBytes})`,
+      );
+    }
+    return undefined;
+  }
+}
+
+function isZero(buf: Buffer, from: number, to: number): boolean {
+  let i = from;
+  for (; i + 8 <= to; i += 8) if (buf.readBigUInt64LE(i) !== 0n) return false;
+  for (; i < to; i++) if (buf[i] !== 0) return false;
+  return true;
+}

@@ -1,0 +1,285 @@
+/**
+ * The write path of a node: turns host writes into journal records, applies them to volumes,
+ * and acknowledges them (DESIGN.md §3.1, §3.2, §6).
+ *
+ *   front end --submit()--> pending batch --(setImmediate)--> sequencer.next() per record
+ *      --> journal.append(batch)   one writev into the page cache
+ *      --> device.writeSync()      apply to the volume files
+ *      --> resolve                 (FUA writes wait for journal.sync(): group commit)
+ *
+ * Ordering contract: a write is acknowledged only after its record is in the journal and its data
+ * in the volume, so a later read sees it and a FLUSH (journal.sync) makes it durable. Records are
+ * appended in the order they are sequenced, and applied in the same order, so the journal is a redo
+ * log of the volumes: on start, `redo` replays every retained record. A record is released only
+ * after the volumes it touched are synced (release()), so the redo log never has a hole.
+ *
+ * Journal full (policy `throttle`): a batch that does not fit waits for space (records to be
+ * released), at most `throttleMaxDelayMs` per write; past that the write fails with ENOSPC and
+ * nothing is changed: the volume and the journal stay as they were, the seq is not consumed.
+ */
+import { assert } from '../core/assert.js';
+import { RemcopyError } from '../core/errors.js';
+import type { Sequencer } from '../core/sequencer.js';
+import type { RecordHeader, RecordKind, Seq, TimeUs } from '../core/types.js';
+import { byteOffset, RecordKind as Kind } from '../core/types.js';
+import { BackendError } from '../frontend/backend.js';
+import type { BlockDevice } from '../storage/blockdev.js';
+
+/** What the write path needs of a journal (src/storage/journal.ts implements it). */
+export interface JournalPort {
+  append(records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer }>): void;
+  sync(): Promise<void>;
+  release(group: string, uptoSeq: Seq): void;
+}
+
+export interface WriteRequest {
+  readonly group: string;
+  readonly kind: RecordKind;
+  readonly volume: string;
+  readonly device: BlockDevice;
+  readonly offset: number;
+  readonly length: number;
+  readonly payload?: Buffer;
+  readonly hostTimeUs?: TimeUs;
+  readonly fua: boolean;
+}
+
+interface Pending extends WriteRequest {
+  readonly arrivedMs: number;
+  readonly resolve: () => void;
+  readonly reject: (e: BackendError) => void;
+}
+
+export interface WritePathOptions {
+  readonly sequencer: Sequencer;
+  readonly journal: JournalPort;
+  readonly epochOf: (group: string) => number;
+  readonly nowUs: () => TimeUs;
+  readonly nowMs: () => number;
+  readonly throttleMaxDelayMs: number;
+  /** How often a throttled batch retries when no release wakes it. */
+  readonly throttleRetryMs?: number;
+  readonly log: (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+}
+
+export interface WritePathStats {
+  recordsAppended: number;
+  batches: number;
+  throttledWrites: number;
+  throttleDelayMsTotal: number;
+  rejectedJournalFull: number;
+}
+
+export class WritePath {
+  private pending: Pending[] = [];
+  private scheduled = false;
+  private throttleTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  readonly stats: WritePathStats = {
+    recordsAppended: 0,
+    batches: 0,
+    throttledWrites: 0,
+    throttleDelayMsTotal: 0,
+    rejectedJournalFull: 0,
+  };
+
+  constructor(private readonly o: WritePathOptions) {}
+
+  submit(req: WriteRequest): Promise<void> {
+    if (this.closed) return Promise.reject(new BackendError('ESHUTDOWN', 'node is shutting down'));
+    return new Promise((resolve, reject) => {
+      this.pending.push({ ...req, arrivedMs: this.o.nowMs(), resolve, reject });
+      this.schedule();
+    });
+  }
+
+  /** Durable point for FLUSH: every acknowledged write is in the fsynced journal. */
+  flush(): Promise<void> {
+    return this.o.journal.sync().catch((e) => {
+      throw new BackendError('EIO', `journal sync failed: ${(e as Error).message}`);
+    });
+  }
+
+  /** Records of `group` up to `uptoSeq` are no longer needed: sync their volumes, then release. */
+  async release(group: string, uptoSeq: Seq, devices: readonly BlockDevice[]): Promise<void> {
+    assert(uptoSeq <= this.o.sequencer.seqOf(group), 'release beyond the last appended seq');
+    await Promise.all(devices.map((d) => d.sync()));
+    this.o.journal.release(group, uptoSeq);
+    if (this.throttleTimer) this.retryThrottled();
+  }
+
+  get throttling(): boolean {
+    return this.throttleTimer !== undefined;
+  }
+
+  /** Stop taking writes; append what is pending (or fail it), then resolve. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.throttleTimer) clearTimeout(this.throttleTimer);
+    this.throttleTimer = undefined;
+    if (this.pending.length > 0) this.runBatch();
+    for (const p of this.pending.splice(0)) p.reject(new BackendError('ESHUTDOWN', 'node is shutting down'));
+    await this.o.journal.sync();
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.throttleTimer) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      if (!this.throttleTimer) this.runBatch();
+    });
+  }
+
+  private runBatch(): void {
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length === 0) return;
+    const appended = this.appendAll(batch);
+    if (appended < batch.length) {
+      // Journal full: keep the rest, oldest first, and wait for space.
+      this.pending = batch.slice(appended).concat(this.pending);
+      this.startThrottle();
+    }
+  }
+
+  /** Append and apply `batch` in order; returns how many were appended (all, unless full). */
+  private appendAll(batch: Pending[]): number {
+    const snap = this.o.sequencer.snapshot();
+    const records = batch.map((p) => ({ header: this.headerOf(p), payload: p.payload }));
+    try {
+      this.o.journal.append(records);
+    } catch (e) {
+      this.o.sequencer.restore(snap);
+      if (!(e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') || batch.length === 1) {
+        return this.failAppend(batch, e);
+      }
+      return this.appendOneByOne(batch);
+    }
+    this.stats.batches++;
+    this.applyAndAck(batch);
+    return batch.length;
+  }
+
+  /** The batch did not fit whole: append a prefix record by record, as far as space allows. */
+  private appendOneByOne(batch: Pending[]): number {
+    let i = 0;
+    for (; i < batch.length; i++) {
+      const p = batch[i]!;
+      const snap = this.o.sequencer.snapshot();
+      try {
+        this.o.journal.append([{ header: this.headerOf(p), payload: p.payload }]);
+      } catch (e) {
+        this.o.sequencer.restore(snap);
+        if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') break;
+        this.failAppend([p], e);
+        continue;
+      }
+      this.applyAndAck([p]);
+    }
+    this.stats.batches++;
+    return i;
+  }
+
+  /** A full journal returns 0 (the caller throttles); any other error fails the writes. */
+  private failAppend(batch: Pending[], e: unknown): number {
+    if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') return 0;
+    const errno =
+      (e as NodeJS.ErrnoException).code === 'ENOSPC' || /ENOSPC/.test(String(e)) ? 'ENOSPC' : 'EIO';
+    this.o.log('error', 'journal append failed; writes rejected, nothing changed', { error: String(e) });
+    for (const p of batch) p.reject(new BackendError(errno, `journal append failed: ${String(e)}`));
+    return batch.length;
+  }
+
+  private headerOf(p: Pending): RecordHeader {
+    const f = this.o.sequencer.next(p.group, p.hostTimeUs, this.o.nowUs());
+    return {
+      kind: p.kind,
+      group: p.group,
+      seq: f.seq,
+      writeTimeUs: f.writeTimeUs,
+      hostTimeUs: f.hostTimeUs,
+      nodeId: f.nodeId,
+      ordinal: f.ordinal,
+      epoch: this.o.epochOf(p.group),
+      volume: p.volume,
+      offset: byteOffset(p.offset),
+      length: p.length,
+      markerNo: 0,
+    };
+  }
+
+  private applyAndAck(batch: Pending[]): void {
+    this.stats.recordsAppended += batch.length;
+    const durable: Pending[] = [];
+    for (const p of batch) {
+      try {
+        applyToDevice(p.device, p.kind, p.offset, p.length, p.payload);
+      } catch (e) {
+        // The record is journalled, so a restart redoes it; the host is told it failed.
+        this.o.log('error', 'volume write failed after journalling', { volume: p.volume, error: String(e) });
+        p.reject(new BackendError('EIO', `volume write failed: ${String(e)}`));
+        continue;
+      }
+      if (p.fua) durable.push(p);
+      else p.resolve();
+    }
+    if (durable.length === 0) return;
+    this.o.journal.sync().then(
+      () => {
+        for (const p of durable) p.resolve();
+      },
+      (e) => {
+        for (const p of durable) p.reject(new BackendError('EIO', `journal sync failed: ${String(e)}`));
+      },
+    );
+  }
+
+  private startThrottle(): void {
+    const now = this.o.nowMs();
+    this.expireThrottled(now);
+    if (this.pending.length === 0) return;
+    this.o.log('warn', 'journal full: delaying host writes', { waiting: this.pending.length });
+    this.throttleTimer = setTimeout(() => this.retryThrottled(), this.o.throttleRetryMs ?? 5);
+  }
+
+  private retryThrottled(): void {
+    if (this.throttleTimer) clearTimeout(this.throttleTimer);
+    this.throttleTimer = undefined;
+    const first = this.pending[0];
+    this.runBatch();
+    if (first && this.pending[0] !== first) {
+      const waitedMs = this.o.nowMs() - first.arrivedMs;
+      this.stats.throttledWrites++;
+      this.stats.throttleDelayMsTotal += waitedMs;
+    }
+  }
+
+  /** Writes that waited longer than the bound fail with ENOSPC; nothing of them was written. */
+  private expireThrottled(now: number): void {
+    const keep: Pending[] = [];
+    for (const p of this.pending) {
+      if (now - p.arrivedMs >= this.o.throttleMaxDelayMs) {
+        this.stats.rejectedJournalFull++;
+        p.reject(new BackendError('ENOSPC', 'journal full: write not accepted (no data changed)'));
+      } else keep.push(p);
+    }
+    this.pending = keep;
+  }
+}
+
+/** Apply one record's effect to a volume: the same code for host writes and for redo. */
+export function applyToDevice(
+  device: BlockDevice,
+  kind: RecordKind,
+  offset: number,
+  length: number,
+  payload: Buffer | undefined,
+): void {
+  if (kind === Kind.data || kind === Kind.copy) {
+    assert(payload !== undefined && payload.length === length, 'payload length');
+    device.writeSync(offset, payload);
+  } else if (kind === Kind.zero) {
+    device.zeroSync(offset, length);
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * Real-process test support: free loopback ports, a topology file, and `remcopy node` as a child
+ * process that can be stopped cleanly (SIGTERM) or killed (SIGKILL). Used by the crash and
+ * interop tests and the benchmarks; everything binds to 127.0.0.1.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import * as net from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+export const CLI_MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+
+/** Ports the kernel reports free right now (bound to port 0, then released). */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<net.Server>((resolve, reject) => {
+          const s = net.createServer();
+          s.once('error', reject);
+          s.listen(0, '127.0.0.1', () => resolve(s));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+export interface TestNodeSpec {
+  volumes: Record<string, string>;
+  native?: boolean;
+  journal?: string;
+  writeTime?: 'host-last' | 'clock' | 'counter';
+}
+
+export interface TestTopology {
+  file: string;
+  secret: string;
+  ports: Map<string, { nbd: number; link: number; api: number; native?: number }>;
+}
+
+/**
+ * Write a topology with the given nodes; `groups` maps group name to [source, target, volume].
+ * Each pair uses the same volume name on both nodes.
+ */
+export async function writeTopology(
+  dir: string,
+  nodes: Record<string, TestNodeSpec>,
+  groups: Record<string, [string, string, string]> = {},
+): Promise<TestTopology> {
+  const secret = 'test-secret-0123456789';
+  const ports = new Map<string, { nbd: number; link: number; api: number; native?: number }>();
+  const lines = [`secret: ${secret}`, 'nodes:'];
+  for (const [name, spec] of Object.entries(nodes)) {
+    const [nbd, link, api, native] = (await freePorts(4)) as [number, number, number, number];
+    ports.set(name, { nbd, link, api, native: spec.native ? native : undefined });
+    lines.push(
+      `  ${name}:`,
+      `    dataDir: ./${name}`,
+      `    nbd: 127.0.0.1:${nbd}`,
+      `    link: 127.0.0.1:${link}`,
+    );
+    lines.push(`    api: 127.0.0.1:${api}`);
+    if (spec.native) lines.push(`    native: 127.0.0.1:${native}`);
+    if (spec.writeTime) lines.push(`    writeTime: ${spec.writeTime}`);
+    if (spec.journal) lines.push(`    journal: ${spec.journal}`);
+    const vols = Object.entries(spec.volumes).map(([v, size]) => `${v}: ${size}`);
+    lines.push(`    volumes: { ${vols.join(', ')} }`);
+  }
+  if (Object.keys(groups).length > 0) {
+    lines.push('groups:');
+    for (const [g, [source, target, vol]] of Object.entries(groups)) {
+      lines.push(`  ${g}: { source: ${source}, target: ${target}, pairs: { ${vol}: ${vol} } }`);
+    }
+  }
+  const file = join(dir, 'remcopy.yaml');
+  writeFileSync(file, `${lines.join('\n')}\n`);
+  return { file, secret, ports };
+}
+
+export interface NodeProcess {
+  readonly child: ChildProcess;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  readonly stderr: string[];
+  /** SIGTERM and wait; resolves to the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait. */
+  kill9(): Promise<void>;
+}
+
+/** Start `remcopy node` and wait for its ready line; rejects with its stderr if it exits first. */
+export function startNodeProcess(configFile: string, node: string, timeoutMs = 15000): Promise<NodeProcess> {
+  const child = spawn(process.execPath, [CLI_MAIN, 'node', '--config', configFile, '--node', node], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const stderr: string[] = [];
+  createInterface({ input: child.stderr! }).on('line', (l) => stderr.push(l));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const proc: NodeProcess = {
+    child,
+    exited,
+    stderr,
+    async stop() {
+      child.kill('SIGTERM');
+      return (await exited).code;
+    },
+    async kill9() {
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`node ${node} not ready in ${timeoutMs} ms: ${stderr.slice(-5).join('\n')}`));
+    }, timeoutMs);
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      if (l.includes(' ready: ')) {
+        clearTimeout(timer);
+        resolve(proc);
+      }
+    });
+    void exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(
+        new Error(`node ${node} exited (${code ?? signal}) before ready: ${stderr.slice(-5).join('\n')}`),
+      );
+    });
+  });
+}

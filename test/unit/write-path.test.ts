@@ -1,0 +1,216 @@
+/**
+ * Proves the write path's contract (DESIGN.md §3.1, §3.2, §6) against the real journal on disk:
+ * - every acknowledged write is in the journal with gapless per-group seqs and increasing order
+ *   keys, and in the volume, before it is acknowledged;
+ * - FUA waits for the journal's fdatasync; many FUA writers share one (group commit);
+ * - journal full (throttle): writes wait, bounded; released space lets them through in order;
+ *   past the bound they fail with ENOSPC and change nothing (volume, journal, seq);
+ * - redo: the retained journal replayed into a blank volume rebuilds it exactly.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { Sequencer } from '../../src/core/sequencer.js';
+import type { Seq } from '../../src/core/types.js';
+import { compareKeys, keyOf, nodeIdOf, ordinal, RecordKind, timeUs } from '../../src/core/types.js';
+import { BackendError } from '../../src/frontend/backend.js';
+import { applyToDevice, WritePath } from '../../src/node/write-path.js';
+import { MemBlockDevice } from '../../src/storage/blockdev.js';
+import { Journal } from '../../src/storage/journal.js';
+
+const root = mkdtempSync(join(tmpdir(), 'rc-wp-'));
+after(() => rmSync(root, { recursive: true, force: true }));
+let n = 0;
+
+const PAYLOAD_MAX = 64 * 1024;
+const SEGMENT = 80 * 1024;
+
+async function setup(opts: { bytesMax?: number; throttleMaxDelayMs?: number } = {}) {
+  const journal = await Journal.open({
+    dir: join(root, `j${n++}`),
+    bytesMax: opts.bytesMax ?? 64 * SEGMENT,
+    segmentBytes: SEGMENT,
+    limits: { recordPayloadBytesMax: PAYLOAD_MAX },
+  });
+  const sequencer = new Sequencer(nodeIdOf('a'), 'host-last', {
+    lastOrdinal: ordinal(0),
+    lastWriteTimeUs: timeUs(0),
+    lastSeq: new Map(),
+  });
+  let clock = 1_000;
+  const wp = new WritePath({
+    sequencer,
+    journal,
+    epochOf: () => 1,
+    nowUs: () => timeUs(clock++),
+    nowMs: () => performance.now(),
+    throttleMaxDelayMs: opts.throttleMaxDelayMs ?? 2000,
+    throttleRetryMs: 2,
+    log: () => {},
+  });
+  const dev = new MemBlockDevice(1 << 20);
+  const write = (group: string, offset: number, byte: number, length = 4096, fua = false) =>
+    wp.submit({
+      group,
+      kind: RecordKind.data,
+      volume: group === 'g1' ? 'v1' : 'v2',
+      device: dev,
+      offset,
+      length,
+      payload: Buffer.alloc(length, byte),
+      fua,
+    });
+  return { journal, sequencer, wp, dev, write };
+}
+
+test('acknowledged writes are journalled in order and applied before the ack', async () => {
+  const { journal, dev, write, wp } = await setup();
+  const acks: Promise<void>[] = [];
+  for (let i = 0; i < 200; i++) {
+    const p = write(i % 3 === 0 ? 'g2' : 'g1', (i % 100) * 4096, i & 0xff);
+    // Each ack finds its own bytes (or a later write's) in the volume.
+    acks.push(p.then(() => assert.notEqual(dev.bytes[(i % 100) * 4096], undefined)));
+  }
+  await Promise.all(acks);
+  const recs = [...journal.retained()];
+  assert.equal(recs.length, 200);
+  const seqs = new Map<string, number>();
+  for (let i = 0; i < recs.length; i++) {
+    const h = recs[i]!.header;
+    assert.equal(h.seq, (seqs.get(h.group) ?? 0) + 1, 'gapless seq per group');
+    seqs.set(h.group, h.seq);
+    if (i > 0) assert.equal(compareKeys(keyOf(recs[i - 1]!.header), keyOf(h)), -1, 'order keys increase');
+    assert.equal(recs[i]!.payload[0], i & 0xff, 'journal order is submission order');
+  }
+  assert.ok(wp.stats.batches < 200, 'writes were batched');
+  await journal.close();
+});
+
+test('FUA writes resolve only after an fdatasync; concurrent FUA writers share it', async () => {
+  const { journal, write } = await setup();
+  const before = journal.syncCount;
+  let synced = -1;
+  const acks = Array.from({ length: 64 }, (_, i) =>
+    write('g1', i * 4096, 1, 4096, true).then(() => {
+      // Every FUA ack comes after a completed sync round.
+      synced = Math.min(synced === -1 ? Number.POSITIVE_INFINITY : synced, journal.syncCount - before);
+    }),
+  );
+  await Promise.all(acks);
+  const rounds = journal.syncCount - before;
+  assert.ok(synced >= 1, 'no FUA write was acknowledged before a sync round completed');
+  assert.ok(rounds <= 2, `group commit: ${rounds} sync rounds for 64 FUA writes`);
+  await journal.close();
+});
+
+test('journal full: writes wait and go through in order once records are released', async () => {
+  const { journal, sequencer, wp, dev, write } = await setup({
+    bytesMax: 2 * SEGMENT,
+    throttleMaxDelayMs: 5000,
+  });
+  // Fill the journal: 64 KiB records, two segments of 80 KiB hold two of them.
+  await write('g1', 0, 1, PAYLOAD_MAX);
+  await write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
+  const third = write('g1', 2 * PAYLOAD_MAX, 3, PAYLOAD_MAX);
+  const fourth = write('g1', 3 * PAYLOAD_MAX, 4, PAYLOAD_MAX);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.ok(wp.throttling, 'throttling while full');
+  assert.equal(sequencer.seqOf('g1'), 2, 'waiting writes have no seq yet');
+  assert.equal(dev.bytes[2 * PAYLOAD_MAX], 0, 'waiting write not applied');
+  await wp.release('g1', 2 as Seq, [dev]);
+  await Promise.all([third, fourth]);
+  assert.equal(sequencer.seqOf('g1'), 4);
+  assert.deepEqual(
+    [...journal.retained()].map((r) => r.header.seq),
+    [3, 4],
+  );
+  assert.ok(wp.stats.throttledWrites >= 1 && wp.stats.throttleDelayMsTotal > 0, 'delay is counted');
+  await journal.close();
+});
+
+test('journal full past the bound: ENOSPC, and nothing changes', async () => {
+  const { journal, sequencer, wp, dev, write } = await setup({
+    bytesMax: 2 * SEGMENT,
+    throttleMaxDelayMs: 50,
+  });
+  await write('g1', 0, 1, PAYLOAD_MAX);
+  await write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
+  const usage = journal.usage();
+  const t0 = performance.now();
+  await assert.rejects(
+    write('g1', 4 * PAYLOAD_MAX, 9, PAYLOAD_MAX),
+    (e: BackendError) => e.errno === 'ENOSPC',
+  );
+  const waited = performance.now() - t0;
+  assert.ok(waited >= 45, `waited ${waited} ms before failing`);
+  assert.equal(sequencer.seqOf('g1'), 2, 'no seq consumed');
+  assert.ok(
+    dev.bytes.subarray(4 * PAYLOAD_MAX, 5 * PAYLOAD_MAX).equals(Buffer.alloc(PAYLOAD_MAX)),
+    'volume unchanged',
+  );
+  assert.deepEqual(journal.usage(), usage, 'journal unchanged');
+  assert.equal(wp.stats.rejectedJournalFull, 1);
+  assert.equal(wp.throttling, false, 'throttling ends when nothing waits');
+  // And the node goes on: after a release the next write is seq 3.
+  await wp.release('g1', 2 as Seq, [dev]);
+  await write('g1', 0, 7, 4096);
+  assert.equal(sequencer.seqOf('g1'), 3);
+  await journal.close();
+});
+
+test('redo: replaying the retained journal rebuilds the volume exactly', async () => {
+  const { journal, dev, wp } = await setup();
+  const ops: Promise<void>[] = [];
+  for (let i = 0; i < 300; i++) {
+    const offset = ((i * 7919) % 250) * 4096 + (i % 3) * 512;
+    if (i % 10 === 9) {
+      ops.push(
+        wp.submit({
+          group: 'g1',
+          kind: RecordKind.zero,
+          volume: 'v1',
+          device: dev,
+          offset,
+          length: 8192,
+          fua: false,
+        }),
+      );
+    } else {
+      const payload = Buffer.alloc(4096 + (i % 5) * 512, i & 0xff);
+      ops.push(
+        wp.submit({
+          group: 'g1',
+          kind: RecordKind.data,
+          volume: 'v1',
+          device: dev,
+          offset,
+          length: payload.length,
+          payload,
+          fua: false,
+        }),
+      );
+    }
+  }
+  await Promise.all(ops);
+  const rebuilt = new MemBlockDevice(dev.sizeBytes);
+  for (const { header, payload } of journal.retained()) {
+    applyToDevice(
+      rebuilt,
+      header.kind,
+      header.offset,
+      header.length,
+      header.kind === RecordKind.data ? payload : undefined,
+    );
+  }
+  assert.ok(rebuilt.bytes.equals(dev.bytes));
+  await journal.close();
+});
+
+test('after close, writes are refused with ESHUTDOWN', async () => {
+  const { journal, wp, write } = await setup();
+  await wp.close();
+  await assert.rejects(write('g1', 0, 1), (e: BackendError) => e.errno === 'ESHUTDOWN');
+  await journal.close();
+});
