@@ -4,6 +4,8 @@
  *   GET  /v1/status                         node, volumes, groups, journal usage, write-path counters
  *   POST /v1/groups/:group/release  {uptoSeq} release journal records (what a target's durable
  *                                           report will do once replication ships them)
+ *   GET  /v1/groups/:group/records?fromSeq=N&max=M   headers of retained journal records (no data):
+ *                                           what was journalled, with its order key
  * Request bodies are bounded; bad input gets a 4xx with a JSON error and changes nothing.
  */
 import { timingSafeEqual } from 'node:crypto';
@@ -16,7 +18,11 @@ const BODY_BYTES_MAX = 64 * 1024;
 export interface ApiHandlers {
   status(): unknown;
   release(group: string, uptoSeq: number): Promise<unknown>;
+  records(group: string, fromSeq: number, max: number): unknown;
 }
+
+/** Most record headers one records request returns. */
+export const RECORDS_PER_REQUEST_MAX = 1000;
 
 export class ApiError extends Error {
   constructor(
@@ -66,6 +72,12 @@ export class ApiServer {
     const url = new URL(req.url ?? '/', 'http://x');
     if (req.method === 'GET' && url.pathname === '/v1/status')
       return this.reply(res, 200, this.handlers.status());
+    const r = /^\/v1\/groups\/([^/]+)\/records$/.exec(url.pathname);
+    if (req.method === 'GET' && r) {
+      const fromSeq = intParam(url, 'fromSeq', 1);
+      const max = Math.min(intParam(url, 'max', 100), RECORDS_PER_REQUEST_MAX);
+      return this.reply(res, 200, this.handlers.records(decodeURIComponent(r[1]!), fromSeq, max));
+    }
     const m = /^\/v1\/groups\/([^/]+)\/release$/.exec(url.pathname);
     if (req.method === 'POST' && m) {
       const body = await readJson(req);
@@ -88,6 +100,15 @@ export class ApiServer {
     res.writeHead(status, { 'content-type': 'application/json' });
     res.end(`${JSON.stringify(body)}\n`);
   }
+}
+
+function intParam(url: URL, name: string, dflt: number): number {
+  const v = url.searchParams.get(name);
+  if (v === null) return dflt;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n))
+    throw new ApiError(400, `${name} must be a non-negative integer`);
+  return n;
 }
 
 function readJson(req: http.IncomingMessage): Promise<unknown> {

@@ -1,0 +1,71 @@
+#!/usr/bin/env node
+/**
+ * The `remcopy` command. Exit codes (README.md): 0 ok, 1 a command ran and failed, 2 bad usage or
+ * bad configuration (nothing was started or changed).
+ */
+import { Command, CommanderError } from 'commander';
+import { ExitCode, RemcopyError } from '../core/errors.js';
+import { runDemo } from './demo.js';
+import { runNode, runUp } from './run.js';
+import { runStatus } from './status.js';
+
+function program(setCode: (code: number) => void): Command {
+  const run =
+    <A extends unknown[]>(f: (...a: A) => Promise<number>) =>
+    async (...a: A): Promise<void> => {
+      setCode(await f(...a));
+    };
+  const p = new Command('remcopy')
+    .description('consistent remote copy of block volumes')
+    .exitOverride()
+    .showHelpAfterError();
+  p.command('node')
+    .description('run one node of the configuration in the foreground')
+    .requiredOption('--config <file>', 'topology YAML file')
+    .requiredOption('--node <name>', 'which node of the file to run')
+    .action(run((o: { config: string; node: string }) => runNode(o.config, o.node)));
+  p.command('up')
+    .description('run every node of the configuration on this machine (Ctrl-C stops them cleanly)')
+    .requiredOption('--config <file>', 'topology YAML file')
+    .action(run((o: { config: string }) => runUp(o.config)));
+  p.command('status')
+    .description('per node: volumes, groups, sequence numbers, journal usage')
+    .requiredOption('--config <file>', 'topology YAML file')
+    .option('--json', 'print JSON')
+    .option('--watch', 'refresh every second until Ctrl-C')
+    .action(run((o: { config: string; json?: boolean; watch?: boolean }) => runStatus(o.config, o)));
+  p.command('demo')
+    .description('start a node in a temporary directory, write to it, crash it, and prove nothing was lost')
+    .option('--keep', 'keep the temporary directory')
+    .action(run((o: { keep?: boolean }) => runDemo(o)));
+  return p;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    let code: number = ExitCode.ok;
+    await program((c) => {
+      code = c;
+    }).parseAsync(argv, { from: 'user' });
+    return code;
+  } catch (e) {
+    return reportError(e);
+  }
+}
+
+function reportError(e: unknown): number {
+  if (e instanceof CommanderError) {
+    return e.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+  }
+  if (e instanceof RemcopyError) {
+    process.stderr.write(`remcopy: ${e.message}\n`);
+    return e.code === 'RC_ERR_CONFIG' || e.code === 'RC_ERR_USAGE' || e.code === 'RC_ERR_UNKNOWN_NODE'
+      ? ExitCode.usage
+      : ExitCode.failure;
+  }
+  process.stderr.write(`remcopy: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  return ExitCode.failure;
+}
+
+const code = await main(process.argv.slice(2));
+process.exitCode = code;

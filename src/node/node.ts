@@ -1,0 +1,322 @@
+/**
+ * One remcopy node: opens its volumes and journal, redoes the journal into the volumes after a
+ * crash, and serves the host front ends (NBD, native protocol) and the management API.
+ *
+ *   start: lock dataDir -> open volumes -> open journal (recovery) -> redo retained records
+ *          -> sequencer resumes after the journal's last seq/ordinal/time -> listen
+ *   stop:  stop listening; in-flight requests are answered -> pending writes appended
+ *          -> journal synced -> volumes synced -> unlock
+ */
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { RemcopyError } from '../core/errors.js';
+import { Sequencer } from '../core/sequencer.js';
+import type { Seq, TimeUs } from '../core/types.js';
+import { kindCarriesData, RecordKind, recordKindName, timeUs } from '../core/types.js';
+import type { ExportCatalog } from '../frontend/backend.js';
+import { NativeServer } from '../frontend/native/server.js';
+import { NbdServer } from '../frontend/nbd/server.js';
+import type { BlockDevice } from '../storage/blockdev.js';
+import { FileBlockDevice } from '../storage/blockdev.js';
+import { Journal } from '../storage/journal.js';
+import { ApiError, ApiServer } from './api.js';
+import type { NodeConfig, Topology } from './config.js';
+import { volumeRole } from './config.js';
+import type { Log } from './log.js';
+import type { VolumeRole } from './volume-export.js';
+import { NodeVolume } from './volume-export.js';
+import { applyToDevice, WritePath } from './write-path.js';
+
+/** Bytes of records one records request reads from the journal, at most. */
+const RECORD_HEADERS_READ_BYTES_MAX = 8 * 1024 * 1024;
+
+export interface NodePorts {
+  nbd: number;
+  api: number;
+  native?: number;
+}
+
+export function nowUs(): TimeUs {
+  return timeUs(Math.floor((performance.timeOrigin + performance.now()) * 1000));
+}
+
+export class RemcopyNode {
+  private nbd?: NbdServer;
+  private native?: NativeServer;
+  private api?: ApiServer;
+  private stopping?: Promise<void>;
+  ports: NodePorts = { nbd: 0, api: 0 };
+  readonly startedAtMs = Date.now();
+  redoRecords = 0;
+
+  private constructor(
+    readonly topo: Topology,
+    readonly cfg: NodeConfig,
+    private readonly log: Log,
+    private readonly volumes: Map<string, NodeVolume>,
+    readonly journal: Journal,
+    readonly writePath: WritePath,
+    private readonly sequencer: Sequencer,
+    private readonly unlock: () => void,
+  ) {}
+
+  static async start(topo: Topology, nodeName: string, log: Log): Promise<RemcopyNode> {
+    const cfg = topo.nodes.get(nodeName);
+    if (!cfg) throw new RemcopyError('RC_ERR_UNKNOWN_NODE', `no node "${nodeName}" in ${topo.file}`);
+    if (cfg.journal.fullPolicy === 'suspend') {
+      throw new RemcopyError(
+        'RC_ERR_CONFIG',
+        `nodes.${nodeName}.journal.full: "suspend" needs dirty bitmaps, which this version does not have yet; use "throttle"`,
+      );
+    }
+    fs.mkdirSync(join(cfg.dataDir, 'journal'), { recursive: true });
+    fs.mkdirSync(join(cfg.dataDir, 'volumes'), { recursive: true });
+    const unlock = lockDataDir(cfg.dataDir);
+    const devices = new Map<string, BlockDevice>();
+    try {
+      for (const v of cfg.volumes.values()) devices.set(v.name, FileBlockDevice.open(v.path, v.sizeBytes));
+      const journal = await Journal.open({
+        dir: join(cfg.dataDir, 'journal'),
+        bytesMax: cfg.journal.bytesMax,
+        segmentBytes: cfg.journal.segmentBytes,
+        log,
+      });
+      const redone = await redo(journal, devices, log);
+      const sourceGroups = [...topo.groups.values()].filter((g) => g.source === nodeName).map((g) => g.name);
+      const sequencer = new Sequencer(cfg.nodeId, cfg.writeTime, {
+        lastOrdinal: journal.lastOrdinal(),
+        lastWriteTimeUs: journal.lastWriteTimeUs(),
+        lastSeq: new Map(sourceGroups.map((g) => [g, journal.lastSeq(g)])),
+      });
+      const writePath = new WritePath({
+        sequencer,
+        journal,
+        epochOf: () => 1,
+        nowUs,
+        nowMs: () => performance.now(),
+        throttleMaxDelayMs: cfg.journal.throttleMaxDelayMs,
+        log,
+      });
+      const volumes = new Map<string, NodeVolume>();
+      for (const [name, dev] of devices) {
+        volumes.set(name, new NodeVolume(name, dev, roleOf(topo, nodeName, name), writePath));
+      }
+      const node = new RemcopyNode(topo, cfg, log, volumes, journal, writePath, sequencer, unlock);
+      node.redoRecords = redone;
+      try {
+        await node.listen();
+      } catch (e) {
+        await node.stop();
+        throw e;
+      }
+      return node;
+    } catch (e) {
+      await Promise.all([...devices.values()].map((d) => d.close().catch(() => {})));
+      unlock();
+      throw e;
+    }
+  }
+
+  get catalog(): ExportCatalog {
+    const list = [...this.volumes.values()];
+    return { list: () => list, get: (name) => this.volumes.get(name) };
+  }
+
+  private async listen(): Promise<void> {
+    const { cfg } = this;
+    const tls = cfg.tls
+      ? {
+          cert: fs.readFileSync(cfg.tls.certFile),
+          key: fs.readFileSync(cfg.tls.keyFile),
+          ca: cfg.tls.caFile ? fs.readFileSync(cfg.tls.caFile) : undefined,
+          required: cfg.tls.required,
+        }
+      : undefined;
+    this.nbd = new NbdServer({ catalog: this.catalog, tls, log: this.log });
+    this.ports.nbd = await listening('nbd', cfg.nbd, () =>
+      this.nbd!.listen(cfg.nbd.host, cfg.nbd.port).then((r) => r.port),
+    );
+    if (cfg.native) {
+      const addr = cfg.native;
+      this.native = new NativeServer({ catalog: this.catalog, log: this.log });
+      this.ports.native = await listening('native', addr, () =>
+        this.native!.listen(addr.host, addr.port).then((r) => r.port),
+      );
+    }
+    this.api = new ApiServer(
+      this.topo.secret,
+      {
+        status: () => this.status(),
+        release: (g, s) => this.release(g, s),
+        records: (g, from, max) => this.records(g, from, max),
+      },
+      this.log,
+    );
+    this.ports.api = await listening('api', cfg.api, () => this.api!.listen(cfg.api.host, cfg.api.port));
+    this.log('info', 'node ready', {
+      node: cfg.name,
+      ports: this.ports,
+      volumes: [...this.volumes.keys()],
+      redoRecords: this.redoRecords,
+    });
+  }
+
+  status(): object {
+    const groups = [...this.topo.groups.values()]
+      .filter((g) => g.source === this.cfg.name || g.target === this.cfg.name)
+      .map((g) => ({
+        name: g.name,
+        role: g.source === this.cfg.name ? 'source' : 'target',
+        seqWritten: g.source === this.cfg.name ? this.sequencer.seqOf(g.name) : 0,
+      }));
+    return {
+      node: this.cfg.name,
+      pid: process.pid,
+      uptimeMs: Date.now() - this.startedAtMs,
+      ports: this.ports,
+      volumes: [...this.volumes.values()].map((v) => ({
+        name: v.name,
+        sizeBytes: v.sizeBytes,
+        role: v.role.kind,
+        group: v.role.kind === 'none' ? undefined : v.role.group,
+        readOnly: v.readOnly,
+      })),
+      groups,
+      journal: this.journal.usage(),
+      writePath: { ...this.writePath.stats, throttling: this.writePath.throttling },
+    };
+  }
+
+  async release(group: string, uptoSeq: number): Promise<object> {
+    const g = this.topo.groups.get(group);
+    if (!g || g.source !== this.cfg.name)
+      throw new ApiError(404, `${group} is not a source group of ${this.cfg.name}`);
+    if (uptoSeq > this.sequencer.seqOf(group)) {
+      throw new ApiError(
+        400,
+        `uptoSeq ${uptoSeq} is past the last written seq ${this.sequencer.seqOf(group)}`,
+      );
+    }
+    const devices = [...this.volumes.values()].filter(
+      (v) => v.role.kind === 'source' && v.role.group === group,
+    );
+    await this.writePath.release(
+      group,
+      uptoSeq as Seq,
+      devices.map((v) => v.device),
+    );
+    return { group, releasedUpTo: uptoSeq, journal: this.journal.usage() };
+  }
+
+  /** Headers of retained records of a source group from `fromSeq` on (released ones are gone). */
+  records(group: string, fromSeq: number, max: number): object {
+    const g = this.topo.groups.get(group);
+    if (!g || g.source !== this.cfg.name)
+      throw new ApiError(404, `${group} is not a source group of ${this.cfg.name}`);
+    const from = Math.max(fromSeq, this.journal.releasedSeq(group) + 1);
+    const recs = this.journal.readRetained(group, from as Seq, RECORD_HEADERS_READ_BYTES_MAX).slice(0, max);
+    return {
+      group,
+      releasedSeq: this.journal.releasedSeq(group),
+      lastSeq: this.journal.lastSeq(group),
+      records: recs.map((r) => ({ ...r.header, kind: recordKindName(r.header.kind) })),
+    };
+  }
+
+  /** Stop cleanly: answer in-flight requests, append what is pending, sync everything. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    this.log('info', 'stopping', { node: this.cfg.name });
+    await Promise.all([this.nbd?.close(), this.native?.close(), this.api?.close()]);
+    await this.writePath.close();
+    await this.journal.close();
+    await Promise.all([...this.volumes.values()].map((v) => v.device.close()));
+    this.unlock();
+    this.log('info', 'stopped', { node: this.cfg.name });
+  }
+}
+
+/** A port in use is an operating error with a clear message, not a stack trace. */
+async function listening(
+  what: string,
+  addr: { host: string; port: number },
+  f: () => Promise<number>,
+): Promise<number> {
+  try {
+    return await f();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? String(e);
+    throw new RemcopyError(
+      'RC_ERR_LISTEN',
+      `cannot listen for ${what} on ${addr.host}:${addr.port}: ${code}`,
+    );
+  }
+}
+
+function roleOf(topo: Topology, node: string, volume: string): VolumeRole {
+  const r = volumeRole(topo, node, volume);
+  if (r.role === 'none' || r.group === undefined) return { kind: 'none' };
+  return { kind: r.role, group: r.group };
+}
+
+/** Replay every retained record into the volumes: the journal is their redo log. */
+async function redo(journal: Journal, devices: Map<string, BlockDevice>, log: Log): Promise<number> {
+  let n = 0;
+  const skipped = new Set<string>();
+  for (const { header, payload } of journal.retained()) {
+    if (header.kind !== RecordKind.data && header.kind !== RecordKind.zero && header.kind !== RecordKind.copy)
+      continue;
+    const dev = devices.get(header.volume);
+    if (!dev || header.offset + header.length > dev.sizeBytes) {
+      skipped.add(header.volume);
+      continue;
+    }
+    applyToDevice(
+      dev,
+      header.kind,
+      header.offset,
+      header.length,
+      kindCarriesData(header.kind) ? payload : undefined,
+    );
+    n++;
+  }
+  if (skipped.size > 0)
+    log('warn', 'journal records for volumes not in this configuration were not redone', {
+      volumes: [...skipped],
+    });
+  await Promise.all([...devices.values()].map((d) => d.sync()));
+  if (n > 0) log('info', 'redo: journal records replayed into volumes', { records: n });
+  return n;
+}
+
+/** One process per data directory: a second one would corrupt the journal. */
+function lockDataDir(dataDir: string): () => void {
+  const path = join(dataDir, 'node.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(path, String(process.pid), { flag: 'wx' });
+      return () => fs.rmSync(path, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = Number(fs.readFileSync(path, 'utf8'));
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+        throw new RemcopyError('RC_ERR_USAGE', `${dataDir} is in use by process ${pid} (${path})`);
+      }
+      fs.rmSync(path, { force: true });
+    }
+  }
+  throw new RemcopyError('RC_ERR_USAGE', `cannot lock ${path}`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
