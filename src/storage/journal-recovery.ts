@@ -1,0 +1,196 @@
+/**
+ * Journal recovery: decides, at open, which bytes of the segment files are records and which are a
+ * torn tail to drop, and refuses a journal with a corrupt record in the middle.
+ *
+ * Called once by Journal.open (journal.ts), which receives every valid record through `onRecord`
+ * in append order, builds its index and checks the sequence rules (and may refuse too).
+ *
+ * The rule (DESIGN.md §3.2: no acknowledged write exists only in memory, and a bad record is never
+ * loaded):
+ *
+ *   seg 1: [rec][rec][rec]            every byte a valid record
+ *   seg 2: [rec][rec][XXXX...]        first bad byte at P: look for a later valid record
+ *          - found (later in seg 2 at any offset, or in seg 3...)  -> refuse, RC_ERR_JOURNAL_CORRUPT
+ *          - none                      -> torn tail: truncate seg 2 at P, delete later segments
+ *
+ * "Bad" is anything decodeRecord rejects: an incomplete record, a checksum mismatch, garbage, or
+ * zero bytes (a preallocated or sparse tail reads as zeroes: end of data). A torn tail can only
+ * come from a crash during an append, which writes at the end, so it is always after the last
+ * valid record of the whole journal, possibly spanning into a segment created by that append.
+ *
+ * A "later valid record" is one that decodes with a good checksum AND has an ordinal above the
+ * last good record's: every record appended after it has one, so real corruption is always caught,
+ * while an old record image that happens to sit inside a payload (a volume holding journal bytes)
+ * does not make a torn tail look like corruption.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { RemcopyError } from '../core/errors.js';
+import type { RecordHeader } from '../core/types.js';
+import { decodeRecord, RECORD_MAGIC_BYTES } from './record.js';
+
+export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+
+const SEGMENT_RE = /^seg-(\d{16})\.log$/;
+
+export function segmentFileName(no: number): string {
+  return `seg-${String(no).padStart(16, '0')}.log`;
+}
+
+/** Segment numbers found in `dir`, ascending. */
+export function listSegments(dir: string): number[] {
+  const nos: number[] = [];
+  for (const name of fs.readdirSync(dir)) {
+    const m = SEGMENT_RE.exec(name);
+    const no = m ? Number(m[1]) : -1;
+    if (Number.isSafeInteger(no) && no >= 0) nos.push(no);
+  }
+  return nos.sort((a, b) => a - b);
+}
+
+export interface RecoveredSegment {
+  readonly no: number;
+  /** Bytes of whole valid records: where the next append goes. */
+  readonly size: number;
+}
+
+export interface RecoveryResult {
+  /** Segments kept, ascending; the last one is the active segment. */
+  readonly segments: RecoveredSegment[];
+  /** Bytes dropped as a torn tail (0 when the journal ended cleanly). */
+  readonly droppedBytes: number;
+}
+
+/**
+ * Scans the segments `nos` of `dir` in order, calling `onRecord` for every valid record, truncates a
+ * torn tail, and throws RC_ERR_JOURNAL_CORRUPT for a corrupt record followed by a valid one.
+ */
+export function recoverSegments(
+  dir: string,
+  nos: readonly number[],
+  onRecord: (h: RecordHeader, segNo: number, offset: number, bytes: number) => void,
+  log: LogFn,
+): RecoveryResult {
+  const segments: RecoveredSegment[] = [];
+  let lastOrdinal = -1;
+  for (let i = 0; i < nos.length; i++) {
+    const no = nos[i]!;
+    const file = path.join(dir, segmentFileName(no));
+    const buf = readSegment(file);
+    let pos = 0;
+    let reason = '';
+    while (pos < buf.length) {
+      const r = decodeRecord(buf, pos);
+      if (!r.ok) {
+        reason = r.reason;
+        break;
+      }
+      onRecord(r.header, no, pos, r.bytes);
+      lastOrdinal = r.header.ordinal;
+      pos += r.bytes;
+    }
+    if (pos === buf.length) {
+      segments.push({ no, size: pos });
+      continue;
+    }
+    refuseIfValidFollows(dir, nos.slice(i), buf, pos, reason, lastOrdinal);
+    const droppedBytes = dropTornTail(dir, nos.slice(i), buf, pos, reason, log);
+    segments.push({ no, size: pos });
+    return { segments, droppedBytes };
+  }
+  return { segments, droppedBytes: 0 };
+}
+
+function readSegment(file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new RemcopyError(
+      'RC_ERR_JOURNAL_IO',
+      `${file}: cannot read journal segment: ${(e as Error).message}`,
+    );
+  }
+}
+
+/** The bad bytes at `pos` of segment nos[0] are corruption if any later valid record exists. */
+function refuseIfValidFollows(
+  dir: string,
+  nos: readonly number[],
+  buf: Buffer,
+  pos: number,
+  reason: string,
+  lastOrdinal: number,
+): void {
+  const badFile = path.join(dir, segmentFileName(nos[0]!));
+  for (let i = 0; i < nos.length; i++) {
+    const file = path.join(dir, segmentFileName(nos[i]!));
+    const b = i === 0 ? buf : readSegment(file);
+    const at = findValidRecord(b, i === 0 ? pos + 1 : 0, lastOrdinal);
+    if (at >= 0) {
+      throw new RemcopyError(
+        'RC_ERR_JOURNAL_CORRUPT',
+        `${badFile}: the record at byte offset ${pos} is invalid (${reason}) but a valid record follows ` +
+          `at byte offset ${at} of ${file}; refusing to open the journal (restore it or remove the ` +
+          `journal directory and resync the groups it held)`,
+      );
+    }
+  }
+}
+
+/** Offset of the first valid record at or after `from` with ordinal > `ordinalAbove`, or -1. */
+export function findValidRecord(buf: Buffer, from: number, ordinalAbove: number): number {
+  let at = buf.indexOf(RECORD_MAGIC_BYTES, from);
+  while (at >= 0) {
+    const r = decodeRecord(buf, at);
+    if (r.ok && r.header.ordinal > ordinalAbove) return at;
+    at = buf.indexOf(RECORD_MAGIC_BYTES, at + 1);
+  }
+  return -1;
+}
+
+/** Truncates segment nos[0] at `pos`, deletes the segments after it; returns the bytes dropped. */
+function dropTornTail(
+  dir: string,
+  nos: readonly number[],
+  buf: Buffer,
+  pos: number,
+  reason: string,
+  log: LogFn,
+): number {
+  const file = path.join(dir, segmentFileName(nos[0]!));
+  let dropped = buf.length - pos;
+  let allZero = isAllZero(buf, pos);
+  const deleted: string[] = [];
+  try {
+    for (const no of nos.slice(1)) {
+      const later = path.join(dir, segmentFileName(no));
+      const b = readSegment(later);
+      dropped += b.length;
+      allZero &&= isAllZero(b, 0);
+      fs.unlinkSync(later);
+      deleted.push(later);
+    }
+    const fd = fs.openSync(file, 'r+');
+    try {
+      fs.ftruncateSync(fd, pos);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (e) {
+    if (e instanceof RemcopyError) throw e;
+    throw new RemcopyError(
+      'RC_ERR_JOURNAL_IO',
+      `${file}: cannot drop the torn tail: ${(e as Error).message}`,
+    );
+  }
+  const fields = { segment: file, offset: pos, bytesDropped: dropped, reason, segmentsDeleted: deleted };
+  if (allZero) log('info', 'journal: zero tail after the last record dropped', fields);
+  else log('warn', 'journal: torn tail after the last valid record dropped', fields);
+  return dropped;
+}
+
+function isAllZero(buf: Buffer, from: number): boolean {
+  for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}

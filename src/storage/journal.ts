@@ -1,0 +1,956 @@
+/**
+ * The journal: a bounded, segmented, append-only log of records on disk (DESIGN.md §2, §3.2, §6).
+ *
+ * Every host write is appended here, with its order, before it is acknowledged; the write path
+ * (src/node/write-path.ts) appends, syncs for FLUSH/FUA, replays `retained()` at start, and
+ * releases records once their volumes are durable and the target has them; the sender/reader ships
+ * records with `readRetained()`.
+ *
+ *   append(batch) --writevSync--> page cache       (synchronous: in the journal when it returns)
+ *   sync()        --fdatasync---> disk             (group commit: one fdatasync in flight, the next
+ *                                                   one covers every caller that arrived meanwhile)
+ *   release(g, s) --state.json--> segment deleted  (state persisted before any segment goes)
+ *
+ * On disk, in `dir`:
+ *
+ *   seg-0000000000000001.log   [record][record]...[record]      records as in record.ts, no padding
+ *   seg-0000000000000002.log   [record]...                      a new segment when the next record
+ *   ...                                                         does not fit in segmentBytes
+ *   state.json                 released seq per group, highest ordinal/write time (journal-state.ts)
+ *
+ * Space: `usedBytes` is the sum of the sizes of the live segment files (records, released or not,
+ * in segments not yet deleted). An append that would take usedBytes above bytesMax throws
+ * RC_ERR_JOURNAL_FULL and writes nothing. A segment is deleted when it is not the active one and
+ * every record in it is released under the persisted state file.
+ *
+ * Rules asserted on append (programmer errors): per group, seq = previous + 1; ordinal strictly
+ * increasing over all groups; ticks are never journalled. Recovery (journal-recovery.ts) refuses
+ * a journal where these do not hold among the retained records.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { assert } from '../core/assert.js';
+import { RemcopyError } from '../core/errors.js';
+import type { Ordinal, RecordHeader, Seq, TimeUs } from '../core/types.js';
+import { ordinal, RecordKind, recordKindName, seq, timeUs } from '../core/types.js';
+import {
+  type LogFn,
+  listSegments,
+  type RecoveredSegment,
+  recoverSegments,
+  segmentFileName,
+} from './journal-recovery.js';
+import {
+  fsyncDir,
+  fsyncDirSync,
+  GroupIndex,
+  type JournalState,
+  readStateSync,
+  STATE_TMP_FILE_NAME,
+  writeState,
+} from './journal-state.js';
+import {
+  decodeRecord,
+  encodeHeader,
+  peekRecordBytes,
+  RECORD_HEADER_AND_NAMES_BYTES_MAX,
+  RECORD_PAYLOAD_BYTES_MAX,
+} from './record.js';
+
+export type { LogFn } from './journal-recovery.js';
+
+/** Default bytes per segment file. */
+export const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
+/** Bytes per segment file, at most: recovery reads a whole segment into memory. */
+export const SEGMENT_BYTES_MAX = 1024 * 1024 * 1024;
+/** Buffers per writev call, at most (Linux IOV_MAX). */
+export const WRITEV_BUFFERS_MAX = 1024;
+/** Bytes read per call when scanning a segment in retained(). */
+const READ_CHUNK_BYTES = 4 * 1024 * 1024;
+/** readRetained reads neighbouring records in one call when it wastes at most this much more. */
+const READ_COALESCE_GAP_BYTES = 64 * 1024;
+
+/** The file operations a test may replace to inject faults (ENOSPC, EIO, short writes). */
+export interface JournalIo {
+  writevSync(fd: number, buffers: readonly NodeJS.ArrayBufferView[], position: number): number;
+  fdatasync(fd: number): Promise<void>;
+}
+
+const realIo: JournalIo = {
+  writevSync: (fd, buffers, position) => fs.writevSync(fd, buffers, position),
+  fdatasync: (fd) => new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve()))),
+};
+
+export interface JournalOptions {
+  readonly dir: string;
+  /** Bytes of live segment files, at most (>= 2 * segmentBytes). */
+  readonly bytesMax: number;
+  /** Bytes per segment file (default 64 MiB; >= the largest record). */
+  readonly segmentBytes?: number;
+  readonly log?: LogFn;
+  /** Lower limits, for tests that want small segments. */
+  readonly limits?: { readonly recordPayloadBytesMax?: number };
+  /** Fault injection for tests. */
+  readonly io?: JournalIo;
+}
+
+export interface JournalUsage {
+  readonly usedBytes: number;
+  readonly bytesMax: number;
+  readonly segments: number;
+  /** Retained (unreleased) records. */
+  readonly records: number;
+}
+
+export interface JournalRecord {
+  readonly header: RecordHeader;
+  readonly payload: Buffer;
+}
+
+interface Segment {
+  readonly no: number;
+  readonly file: string;
+  /** Bytes of whole records: where the next append goes. */
+  size: number;
+  /** Open while the segment is active or has unsynced writes; else null (reads open their own). */
+  fd: number | null;
+  /** Per group, the highest seq in this segment. */
+  readonly maxSeq: Map<string, number>;
+}
+
+interface Deferred {
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+function deferred(): Deferred {
+  let resolve!: () => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+interface PlannedRecord {
+  readonly header: RecordHeader;
+  readonly headerBuf: Buffer;
+  readonly payload: Buffer | undefined;
+  readonly bytes: number;
+  segNo: number;
+  offset: number;
+}
+
+export class Journal {
+  readonly dir: string;
+  readonly bytesMax: number;
+  readonly segmentBytes: number;
+  readonly recordPayloadBytesMax: number;
+  private readonly log: LogFn;
+  private readonly io: JournalIo;
+
+  /** Live segments in ascending order; the last one is the active segment. */
+  private readonly segments = new Map<number, Segment>();
+  private active: Segment | null = null;
+  private nextSegNo = 1;
+  private usedBytes = 0;
+  private retainedRecords = 0;
+  private readonly groups = new Map<string, GroupIndex>();
+  private lastOrdinalValue = 0;
+  private lastWriteTimeUsValue = 0;
+
+  // Group commit.
+  private appendGen = 0;
+  private syncedGen = 0;
+  private readonly dirtySegments = new Set<Segment>();
+  private dirDirty = false;
+  private inFlight: { gen: number; promise: Promise<void>; segments: Set<Segment> } | null = null;
+  private nextRound: Deferred | null = null;
+  private rounds = 0;
+  private fdatasyncs = 0;
+
+  // State file and segment deletion.
+  private persistedReleased = new Map<string, number>();
+  private stateDirty = false;
+  /** Write the state file even if no segment can go (resumeGroup, close). */
+  private stateForced = false;
+  private maintenance: Promise<void> | null = null;
+  private maintainAgain = false;
+
+  private failed: Error | null = null;
+  private closed = false;
+
+  // Used during recovery only (onRecovered).
+  private recoveredAny = false;
+  private recoveredOrdinal = 0;
+  private readonly recoveredSeq = new Map<string, number>();
+  private readonly recoveringSegments = new Map<number, Map<string, number>>();
+
+  private constructor(opts: JournalOptions) {
+    this.dir = opts.dir;
+    this.bytesMax = opts.bytesMax;
+    this.segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES_DEFAULT;
+    this.recordPayloadBytesMax = opts.limits?.recordPayloadBytesMax ?? RECORD_PAYLOAD_BYTES_MAX;
+    this.log = opts.log ?? (() => {});
+    this.io = opts.io ?? realIo;
+    const recordBytesMax = RECORD_HEADER_AND_NAMES_BYTES_MAX + this.recordPayloadBytesMax;
+    assert(
+      Number.isSafeInteger(this.recordPayloadBytesMax) &&
+        this.recordPayloadBytesMax >= 1 &&
+        this.recordPayloadBytesMax <= RECORD_PAYLOAD_BYTES_MAX,
+      `recordPayloadBytesMax ${this.recordPayloadBytesMax} must be in [1, ${RECORD_PAYLOAD_BYTES_MAX}]`,
+    );
+    assert(
+      Number.isSafeInteger(this.segmentBytes) && this.segmentBytes >= recordBytesMax,
+      `segmentBytes ${this.segmentBytes} must hold the largest record (${recordBytesMax} bytes)`,
+    );
+    assert(
+      this.segmentBytes <= SEGMENT_BYTES_MAX,
+      `segmentBytes ${this.segmentBytes} > ${SEGMENT_BYTES_MAX}`,
+    );
+    assert(
+      Number.isSafeInteger(this.bytesMax) && this.bytesMax >= 2 * this.segmentBytes,
+      `bytesMax ${this.bytesMax} must be at least 2 * segmentBytes (${2 * this.segmentBytes})`,
+    );
+  }
+
+  /** Opens (creating `dir` if needed) and recovers the journal; see journal-recovery.ts. */
+  static async open(opts: JournalOptions): Promise<Journal> {
+    const j = new Journal(opts);
+    try {
+      j.openSync();
+    } catch (e) {
+      j.closeFds();
+      throw e;
+    }
+    return j;
+  }
+
+  private openSync(): void {
+    const created = fs.mkdirSync(this.dir, { recursive: true });
+    if (created !== undefined) fsyncDirSync(path.dirname(path.resolve(created)));
+    fs.rmSync(path.join(this.dir, STATE_TMP_FILE_NAME), { force: true });
+    const state = readStateSync(this.dir);
+    this.loadState(state);
+    const nos = listSegments(this.dir);
+    const result = recoverSegments(
+      this.dir,
+      nos,
+      (h, segNo, offset, bytes) => this.onRecovered(h, segNo, offset, bytes),
+      this.log,
+    );
+    this.nextSegNo = (nos.length > 0 ? nos[nos.length - 1]! : 0) + 1;
+    this.adoptSegments(result.segments);
+    const deleted = this.deleteReleasedSegmentsSync();
+    if (result.droppedBytes > 0 || deleted > 0) fsyncDirSync(this.dir);
+    this.log('info', 'journal opened', {
+      dir: this.dir,
+      segments: this.segments.size,
+      records: this.retainedRecords,
+      usedBytes: this.usedBytes,
+      lastOrdinal: this.lastOrdinalValue,
+    });
+  }
+
+  private loadState(state: JournalState): void {
+    this.lastOrdinalValue = state.ordinalMax;
+    this.lastWriteTimeUsValue = state.writeTimeUsMax;
+    for (const [name, released] of state.releasedSeq) {
+      const g = this.group(name);
+      g.releasedSeq = released;
+      g.lastSeq = released;
+      this.persistedReleased.set(name, released);
+    }
+  }
+
+  private group(name: string): GroupIndex {
+    let g = this.groups.get(name);
+    if (g === undefined) {
+      g = new GroupIndex();
+      this.groups.set(name, g);
+    }
+    return g;
+  }
+
+  /** Checks one recovered record against the sequence rules and indexes it. */
+  private onRecovered(h: RecordHeader, segNo: number, offset: number, bytes: number): void {
+    const where = `${path.join(this.dir, segmentFileName(segNo))} at byte offset ${offset}`;
+    const refuse = (why: string): never => {
+      throw new RemcopyError('RC_ERR_JOURNAL_CORRUPT', `${where}: ${why}; refusing to open the journal`);
+    };
+    if (h.kind === RecordKind.tick) refuse('a tick record (ticks are never journalled)');
+    if (this.recoveredAny && h.ordinal <= this.recoveredOrdinal) {
+      refuse(`ordinal ${h.ordinal} does not follow the previous record's ${this.recoveredOrdinal}`);
+    }
+    this.recoveredAny = true;
+    this.recoveredOrdinal = h.ordinal;
+    const g = this.group(h.group);
+    const seenSeq = this.recoveredSeq.get(h.group) ?? 0;
+    if (h.seq <= seenSeq) refuse(`group ${h.group}: seq ${h.seq} does not follow seq ${seenSeq}`);
+    this.recoveredSeq.set(h.group, h.seq);
+    if (h.seq > g.releasedSeq) {
+      const expected = g.retained > 0 ? g.lastSeq + 1 : g.releasedSeq + 1;
+      if (h.seq !== expected) refuse(`group ${h.group}: seq ${h.seq} where ${expected} was expected (a gap)`);
+      g.push(segNo, offset, bytes);
+      this.retainedRecords++;
+    }
+    g.lastSeq = Math.max(g.lastSeq, h.seq);
+    this.lastOrdinalValue = Math.max(this.lastOrdinalValue, h.ordinal);
+    this.lastWriteTimeUsValue = Math.max(this.lastWriteTimeUsValue, h.writeTimeUs);
+    let seg = this.recoveringSegments.get(segNo);
+    if (seg === undefined) {
+      seg = new Map();
+      this.recoveringSegments.set(segNo, seg);
+    }
+    seg.set(h.group, h.seq);
+  }
+
+  private adoptSegments(recovered: readonly RecoveredSegment[]): void {
+    for (const r of recovered) {
+      const seg: Segment = {
+        no: r.no,
+        file: path.join(this.dir, segmentFileName(r.no)),
+        size: r.size,
+        fd: null,
+        maxSeq: this.recoveringSegments.get(r.no) ?? new Map(),
+      };
+      this.segments.set(r.no, seg);
+      this.usedBytes += r.size;
+    }
+    this.recoveringSegments.clear();
+    const last = recovered[recovered.length - 1];
+    if (last !== undefined) {
+      this.active = this.segments.get(last.no)!;
+      this.active.fd = this.openFd(this.active.file, 'r+');
+    }
+  }
+
+  private openFd(file: string, flags: string): number {
+    try {
+      return fs.openSync(file, flags);
+    } catch (e) {
+      throw ioError(`cannot open ${file}`, e);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Append
+
+  /**
+   * Appends `records` in order; synchronous: they are in the page cache when this returns (not
+   * durable until sync()). Throws RC_ERR_JOURNAL_FULL, having written nothing, when the batch does
+   * not fit in bytesMax; RC_ERR_JOURNAL_IO, having written nothing that recovery would load, on a
+   * write error.
+   */
+  append(records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer }>): void {
+    assert(!this.closed, 'append on a closed journal');
+    if (this.failed) throw ioError('journal failed earlier', this.failed);
+    if (records.length === 0) return;
+    const planned = this.encodeBatch(records);
+    let total = 0;
+    for (const p of planned) total += p.bytes;
+    if (this.usedBytes + total > this.bytesMax) {
+      throw new RemcopyError(
+        'RC_ERR_JOURNAL_FULL',
+        `${this.dir}: ${records.length} record(s) of ${total} bytes do not fit ` +
+          `(${this.usedBytes} of ${this.bytesMax} bytes used)`,
+      );
+    }
+    const created = this.placeBatch(planned);
+    const fds = this.writeBatch(planned, created);
+    this.commitBatch(planned, fds);
+  }
+
+  /** Checks the sequence rules and encodes every header (checksum over header + payload). */
+  private encodeBatch(records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer }>): PlannedRecord[] {
+    const planned: PlannedRecord[] = new Array(records.length);
+    const batchSeq = new Map<string, number>();
+    let lastOrdinal = this.lastOrdinalValue;
+    for (let i = 0; i < records.length; i++) {
+      const { header: h, payload } = records[i]!;
+      assert(h.kind !== RecordKind.tick, 'tick records take no seq and are never journalled');
+      const prev = batchSeq.get(h.group) ?? this.groups.get(h.group)?.lastSeq ?? 0;
+      const payloadBytes = payload === undefined ? 0 : payload.length;
+      // Messages are built only on failure: this is the hot path.
+      if (h.seq !== prev + 1)
+        assert(false, `group ${h.group}: ${recordKindName(h.kind)} seq ${h.seq} after ${prev}`);
+      if (h.ordinal <= lastOrdinal) assert(false, `ordinal ${h.ordinal} after ${lastOrdinal}`);
+      if (payloadBytes > this.recordPayloadBytesMax) {
+        assert(false, `payload of ${payloadBytes} bytes exceeds the limit of ${this.recordPayloadBytesMax}`);
+      }
+      batchSeq.set(h.group, h.seq);
+      lastOrdinal = h.ordinal;
+      const headerBuf = encodeHeader(h, payloadBytes > 0 ? payload : undefined);
+      const bytes = headerBuf.length + payloadBytes;
+      planned[i] = {
+        header: h,
+        headerBuf,
+        payload: payloadBytes > 0 ? payload : undefined,
+        bytes,
+        segNo: 0,
+        offset: 0,
+      };
+    }
+    return planned;
+  }
+
+  /** Gives every record its segment and offset; returns the numbers of segments to create. */
+  private placeBatch(planned: PlannedRecord[]): number[] {
+    const created: number[] = [];
+    let segNo = this.active?.no ?? -1;
+    let pos = this.active?.size ?? this.segmentBytes;
+    let nextNo = this.nextSegNo;
+    for (const p of planned) {
+      if (pos + p.bytes > this.segmentBytes) {
+        segNo = nextNo++;
+        created.push(segNo);
+        pos = 0;
+      }
+      p.segNo = segNo;
+      p.offset = pos;
+      pos += p.bytes;
+    }
+    return created;
+  }
+
+  /**
+   * Writes the planned records, one writev per run of at most 1024 buffers in one segment.
+   * Returns the fds of the segments it created, by segment number.
+   */
+  private writeBatch(planned: PlannedRecord[], created: readonly number[]): Map<number, number> {
+    const createdFds = new Map<number, number>();
+    const oldSize = this.active?.size ?? 0;
+    const fdOf = (no: number): number => (no === this.active?.no ? this.active.fd! : createdFds.get(no)!);
+    try {
+      for (const no of created)
+        createdFds.set(no, fs.openSync(path.join(this.dir, segmentFileName(no)), 'wx+'));
+      let i = 0;
+      while (i < planned.length) {
+        const first = planned[i]!;
+        const iov: Buffer[] = [];
+        let j = i;
+        for (; j < planned.length && planned[j]!.segNo === first.segNo; j++) {
+          if (iov.length + 2 > WRITEV_BUFFERS_MAX) break;
+          iov.push(planned[j]!.headerBuf);
+          if (planned[j]!.payload !== undefined) iov.push(planned[j]!.payload!);
+        }
+        this.writeFully(fdOf(first.segNo), iov, first.offset);
+        i = j;
+      }
+    } catch (e) {
+      this.rollback(createdFds, oldSize, e);
+      throw ioError(`append to ${this.dir} failed, nothing appended`, e);
+    }
+    return createdFds;
+  }
+
+  /** writev until every byte is written (a regular file may take a short write before ENOSPC). */
+  private writeFully(fd: number, iov: Buffer[], position: number): void {
+    let want = 0;
+    for (const b of iov) want += b.length;
+    let bufs = iov;
+    while (want > 0) {
+      const n = this.io.writevSync(fd, bufs, position);
+      if (n <= 0) throw Object.assign(new Error('writev wrote nothing'), { code: 'EIO' });
+      want -= n;
+      position += n;
+      if (want > 0) bufs = skipBytes(bufs, n);
+    }
+  }
+
+  /** Undo a failed batch: truncate the active segment back, remove the segments it created. */
+  private rollback(createdFds: Map<number, number>, oldSize: number, cause: unknown): void {
+    try {
+      if (this.active !== null) fs.ftruncateSync(this.active.fd!, oldSize);
+      for (const [no, fd] of createdFds) {
+        fs.closeSync(fd);
+        fs.unlinkSync(path.join(this.dir, segmentFileName(no)));
+      }
+    } catch (e) {
+      // Bytes of the failed batch may stay on disk: refuse everything from now on.
+      this.failed = e as Error;
+      this.log('error', 'journal: cannot undo a failed append; the journal is failed', {
+        dir: this.dir,
+        cause: String(cause),
+        error: String(e),
+      });
+    }
+  }
+
+  /** The batch is written: update segments, indexes and counters. */
+  private commitBatch(planned: PlannedRecord[], createdFds: Map<number, number>): void {
+    const previousActive = this.active;
+    for (const [no, fd] of createdFds) {
+      const seg: Segment = {
+        no,
+        file: path.join(this.dir, segmentFileName(no)),
+        size: 0,
+        fd,
+        maxSeq: new Map(),
+      };
+      this.segments.set(no, seg);
+      this.active = seg;
+      this.nextSegNo = no + 1;
+      this.dirDirty = true;
+    }
+    for (const p of planned) {
+      const seg = this.segments.get(p.segNo)!;
+      this.dirtySegments.add(seg);
+      assert(seg.size === p.offset, 'records are appended at the end of their segment');
+      seg.size += p.bytes;
+      seg.maxSeq.set(p.header.group, p.header.seq);
+      const g = this.group(p.header.group);
+      g.push(p.segNo, p.offset, p.bytes);
+      g.lastSeq = p.header.seq;
+      this.lastOrdinalValue = p.header.ordinal;
+      this.lastWriteTimeUsValue = Math.max(this.lastWriteTimeUsValue, p.header.writeTimeUs);
+      this.usedBytes += p.bytes;
+    }
+    this.retainedRecords += planned.length;
+    this.appendGen++;
+    if (previousActive !== null && previousActive !== this.active) this.scheduleMaintenance();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Sync (group commit)
+
+  /** Sync rounds completed: each fdatasyncs every dirty segment once (for tests and metrics). */
+  get syncCount(): number {
+    return this.rounds;
+  }
+
+  /** fdatasync calls made on segment files (more than syncCount when a round spans segments). */
+  get fdatasyncCount(): number {
+    return this.fdatasyncs;
+  }
+
+  /**
+   * Resolves once everything appended before the call is durable (fdatasync, and the directory
+   * fsynced when a segment was created). One round runs at a time; callers arriving during a round
+   * that does not cover them share the next one. Rejects with RC_ERR_JOURNAL_IO; after a failed
+   * fdatasync the journal refuses all further work (the kernel may have dropped the dirty pages).
+   */
+  sync(): Promise<void> {
+    if (this.failed) return Promise.reject(ioError('journal failed earlier', this.failed));
+    const gen = this.appendGen;
+    if (gen <= this.syncedGen) return Promise.resolve();
+    if (this.inFlight !== null) {
+      if (this.inFlight.gen >= gen) return this.inFlight.promise;
+      this.nextRound ??= deferred();
+      return this.nextRound.promise;
+    }
+    return this.startRound();
+  }
+
+  private startRound(): Promise<void> {
+    const gen = this.appendGen;
+    const segments = new Set(this.dirtySegments);
+    this.dirtySegments.clear();
+    const dir = this.dirDirty;
+    this.dirDirty = false;
+    const promise = this.runRound(gen, segments, dir);
+    this.inFlight = { gen, promise, segments };
+    return promise;
+  }
+
+  private async runRound(gen: number, segments: Set<Segment>, dir: boolean): Promise<void> {
+    try {
+      await Promise.all(
+        [...segments].map(async (s) => {
+          await this.io.fdatasync(s.fd!);
+          this.fdatasyncs++;
+        }),
+      );
+      if (dir) await fsyncDir(this.dir);
+      this.rounds++;
+      this.syncedGen = Math.max(this.syncedGen, gen);
+    } catch (e) {
+      this.failed ??= e as Error;
+      this.log('error', 'journal: sync failed; the journal is failed', { dir: this.dir, error: String(e) });
+      throw ioError(`sync of ${this.dir} failed`, e);
+    } finally {
+      this.inFlight = null;
+      this.closeSyncedFds(segments);
+      this.startNextRound();
+    }
+  }
+
+  private startNextRound(): void {
+    const next = this.nextRound;
+    if (next === null) return;
+    this.nextRound = null;
+    if (this.failed) {
+      next.reject(ioError('journal failed earlier', this.failed));
+      return;
+    }
+    if (this.appendGen <= this.syncedGen) {
+      next.resolve();
+      return;
+    }
+    this.startRound().then(next.resolve, next.reject);
+  }
+
+  /** A segment that is neither active nor dirty needs no fd; deletions may be waiting for it. */
+  private closeSyncedFds(segments: Set<Segment>): void {
+    let closedAny = false;
+    for (const s of segments) {
+      if (s === this.active || this.dirtySegments.has(s) || s.fd === null) continue;
+      fs.closeSync(s.fd);
+      s.fd = null;
+      closedAny = true;
+    }
+    if (closedAny) this.scheduleMaintenance();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Release, state file, segment deletion
+
+  /**
+   * Records of `group` with seq <= uptoSeq are no longer needed. Segments holding only released
+   * records are deleted in the background, after the state file records the release.
+   */
+  release(group: string, uptoSeq: Seq): void {
+    assert(!this.closed, 'release on a closed journal');
+    const g = this.groups.get(group);
+    assert(
+      g !== undefined && uptoSeq <= g.lastSeq,
+      `release of ${group} up to ${uptoSeq} beyond its last seq`,
+    );
+    if (uptoSeq <= g.releasedSeq) return;
+    this.retainedRecords -= g.release(uptoSeq);
+    this.stateDirty = true;
+    this.scheduleMaintenance();
+  }
+
+  /**
+   * Starts `group` after `afterSeq` in a journal that has never seen it (a group whose sequence
+   * continues from another node, DESIGN.md §3.8 migration): the next append of the group must have
+   * seq afterSeq + 1. Durable when the promise resolves.
+   */
+  async resumeGroup(group: string, afterSeq: Seq): Promise<void> {
+    assert(!this.closed, 'resumeGroup on a closed journal');
+    const g = this.group(group);
+    assert(g.lastSeq === 0 && g.retained === 0, `resumeGroup(${group}) on a group the journal already has`);
+    assert(Number.isSafeInteger(afterSeq) && afterSeq >= 1, `resumeGroup seq ${afterSeq}`);
+    g.lastSeq = afterSeq;
+    g.releasedSeq = afterSeq;
+    this.stateDirty = true;
+    this.stateForced = true;
+    this.scheduleMaintenance();
+    await this.whenIdle();
+    if (this.persistedReleased.get(group) !== afterSeq) {
+      throw new RemcopyError('RC_ERR_JOURNAL_IO', `${this.dir}: cannot persist the start of group ${group}`);
+    }
+  }
+
+  /** Resolves when the state file and segment deletions have caught up with every release. */
+  async whenIdle(): Promise<void> {
+    while (this.maintenance !== null) await this.maintenance;
+  }
+
+  private scheduleMaintenance(): void {
+    if (this.maintenance !== null) {
+      this.maintainAgain = true;
+      return;
+    }
+    this.maintenance = this.maintain().finally(() => {
+      this.maintenance = null;
+    });
+  }
+
+  private async maintain(): Promise<void> {
+    do {
+      this.maintainAgain = false;
+      // The state file is written only when it lets a segment go (or is asked for): releases
+      // alone need no fsync, since replaying an already released record is harmless.
+      if (this.stateDirty && this.failed === null && (this.stateForced || this.anySegmentReleasable())) {
+        this.stateDirty = false;
+        this.stateForced = false;
+        const snapshot = this.stateSnapshot();
+        try {
+          await writeState(this.dir, snapshot);
+          this.persistedReleased = new Map(snapshot.releasedSeq);
+        } catch (e) {
+          this.stateDirty = true;
+          this.log('error', 'journal: cannot write the state file; segments are kept', {
+            dir: this.dir,
+            error: String(e),
+          });
+          return;
+        }
+      }
+      this.deleteReleasedSegmentsSync();
+    } while (this.maintainAgain);
+  }
+
+  private stateSnapshot(): JournalState {
+    const releasedSeq = new Map<string, number>();
+    for (const [name, g] of this.groups) if (g.releasedSeq > 0) releasedSeq.set(name, g.releasedSeq);
+    return { ordinalMax: this.lastOrdinalValue, writeTimeUsMax: this.lastWriteTimeUsValue, releasedSeq };
+  }
+
+  /** Deletes every non-active segment whose records are all released in the persisted state. */
+  private deleteReleasedSegmentsSync(): number {
+    let deleted = 0;
+    for (const seg of this.segments.values()) {
+      if (seg === this.active || !this.releasedOnDisk(seg)) continue;
+      if (this.inFlight?.segments.has(seg)) continue; // its fd is in use; retried after the round
+      try {
+        if (seg.fd !== null) fs.closeSync(seg.fd);
+        seg.fd = null;
+        fs.unlinkSync(seg.file);
+      } catch (e) {
+        this.log('warn', 'journal: cannot delete a released segment; retried later', {
+          segment: seg.file,
+          error: String(e),
+        });
+        continue;
+      }
+      this.dirtySegments.delete(seg);
+      this.segments.delete(seg.no);
+      this.usedBytes -= seg.size;
+      deleted++;
+    }
+    return deleted;
+  }
+
+  private releasedOnDisk(seg: Segment): boolean {
+    for (const [group, maxSeq] of seg.maxSeq) {
+      if (maxSeq > (this.persistedReleased.get(group) ?? 0)) return false;
+    }
+    return true;
+  }
+
+  /** True when a non-active segment holds only records released in memory. */
+  private anySegmentReleasable(): boolean {
+    for (const seg of this.segments.values()) {
+      if (seg === this.active) continue;
+      let all = true;
+      for (const [group, maxSeq] of seg.maxSeq) {
+        if (maxSeq > (this.groups.get(group)?.releasedSeq ?? 0)) {
+          all = false;
+          break;
+        }
+      }
+      if (all) return true;
+    }
+    return false;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Queries and reads
+
+  usage(): JournalUsage {
+    return {
+      usedBytes: this.usedBytes,
+      bytesMax: this.bytesMax,
+      segments: this.segments.size,
+      records: this.retainedRecords,
+    };
+  }
+
+  /** Highest seq ever appended to `group` (0 if none): the sequencer continues at +1. */
+  lastSeq(group: string): Seq {
+    return seq(this.groups.get(group)?.lastSeq ?? 0);
+  }
+
+  /** Highest released seq of `group` (0 if none). */
+  releasedSeq(group: string): Seq {
+    return seq(this.groups.get(group)?.releasedSeq ?? 0);
+  }
+
+  /** Groups the journal knows (from records or the state file). */
+  groupNames(): string[] {
+    return [...this.groups.keys()];
+  }
+
+  lastOrdinal(): Ordinal {
+    return ordinal(this.lastOrdinalValue);
+  }
+
+  lastWriteTimeUs(): TimeUs {
+    return timeUs(this.lastWriteTimeUsValue);
+  }
+
+  /**
+   * Every unreleased record, in append order, read from disk (checksums verified); records
+   * appended to a segment after the iteration reached it are not included. Payloads are
+   * views of read buffers of up to 4 MiB; copy them to keep many. Throws RC_ERR_JOURNAL_CORRUPT if
+   * a record no longer reads back as written.
+   */
+  *retained(): Generator<JournalRecord> {
+    assert(!this.closed, 'retained on a closed journal');
+    for (const seg of [...this.segments.values()]) {
+      if (!this.segments.has(seg.no)) continue;
+      yield* this.readSegment(seg);
+    }
+  }
+
+  private *readSegment(seg: Segment): Generator<JournalRecord> {
+    const end = seg.size;
+    const fd = this.openFd(seg.file, 'r');
+    try {
+      let pos = 0;
+      while (pos < end) {
+        const head = readAt(fd, seg.file, pos, Math.min(READ_CHUNK_BYTES, end - pos));
+        const first = peekRecordBytes(head, 0);
+        const buf = first > head.length ? readAt(fd, seg.file, pos, first) : head;
+        let p = 0;
+        while (p < buf.length) {
+          const r = decodeRecord(buf, p);
+          if (!r.ok && r.reason === 'short' && p > 0) break;
+          if (!r.ok) throw readBackError(seg.file, pos + p, r.reason);
+          const g = this.groups.get(r.header.group);
+          if (g !== undefined && r.header.seq > g.releasedSeq) yield { header: r.header, payload: r.payload };
+          p += r.bytes;
+        }
+        pos += p;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /**
+   * Retained records of `group` from seq `fromSeq` on, in seq order, of at most `maxBytes` bytes
+   * of records in all (but at least one record when any is available). Empty when fromSeq is past
+   * the last seq. Asserts that fromSeq is not released. Reads from disk (page cache, usually).
+   */
+  readRetained(group: string, fromSeq: Seq, maxBytes: number): JournalRecord[] {
+    assert(!this.closed, 'readRetained on a closed journal');
+    const g = this.groups.get(group);
+    if (g === undefined || fromSeq > g.lastSeq || g.retained === 0) return [];
+    assert(fromSeq > g.releasedSeq, `readRetained(${group}, ${fromSeq}): released up to ${g.releasedSeq}`);
+    assert(g.firstSeq === g.releasedSeq + 1, 'retained records start right after the released ones');
+    const start = g.head + (fromSeq - g.firstSeq);
+    let end = start;
+    let total = 0;
+    while (end < g.segNo.length && (end === start || total + g.bytes[end]! <= maxBytes)) {
+      total += g.bytes[end]!;
+      end++;
+    }
+    const out: JournalRecord[] = [];
+    let i = start;
+    while (i < end) {
+      // One read for neighbours in the same segment while at most half the bytes read are other
+      // groups' records (plus a small allowance).
+      let j = i + 1;
+      let useful = g.bytes[i]!;
+      while (j < end && g.segNo[j] === g.segNo[i]) {
+        const span = g.offset[j]! + g.bytes[j]! - g.offset[i]!;
+        if (span > 2 * (useful + g.bytes[j]!) + READ_COALESCE_GAP_BYTES) break;
+        useful += g.bytes[j]!;
+        j++;
+      }
+      this.readRun(g, i, j, fromSeq + (i - start), group, out);
+      i = j;
+    }
+    return out;
+  }
+
+  private readRun(
+    g: GroupIndex,
+    i: number,
+    j: number,
+    firstSeq: number,
+    group: string,
+    out: JournalRecord[],
+  ): void {
+    const seg = this.segments.get(g.segNo[i]!);
+    assert(seg !== undefined, `segment ${g.segNo[i]} of a retained record is live`);
+    const base = g.offset[i]!;
+    const length = g.offset[j - 1]! + g.bytes[j - 1]! - base;
+    const fd = seg.fd ?? this.openFd(seg.file, 'r');
+    try {
+      const buf = readAt(fd, seg.file, base, length);
+      for (let k = i; k < j; k++) {
+        const r = decodeRecord(buf, g.offset[k]! - base);
+        if (!r.ok) throw readBackError(seg.file, g.offset[k]!, r.reason);
+        const s = firstSeq + (k - i);
+        if (r.header.group !== group || r.header.seq !== s) {
+          throw readBackError(
+            seg.file,
+            g.offset[k]!,
+            `expected ${group} seq ${s}, read ${r.header.group} seq ${r.header.seq}`,
+          );
+        }
+        out.push({ header: r.header, payload: r.payload });
+      }
+    } finally {
+      if (seg.fd === null) fs.closeSync(fd);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Close
+
+  /** Syncs, finishes background work, closes every fd. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (this.failed === null) await this.sync();
+      while (this.inFlight !== null) await this.inFlight.promise.catch(() => {});
+      if (this.stateDirty) {
+        // A clean restart should not replay what was released.
+        this.stateForced = true;
+        this.scheduleMaintenance();
+      }
+      await this.whenIdle();
+    } finally {
+      this.closed = true;
+      this.closeFds();
+    }
+  }
+
+  private closeFds(): void {
+    for (const seg of this.segments.values()) {
+      if (seg.fd !== null) fs.closeSync(seg.fd);
+      seg.fd = null;
+    }
+  }
+}
+
+function ioError(what: string, cause: unknown): RemcopyError {
+  const code = (cause as NodeJS.ErrnoException | null)?.code;
+  const msg = cause instanceof Error ? cause.message : String(cause);
+  return new RemcopyError('RC_ERR_JOURNAL_IO', `${what}: ${code !== undefined ? `${code} ` : ''}${msg}`);
+}
+
+function readBackError(file: string, offset: number, reason: string): RemcopyError {
+  return new RemcopyError(
+    'RC_ERR_JOURNAL_CORRUPT',
+    `${file}: the record at byte offset ${offset} does not read back as written (${reason})`,
+  );
+}
+
+function readAt(fd: number, file: string, position: number, length: number): Buffer {
+  const buf = Buffer.allocUnsafe(length);
+  let done = 0;
+  try {
+    while (done < length) {
+      const n = fs.readSync(fd, buf, done, length - done, position + done);
+      if (n === 0) break;
+      done += n;
+    }
+  } catch (e) {
+    throw ioError(`cannot read ${file}`, e);
+  }
+  return done === length ? buf : buf.subarray(0, done);
+}
+
+/** The buffers left after the first `n` bytes. */
+function skipBytes(bufs: readonly Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  let skip = n;
+  for (const b of bufs) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}

@@ -1,0 +1,545 @@
+/**
+ * The journal (src/storage/journal.ts) proves: appended records survive sync + reopen byte for byte
+ * and in append order; lastSeq/lastOrdinal/lastWriteTimeUs resume after a restart, even when every
+ * record was released and its segments deleted (state file); group commit (N concurrent sync()
+ * callers cost at most 2 fdatasyncs); a full journal throws RC_ERR_JOURNAL_FULL and writes nothing;
+ * segments rotate and are deleted once released; readRetained serves one group from a seq; a write
+ * error (ENOSPC, short write) leaves nothing recovery would load and the journal usable; a failed
+ * fdatasync fails the journal; recovery truncates a torn tail and refuses a corrupt middle record,
+ * a seq gap and an invalid state file; sequence rules and limits are asserted.
+ */
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { RemcopyError } from '../../src/core/errors.js';
+import type { RecordHeader, RecordKind } from '../../src/core/types.js';
+import {
+  byteOffset,
+  RecordKind as Kind,
+  kindCarriesData,
+  nodeIdFromNumber,
+  ordinal,
+  seq,
+  timeUs,
+} from '../../src/core/types.js';
+import { Journal, type JournalIo, type JournalOptions } from '../../src/storage/journal.js';
+import { encodeHeader } from '../../src/storage/record.js';
+
+const root = fs.mkdtempSync(join(tmpdir(), 'rc-journal-'));
+after(() => fs.rmSync(root, { recursive: true, force: true }));
+let dirs = 0;
+const newDir = (): string => join(root, `j${dirs++}`);
+
+/** Small limits so tests rotate segments quickly: records up to 4 KiB, 16 KiB segments. */
+const SMALL = { limits: { recordPayloadBytesMax: 4096 }, segmentBytes: 16 * 1024, bytesMax: 1024 * 1024 };
+
+interface Rec {
+  header: RecordHeader;
+  payload?: Buffer;
+}
+
+/** Makes records that follow the sequence rules: seq per group, one ordinal counter. */
+class Maker {
+  private ord: number;
+  private readonly seqs = new Map<string, number>();
+  constructor(j?: Journal, groups: string[] = []) {
+    this.ord = j ? j.lastOrdinal() : 0;
+    for (const g of groups) this.seqs.set(g, j ? j.lastSeq(g) : 0);
+  }
+  rec(group: string, kind: RecordKind, length: number, fill?: number): Rec {
+    const s = (this.seqs.get(group) ?? 0) + 1;
+    this.seqs.set(group, s);
+    this.ord++;
+    const header: RecordHeader = {
+      kind,
+      group,
+      seq: seq(s),
+      writeTimeUs: timeUs(1_000_000 + this.ord * 10),
+      hostTimeUs: timeUs(0),
+      nodeId: nodeIdFromNumber(42),
+      ordinal: ordinal(this.ord),
+      epoch: 1,
+      volume: kind === Kind.marker ? '' : `vol-${group}`,
+      offset: byteOffset(s * 4096),
+      length: kind === Kind.marker ? 0 : length,
+      markerNo: kind === Kind.marker ? s : 0,
+    };
+    if (!kindCarriesData(kind)) return { header };
+    const payload = Buffer.alloc(length);
+    for (let i = 0; i < length; i++) payload[i] = (fill ?? this.ord * 7 + i) & 0xff;
+    return { header, payload };
+  }
+}
+
+const open = (dir: string, more: Partial<JournalOptions> = {}) => Journal.open({ dir, ...SMALL, ...more });
+
+function collect(j: Journal): Rec[] {
+  return [...j.retained()].map((r) => ({ header: r.header, payload: Buffer.from(r.payload) }));
+}
+
+function assertSame(got: Rec[], want: Rec[]): void {
+  assert.equal(got.length, want.length, 'record count');
+  for (let i = 0; i < want.length; i++) {
+    assert.deepEqual(got[i]!.header, want[i]!.header, `record ${i} header`);
+    assert.ok(got[i]!.payload!.equals(want[i]!.payload ?? Buffer.alloc(0)), `record ${i} payload`);
+  }
+}
+
+function segFiles(dir: string): string[] {
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.startsWith('seg-'))
+    .sort();
+}
+
+function sizes(dir: string): Record<string, number> {
+  return Object.fromEntries(segFiles(dir).map((f) => [f, fs.statSync(join(dir, f)).size]));
+}
+
+const isCode = (code: string) => (e: unknown) => e instanceof RemcopyError && e.code === code;
+
+describe('journal', () => {
+  test('append, sync, reopen: every record back in append order; counters resume', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs = [
+      m.rec('a', Kind.data, 4096),
+      m.rec('b', Kind.zero, 1 << 20),
+      m.rec('a', Kind.copy, 100),
+      m.rec('a', Kind.marker, 0),
+      m.rec('b', Kind.data, 1),
+    ];
+    j.append(recs.slice(0, 2));
+    j.append(recs.slice(2));
+    assertSame(collect(j), recs);
+    await j.sync();
+    await j.close();
+    const j2 = await open(dir);
+    assertSame(collect(j2), recs);
+    assert.equal(j2.lastSeq('a'), 3);
+    assert.equal(j2.lastSeq('b'), 2);
+    assert.equal(j2.lastSeq('nope'), 0);
+    assert.equal(j2.lastOrdinal(), 5);
+    assert.equal(j2.lastWriteTimeUs(), recs[4]!.header.writeTimeUs);
+    assert.deepEqual(j2.usage().records, 5);
+    // The sequence continues.
+    const m2 = new Maker(j2, ['a', 'b']);
+    const more = m2.rec('a', Kind.data, 10);
+    assert.equal(more.header.seq, 4);
+    j2.append([more]);
+    await j2.close();
+    const j3 = await open(dir);
+    assertSame(collect(j3), [...recs, more]);
+    await j3.close();
+  });
+
+  test('group commit: 100 concurrent sync() callers cost at most 2 fdatasyncs', async () => {
+    const j = await open(newDir(), { segmentBytes: 1 << 20, bytesMax: 2 << 20 });
+    const m = new Maker();
+    await j.sync();
+    assert.equal(j.syncCount, 0, 'nothing appended: no fdatasync');
+    j.append([m.rec('a', Kind.data, 512)]);
+    await Promise.all(Array.from({ length: 100 }, () => j.sync()));
+    assert.equal(j.syncCount, 1, 'one round covers callers that all came after the append');
+    assert.equal(j.fdatasyncCount, 1);
+    // Appends between callers: the first round covers the first, the next round all the others.
+    const before = j.syncCount;
+    const waits: Promise<void>[] = [];
+    for (let i = 0; i < 100; i++) {
+      j.append([m.rec('a', Kind.data, 512)]);
+      waits.push(j.sync());
+    }
+    await Promise.all(waits);
+    assert.ok(j.syncCount - before <= 2, `${j.syncCount - before} rounds`);
+    assert.ok(j.fdatasyncCount - before <= 2, `${j.fdatasyncCount - before} fdatasyncs`);
+    await j.close();
+  });
+
+  test('sync resolves only after the fdatasync covering the caller completes', async () => {
+    let release: (() => void) | null = null;
+    const io: JournalIo = {
+      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+      fdatasync: (fd) =>
+        new Promise((resolve) => {
+          release = () => fs.fdatasync(fd, () => resolve());
+        }),
+    };
+    const j = await open(newDir(), { io });
+    const m = new Maker();
+    j.append([m.rec('a', Kind.data, 10)]);
+    let done = false;
+    const p = j.sync().then(() => {
+      done = true;
+    });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(done, false);
+    assert.ok(release);
+    (release as () => void)();
+    await p;
+    assert.equal(done, true);
+    await j.close();
+  });
+
+  test('a full journal throws RC_ERR_JOURNAL_FULL and writes nothing', async () => {
+    const dir = newDir();
+    const j = await open(dir, { bytesMax: 32 * 1024 });
+    const m = new Maker();
+    const fit: Rec[] = [];
+    for (let i = 0; i < 7; i++) fit.push(m.rec('a', Kind.data, 4000));
+    j.append(fit);
+    const usage = j.usage();
+    const onDisk = sizes(dir);
+    const tooMany = [m.rec('a', Kind.data, 4000), m.rec('a', Kind.data, 4000)];
+    assert.throws(() => j.append(tooMany), isCode('RC_ERR_JOURNAL_FULL'));
+    assert.deepEqual(j.usage(), usage);
+    assert.deepEqual(sizes(dir), onDisk);
+    assert.equal(j.lastSeq('a'), 7);
+    // After a release frees segments, the same records (same seqs) go in.
+    j.release('a', seq(7));
+    await j.whenIdle();
+    j.append(tooMany);
+    assert.equal(j.lastSeq('a'), 9);
+    await j.close();
+    const j2 = await open(dir, { bytesMax: 32 * 1024 });
+    assertSame(collect(j2), tooMany);
+    await j2.close();
+  });
+
+  test('segments rotate; released segments are deleted; the sequence continues after reopen', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs: Rec[] = [];
+    for (let i = 0; i < 20; i++) recs.push(m.rec(i % 3 === 0 ? 'b' : 'a', Kind.data, 3000));
+    j.append(recs.slice(0, 10));
+    j.append(recs.slice(10));
+    assert.ok(segFiles(dir).length >= 4, `${segFiles(dir).length} segments`);
+    for (const f of segFiles(dir)) assert.ok(fs.statSync(join(dir, f)).size <= SMALL.segmentBytes);
+    await j.sync();
+    // Releasing only group a frees no segment that also holds unreleased b records.
+    j.release('a', j.lastSeq('a'));
+    await j.whenIdle();
+    const left = recs.filter((r) => r.header.group === 'b');
+    assertSame(collect(j), left);
+    assert.equal(j.usage().records, left.length);
+    j.release('b', j.lastSeq('b'));
+    await j.whenIdle();
+    assert.equal(j.usage().records, 0);
+    assert.equal(segFiles(dir).length, 1, 'only the active segment is left');
+    assert.equal(j.usage().segments, 1);
+    await j.close();
+    const state = JSON.parse(fs.readFileSync(join(dir, 'state.json'), 'utf8'));
+    assert.deepEqual(state.groups, { a: { releasedSeq: 13 }, b: { releasedSeq: 7 } });
+    // Remove even the active segment: the state file alone says where everything continues.
+    for (const f of segFiles(dir)) fs.rmSync(join(dir, f));
+    const j2 = await open(dir);
+    assert.equal(j2.lastSeq('a'), 13);
+    assert.equal(j2.lastSeq('b'), 7);
+    assert.equal(j2.lastOrdinal(), 20);
+    assert.equal(j2.lastWriteTimeUs(), recs[19]!.header.writeTimeUs);
+    assert.equal(collect(j2).length, 0);
+    const m2 = new Maker(j2, ['a', 'b']);
+    const next = [m2.rec('a', Kind.data, 8), m2.rec('b', Kind.zero, 8)];
+    assert.equal(next[0]!.header.seq, 14);
+    assert.equal(next[1]!.header.ordinal, 22);
+    j2.append(next);
+    await j2.close();
+    const j3 = await open(dir);
+    assertSame(collect(j3), next);
+    await j3.close();
+  });
+
+  test('releases persist lazily: no state write until a segment can go; close writes it', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs = [m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100)];
+    j.append(recs);
+    j.release('a', seq(2));
+    await j.whenIdle();
+    assert.equal(fs.existsSync(join(dir, 'state.json')), false, 'no segment to delete: no state write');
+    assertSame(collect(j), recs.slice(2));
+    await j.close();
+    assert.ok(fs.existsSync(join(dir, 'state.json')));
+    const j2 = await open(dir);
+    assertSame(collect(j2), recs.slice(2));
+    assert.equal(j2.releasedSeq('a'), 2);
+    assert.equal(j2.usage().records, 1);
+    await j2.close();
+  });
+
+  test('retained() reads records larger than its read chunk and across chunk boundaries', async () => {
+    const dir = newDir();
+    const j = await Journal.open({ dir, bytesMax: 256 * 1024 * 1024 });
+    const m = new Maker();
+    const recs = [
+      m.rec('a', Kind.data, 3 * 1024 * 1024),
+      m.rec('a', Kind.data, 6 * 1024 * 1024),
+      m.rec('a', Kind.zero, 1),
+      m.rec('a', Kind.data, 3 * 1024 * 1024 + 17),
+      m.rec('a', Kind.data, 5),
+    ];
+    j.append(recs);
+    assertSame(collect(j), recs);
+    assertSame(j.readRetained('a', seq(2), 1), recs.slice(1, 2));
+    await j.close();
+  });
+
+  test('readRetained serves one group from a seq, bounded by bytes, across segments', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs: Rec[] = [];
+    for (let i = 0; i < 30; i++) recs.push(m.rec(i % 2 === 0 ? 'a' : 'b', Kind.data, 1000 + i * 50));
+    j.append(recs);
+    const a = recs.filter((r) => r.header.group === 'a');
+    const all = j.readRetained('a', seq(1), 1 << 30);
+    assertSame(all, a);
+    const some = j.readRetained('a', seq(4), 3 * 1300);
+    assert.ok(some.length >= 1 && some.length < a.length - 3);
+    assertSame(some, a.slice(3, 3 + some.length));
+    assert.equal(j.readRetained('a', seq(5), 1).length, 1, 'at least one record');
+    assert.equal(j.readRetained('a', seq(16), 1 << 20).length, 0, 'past the end');
+    assert.equal(j.readRetained('zz', seq(1), 1 << 20).length, 0, 'unknown group');
+    j.release('a', seq(10));
+    assertSame(j.readRetained('a', seq(11), 1 << 30), a.slice(10));
+    assert.throws(() => j.readRetained('a', seq(10), 100), /released/);
+    await j.close();
+    const j2 = await open(dir);
+    assertSame(
+      j2.readRetained('b', seq(1), 1 << 30),
+      recs.filter((r) => r.header.group === 'b'),
+    );
+    await j2.close();
+  });
+
+  test('sequence rules and limits are asserted', async () => {
+    const dir = newDir();
+    await assert.rejects(
+      () => Journal.open({ dir, bytesMax: 1 << 30, segmentBytes: 1 << 20 }),
+      /segmentBytes/,
+    );
+    await assert.rejects(() => open(dir, { bytesMax: SMALL.segmentBytes }), /bytesMax/);
+    await assert.rejects(() => open(dir, { limits: { recordPayloadBytesMax: 0 } }), /recordPayloadBytesMax/);
+    const j = await open(dir);
+    const m = new Maker();
+    j.append([m.rec('a', Kind.data, 10)]);
+    const gap = m.rec('a', Kind.data, 10);
+    m.rec('a', Kind.data, 10);
+    assert.throws(() => j.append([m.rec('a', Kind.data, 10)]), /seq 4 after 1/);
+    assert.throws(() => j.append([{ ...gap, header: { ...gap.header, ordinal: ordinal(1) } }]), /ordinal/);
+    const tick = { header: { ...gap.header, kind: Kind.tick, length: 0 } };
+    assert.throws(() => j.append([tick]), /tick/);
+    assert.throws(() => j.append([m.rec('c', Kind.data, 4097)]), /payload/);
+    assert.throws(() => j.release('a', seq(2)), /beyond/);
+    j.append([gap]);
+    await j.close();
+  });
+
+  test('resumeGroup: a group continuing from another node starts at the given seq', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    await j.resumeGroup('mig', seq(1000));
+    assert.equal(j.lastSeq('mig'), 1000);
+    const m = new Maker(j, ['mig']);
+    const r = m.rec('mig', Kind.data, 10);
+    assert.equal(r.header.seq, 1001);
+    j.append([r]);
+    await j.close();
+    const j2 = await open(dir);
+    assertSame(collect(j2), [r]);
+    assert.equal(j2.lastSeq('mig'), 1001);
+    await j2.close();
+  });
+
+  test('ENOSPC after a short write: RC_ERR_JOURNAL_IO, nothing left that recovery would load', async () => {
+    const dir = newDir();
+    let failAfter = -1; // bytes to write before failing; -1 = no fault
+    const io: JournalIo = {
+      writevSync: (fd, bufs, pos) => {
+        if (failAfter < 0) return fs.writevSync(fd, bufs, pos);
+        if (failAfter === 0) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+        const all = Buffer.concat(bufs as Buffer[]);
+        const n = fs.writeSync(fd, all, 0, Math.min(failAfter, all.length), pos);
+        failAfter = 0;
+        return n;
+      },
+      fdatasync: (fd) => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res()))),
+    };
+    const j = await open(dir, { io });
+    const m = new Maker();
+    const ok = [m.rec('a', Kind.data, 3000), m.rec('a', Kind.data, 3000)];
+    j.append(ok);
+    const onDisk = sizes(dir);
+    const snap = new Maker(j, ['a']);
+    // A batch that spans into a new segment, failing in the middle of its second record.
+    const batch = Array.from({ length: 6 }, () => snap.rec('a', Kind.data, 3000));
+    failAfter = 4000;
+    assert.throws(
+      () => j.append(batch),
+      (e: unknown) => isCode('RC_ERR_JOURNAL_IO')(e) && /ENOSPC/.test(String(e)),
+    );
+    assert.deepEqual(sizes(dir), onDisk, 'truncated back, created segments removed');
+    assert.equal(j.lastSeq('a'), 2);
+    failAfter = -1;
+    j.append(batch); // the same seqs: nothing was consumed
+    await j.close();
+    const j2 = await open(dir);
+    assertSame(collect(j2), [...ok, ...batch]);
+    await j2.close();
+  });
+
+  test('a failed fdatasync fails the journal: sync rejects, later appends throw', async () => {
+    const io: JournalIo = {
+      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+      fdatasync: () => Promise.reject(Object.assign(new Error('input/output error'), { code: 'EIO' })),
+    };
+    const j = await open(newDir(), { io });
+    const m = new Maker();
+    j.append([m.rec('a', Kind.data, 10)]);
+    await assert.rejects(() => j.sync(), isCode('RC_ERR_JOURNAL_IO'));
+    assert.throws(() => j.append([m.rec('a', Kind.data, 10)]), isCode('RC_ERR_JOURNAL_IO'));
+    await assert.rejects(() => j.sync(), isCode('RC_ERR_JOURNAL_IO'));
+    await j.close();
+  });
+
+  test('recovery truncates a torn tail and a zero tail, and logs it', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs = [m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100)];
+    j.append(recs);
+    await j.close();
+    const [last] = segFiles(dir).slice(-1);
+    const file = join(dir, last!);
+    const goodSize = fs.statSync(file).size;
+    const torn = m.rec('a', Kind.data, 100);
+    const tornBytes = Buffer.concat([encodeHeader(torn.header, torn.payload), torn.payload!]).subarray(
+      0,
+      150,
+    );
+    fs.appendFileSync(file, tornBytes);
+    const logs: string[] = [];
+    const j2 = await open(dir, { log: (level, msg) => logs.push(`${level} ${msg}`) });
+    assertSame(collect(j2), recs);
+    assert.equal(fs.statSync(file).size, goodSize);
+    assert.ok(logs.some((l) => l.startsWith('warn') && l.includes('torn tail')));
+    await j2.close();
+    fs.appendFileSync(file, Buffer.alloc(8192));
+    const j3 = await open(dir);
+    assertSame(collect(j3), recs);
+    assert.equal(fs.statSync(file).size, goodSize);
+    await j3.close();
+  });
+
+  test('recovery refuses a corrupt record followed by valid ones, naming file and offset', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    j.append([m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100)]);
+    await j.close();
+    const file = join(dir, segFiles(dir)[0]!);
+    const buf = fs.readFileSync(file);
+    const second = buf.length / 3; // three records of equal size
+    buf[second + 90]! ^= 0x10;
+    fs.writeFileSync(file, buf);
+    await assert.rejects(
+      () => open(dir),
+      (e: unknown) =>
+        isCode('RC_ERR_JOURNAL_CORRUPT')(e) &&
+        String(e).includes(file) &&
+        String(e).includes(`byte offset ${second} `) &&
+        String(e).includes('checksum'),
+    );
+    assert.equal(fs.readFileSync(file).length, buf.length, 'nothing truncated');
+  });
+
+  test('recovery: a torn tail spanning into a segment the crashed append created is dropped', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs = Array.from({ length: 6 }, () => m.rec('a', Kind.data, 3000));
+    j.append(recs);
+    await j.close();
+    const files = segFiles(dir);
+    assert.equal(files.length, 2);
+    const first = join(dir, files[0]!);
+    const second = join(dir, files[1]!);
+    const firstSize = fs.statSync(first).size;
+    const recordBytes = firstSize / 5;
+    // The first segment loses half of its last record; the second holds only a torn record.
+    fs.truncateSync(first, firstSize - recordBytes / 2);
+    fs.truncateSync(second, 100);
+    const logs: object[] = [];
+    const j2 = await open(dir, { log: (_l, _m, f) => logs.push(f ?? {}) });
+    assertSame(collect(j2), recs.slice(0, 4));
+    assert.deepEqual(segFiles(dir), [files[0]]);
+    assert.equal(fs.statSync(first).size, 4 * recordBytes);
+    assert.ok(
+      logs.some(
+        (f) => 'bytesDropped' in f && (f as { bytesDropped: number }).bytesDropped === 100 + recordBytes / 2,
+      ),
+    );
+    // Appends continue at the cut.
+    const more = new Maker(j2, ['a']).rec('a', Kind.data, 3000);
+    assert.equal(more.header.seq, 5);
+    j2.append([more]);
+    await j2.close();
+    const j3 = await open(dir);
+    assertSame(collect(j3), [...recs.slice(0, 4), more]);
+    await j3.close();
+  });
+
+  test('recovery: segments released under the state file are deleted at open; a gap after it is refused', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs = Array.from({ length: 12 }, () => m.rec('a', Kind.data, 3000));
+    j.append(recs);
+    await j.close();
+    assert.equal(segFiles(dir).length, 3);
+    // As if the process died after persisting a release of seq 5 but before deleting segment 1.
+    const state = { version: 1, ordinalMax: 5, writeTimeUsMax: 0, groups: { a: { releasedSeq: 5 } } };
+    fs.writeFileSync(join(dir, 'state.json'), JSON.stringify(state));
+    const j2 = await open(dir);
+    assert.equal(segFiles(dir).length, 2, 'segment 1 (seqs 1..5) deleted');
+    assertSame(collect(j2), recs.slice(5));
+    assert.equal(j2.lastSeq('a'), 12);
+    await j2.close();
+    // A state file that says less was released than the deleted segments held: a gap.
+    fs.writeFileSync(
+      join(dir, 'state.json'),
+      JSON.stringify({ ...state, groups: { a: { releasedSeq: 3 } } }),
+    );
+    await assert.rejects(() => open(dir), /RC_ERR_JOURNAL_CORRUPT.*seq 6 where 4 was expected/);
+  });
+
+  test('recovery refuses a seq gap and an invalid state file', async () => {
+    const dir = newDir();
+    fs.mkdirSync(dir);
+    const m = new Maker();
+    const r1 = m.rec('a', Kind.data, 10);
+    m.rec('a', Kind.data, 10);
+    const r3 = m.rec('a', Kind.data, 10);
+    const bytes = [r1, r3].flatMap((r) => [encodeHeader(r.header, r.payload), r.payload!]);
+    fs.writeFileSync(join(dir, 'seg-0000000000000001.log'), Buffer.concat(bytes));
+    await assert.rejects(() => open(dir), /RC_ERR_JOURNAL_CORRUPT.*seq 3 where 2 was expected/);
+
+    const dir2 = newDir();
+    const j = await open(dir2);
+    j.append([new Maker().rec('a', Kind.data, 10)]);
+    await j.close();
+    for (const bad of [
+      '{',
+      '[]',
+      '{"version":1}',
+      '{"version":1,"ordinalMax":-1,"writeTimeUsMax":0,"groups":{}}',
+    ]) {
+      fs.writeFileSync(join(dir2, 'state.json'), bad);
+      await assert.rejects(() => open(dir2), /RC_ERR_JOURNAL_CORRUPT.*state\.json/);
+    }
+  });
+});
