@@ -15,7 +15,7 @@ import { after, test } from 'node:test';
 import { Sequencer } from '../../src/core/sequencer.js';
 import type { Seq } from '../../src/core/types.js';
 import { compareKeys, keyOf, nodeIdOf, ordinal, RecordKind, timeUs } from '../../src/core/types.js';
-import { BackendError } from '../../src/frontend/backend.js';
+import type { BackendError } from '../../src/frontend/backend.js';
 import { applyToDevice, WritePath } from '../../src/node/write-path.js';
 import { MemBlockDevice } from '../../src/storage/blockdev.js';
 import { Journal } from '../../src/storage/journal.js';
