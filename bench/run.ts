@@ -12,6 +12,7 @@
  * everything written so far (the node syncs the volume first, as it will for a real target).
  *
  * Environment: BENCH_SECONDS (per workload, default 8), BENCH_SIZE_MIB (file size, default 1024),
+ * BENCH_RELEASE_MS (how often the stand-in target releases, default 250),
  * BENCH_ONLY (comma list of servers: remcopy,nbdkit,qemu-nbd).
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
@@ -20,11 +21,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { apiCall } from '../src/node/api.js';
+import { freePorts } from '../src/testing/proc.js';
 
 const run = promisify(execFile);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const SIZE_MIB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
-const RELEASE_EVERY_MS = 250;
+const RELEASE_EVERY_MS = Number(process.env.BENCH_RELEASE_MS ?? 250);
 const SECRET = 'bench-secret-123';
 
 interface Workload {
@@ -46,14 +48,25 @@ interface Server {
   stop(): Promise<void>;
 }
 
-function waitPort(port: number, ms = 10000): Promise<void> {
+/** Wait until the server answers NBD on `port`; fail early, with its stderr, if it exits. */
+function waitPort(port: number, proc: ChildProcess, ms = 10000): Promise<void> {
   const start = Date.now();
+  let stderr = '';
+  proc.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   return new Promise((resolve, reject) => {
     const attempt = (): void => {
+      if (proc.exitCode !== null) {
+        reject(new Error(`server exited (${proc.exitCode}): ${stderr}`));
+        return;
+      }
       run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/vol`]).then(
         () => resolve(),
         () =>
-          Date.now() - start > ms ? reject(new Error(`port ${port} not serving`)) : setTimeout(attempt, 100),
+          Date.now() - start > ms
+            ? reject(new Error(`port ${port} not serving: ${stderr}`))
+            : setTimeout(attempt, 100),
       );
     };
     attempt();
@@ -68,17 +81,19 @@ function killAndWait(p: ChildProcess): Promise<void> {
   });
 }
 
-async function startNbdkit(dir: string, port: number): Promise<Server> {
+async function startNbdkit(dir: string): Promise<Server> {
+  const [port] = (await freePorts(1)) as [number];
   const file = join(dir, 'nbdkit.img');
   await run('truncate', ['-s', `${SIZE_MIB}M`, file]);
   const proc = spawn('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), 'file', `file=${file}`], {
-    stdio: 'ignore',
+    stdio: ['ignore', 'ignore', 'pipe'],
   });
-  await waitPort(port);
+  await waitPort(port, proc);
   return { name: 'nbdkit', uri: `nbd://127.0.0.1:${port}/vol`, proc, stop: () => killAndWait(proc) };
 }
 
-async function startQemuNbd(dir: string, port: number): Promise<Server> {
+async function startQemuNbd(dir: string): Promise<Server> {
+  const [port] = (await freePorts(1)) as [number];
   const file = join(dir, 'qemu.img');
   await run('truncate', ['-s', `${SIZE_MIB}M`, file]);
   const args = [
@@ -95,12 +110,20 @@ async function startQemuNbd(dir: string, port: number): Promise<Server> {
     '--cache=writeback',
     file,
   ];
-  const proc = spawn('qemu-nbd', args, { stdio: 'ignore' });
-  await waitPort(port);
+  const proc = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  await waitPort(port, proc);
   return { name: 'qemu-nbd', uri: `nbd://127.0.0.1:${port}/vol`, proc, stop: () => killAndWait(proc) };
 }
 
-async function startRemcopy(dir: string, port: number): Promise<Server> {
+async function startRemcopy(dir: string): Promise<Server> {
+  const [port, link, apiPort, bPort, bLink, bApi] = (await freePorts(6)) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const cfg = join(dir, 'bench.yaml');
   writeFileSync(
     cfg,
@@ -109,15 +132,15 @@ nodes:
   a:
     dataDir: ./a
     nbd: 127.0.0.1:${port}
-    link: 127.0.0.1:${port + 1}
-    api: 127.0.0.1:${port + 2}
+    link: 127.0.0.1:${link}
+    api: 127.0.0.1:${apiPort}
     volumes: { vol: ${SIZE_MIB}MiB }
     journal: { size: 4GiB, segmentSize: 64MiB, throttleMaxDelay: 10s }
   b:
     dataDir: ./b
-    nbd: 127.0.0.1:${port + 10}
-    link: 127.0.0.1:${port + 11}
-    api: 127.0.0.1:${port + 12}
+    nbd: 127.0.0.1:${bPort}
+    link: 127.0.0.1:${bLink}
+    api: 127.0.0.1:${bApi}
     volumes: { vol: ${SIZE_MIB}MiB }
 groups:
   g: { source: a, target: b, pairs: { vol: vol } }
@@ -125,10 +148,11 @@ groups:
   );
   const main = new URL('../src/cli/main.js', import.meta.url).pathname;
   const proc = spawn(process.execPath, [main, 'node', '--config', cfg, '--node', 'a'], {
-    stdio: ['ignore', 'ignore', 'inherit'],
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, REMCOPY_LOG_LEVEL: 'warn' },
   });
-  await waitPort(port);
-  const api = { host: '127.0.0.1', port: port + 2 };
+  await waitPort(port, proc);
+  const api = { host: '127.0.0.1', port: apiPort };
   let releasing = true;
   const releaser = (async () => {
     while (releasing) {
@@ -173,13 +197,12 @@ async function fio(uri: string, w: Workload): Promise<number> {
 
 async function main(): Promise<void> {
   const only = (process.env.BENCH_ONLY ?? 'nbdkit,qemu-nbd,remcopy').split(',');
-  const starters: Record<string, (dir: string, port: number) => Promise<Server>> = {
+  const starters: Record<string, (dir: string) => Promise<Server>> = {
     nbdkit: startNbdkit,
     'qemu-nbd': startQemuNbd,
     remcopy: startRemcopy,
   };
   const results = new Map<string, Map<string, number>>();
-  let port = 31000 + Math.floor(Math.random() * 1000) * 20;
   for (const name of only) {
     const start = starters[name];
     if (!start) throw new Error(`unknown server ${name}`);
@@ -188,8 +211,7 @@ async function main(): Promise<void> {
     for (const w of workloads) {
       // A fresh file and server per workload, so page-cache state from one run does not skew the next.
       const dir = mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), `bench-${name}-`));
-      port += 20;
-      const server = await start(dir, port);
+      const server = await start(dir);
       try {
         row.set(w.name, await fio(server.uri, w));
         process.stderr.write(`${name} ${w.name}: ${row.get(w.name)!.toFixed(0)} ${w.unit}\n`);

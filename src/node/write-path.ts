@@ -32,6 +32,9 @@ export interface JournalPort {
   release(group: string, uptoSeq: Seq): void;
 }
 
+/** Volume writes at least this large are applied on the thread pool. */
+export const ASYNC_APPLY_BYTES_MIN = 64 * 1024;
+
 export interface WriteRequest {
   readonly group: string;
   readonly kind: RecordKind;
@@ -73,6 +76,7 @@ export interface WritePathStats {
 export class WritePath {
   private pending: Pending[] = [];
   private scheduled = false;
+  private readonly inflight = new Map<BlockDevice, InflightRanges>();
   private throttleTimer: NodeJS.Timeout | undefined;
   private closed = false;
   readonly stats: WritePathStats = {
@@ -103,6 +107,7 @@ export class WritePath {
   /** Records of `group` up to `uptoSeq` are no longer needed: sync their volumes, then release. */
   async release(group: string, uptoSeq: Seq, devices: readonly BlockDevice[]): Promise<void> {
     assert(uptoSeq <= this.o.sequencer.seqOf(group), 'release beyond the last appended seq');
+    await this.drain(devices);
     await Promise.all(devices.map((d) => d.sync()));
     this.o.journal.release(group, uptoSeq);
     if (this.throttleTimer) this.retryThrottled();
@@ -119,6 +124,7 @@ export class WritePath {
     this.throttleTimer = undefined;
     if (this.pending.length > 0) this.runBatch();
     for (const p of this.pending.splice(0)) p.reject(new BackendError('ESHUTDOWN', 'node is shutting down'));
+    await this.drain(this.inflight.keys());
     await this.o.journal.sync();
   }
 
@@ -209,30 +215,68 @@ export class WritePath {
     };
   }
 
+  /**
+   * Issue the batch's volume writes (overlapping ones in journal order, the rest in parallel on the
+   * thread pool) and acknowledge each when its write is done, and for FUA when the journal is synced.
+   */
   private applyAndAck(batch: Pending[]): void {
     this.stats.recordsAppended += batch.length;
-    const durable: Pending[] = [];
+    let durable: Promise<void> | undefined;
     for (const p of batch) {
+      if (p.fua && durable === undefined) durable = this.o.journal.sync();
+      const applied = this.apply(p);
+      const done = p.fua ? Promise.all([applied, durable]) : applied;
+      done.then(
+        () => p.resolve(),
+        (e) => this.failApplied(p, e),
+      );
+    }
+  }
+
+  /**
+   * Small writes go to the page cache right here (a thread-pool round trip costs more than the
+   * copy); large ones go to the pool, so their copy runs beside the next batch's journal append.
+   * Either way a write waits for an overlapping one in flight, keeping journal order on the volume.
+   */
+  private apply(p: Pending): Promise<void> {
+    const ranges = this.inflightOf(p.device);
+    const end = p.offset + p.length;
+    if (p.length < ASYNC_APPLY_BYTES_MIN && !ranges.overlaps(p.offset, end)) {
       try {
         applyToDevice(p.device, p.kind, p.offset, p.length, p.payload);
+        return Promise.resolve();
       } catch (e) {
-        // The record is journalled, so a restart redoes it; the host is told it failed.
-        this.o.log('error', 'volume write failed after journalling', { volume: p.volume, error: String(e) });
-        p.reject(new BackendError('EIO', `volume write failed: ${String(e)}`));
-        continue;
+        return Promise.reject(e);
       }
-      if (p.fua) durable.push(p);
-      else p.resolve();
     }
-    if (durable.length === 0) return;
-    this.o.journal.sync().then(
-      () => {
-        for (const p of durable) p.resolve();
-      },
-      (e) => {
-        for (const p of durable) p.reject(new BackendError('EIO', `journal sync failed: ${String(e)}`));
-      },
+    return ranges.run(p.offset, end, () =>
+      applyToDeviceAsync(p.device, p.kind, p.offset, p.length, p.payload),
     );
+  }
+
+  private failApplied(p: Pending, e: unknown): void {
+    // The record is journalled, so a restart redoes it; the host is told it failed.
+    this.o.log('error', 'write failed after journalling', { volume: p.volume, error: String(e) });
+    p.reject(new BackendError('EIO', `write failed: ${String(e)}`));
+  }
+
+  private inflightOf(device: BlockDevice): InflightRanges {
+    let r = this.inflight.get(device);
+    if (r === undefined) {
+      r = new InflightRanges();
+      this.inflight.set(device, r);
+    }
+    return r;
+  }
+
+  /** Resolves when every volume write issued so far on these devices has completed. */
+  private drain(devices: Iterable<BlockDevice>): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const d of devices) {
+      const r = this.inflight.get(d);
+      if (r) waits.push(r.drain());
+    }
+    return Promise.all(waits).then(() => {});
   }
 
   private startThrottle(): void {
@@ -268,7 +312,57 @@ export class WritePath {
   }
 }
 
-/** Apply one record's effect to a volume: the same code for host writes and for redo. */
+/** Apply one record's effect to a volume on the thread pool (host writes). */
+export function applyToDeviceAsync(
+  device: BlockDevice,
+  kind: RecordKind,
+  offset: number,
+  length: number,
+  payload: Buffer | undefined,
+): Promise<void> {
+  if (kind === Kind.data || kind === Kind.copy) {
+    assert(payload !== undefined && payload.length === length, 'payload length');
+    return device.write(offset, payload);
+  }
+  if (kind === Kind.zero) return device.zero(offset, length);
+  return Promise.resolve();
+}
+
+/**
+ * Volume writes in flight on one device. Writes to disjoint ranges run in parallel; a write that
+ * overlaps one in flight starts after it, so the volume ends up as the journal order says (a later
+ * write never lands under an earlier one). Bounded by the front ends' in-flight limits.
+ */
+export class InflightRanges {
+  private readonly entries = new Set<{ start: number; end: number; done: Promise<void> }>();
+
+  run(start: number, end: number, op: () => Promise<void>): Promise<void> {
+    let before: Promise<void>[] | undefined;
+    for (const e of this.entries) if (e.start < end && start < e.end) (before ??= []).push(e.done);
+    const result = before === undefined ? op() : Promise.all(before).then(op);
+    const entry = { start, end, done: result.then(noop, noop) };
+    this.entries.add(entry);
+    void entry.done.then(() => this.entries.delete(entry));
+    return result;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  overlaps(start: number, end: number): boolean {
+    for (const e of this.entries) if (e.start < end && start < e.end) return true;
+    return false;
+  }
+
+  drain(): Promise<void> {
+    return Promise.all([...this.entries].map((e) => e.done)).then(noop);
+  }
+}
+
+const noop = (): void => {};
+
+/** Apply one record's effect to a volume synchronously: redo at start. */
 export function applyToDevice(
   device: BlockDevice,
   kind: RecordKind,

@@ -14,9 +14,16 @@
  *          - none                      -> torn tail: truncate seg 2 at P, delete later segments
  *
  * "Bad" is anything decodeRecord rejects: an incomplete record, a checksum mismatch, garbage, or
- * zero bytes (a preallocated or sparse tail reads as zeroes: end of data). A torn tail can only
+ * zero bytes (a preallocated or sparse tail reads as zeroes: end of data). Segments are
+ * preallocated, so every segment but the last normally ends in zeroes: an all-zero tail of a
+ * segment that others follow is the end of its records, not corruption (trimmed at open). It cannot
+ * hide lost records: the journal checks that every group's seqs continue across segments. A torn tail can only
  * come from a crash during an append, which writes at the end, so it is always after the last
  * valid record of the whole journal, possibly spanning into a segment created by that append.
+ *
+ * Segments are recycled (journal.ts): a reused file holds records of its previous life after the
+ * new ones. Ordinals only grow, so a record whose ordinal is not above the previous one is stale
+ * content (reason 'stale'): the end of the data, never loaded.
  *
  * A "later valid record" is one that decodes with a good checksum AND has an ordinal above the
  * last good record's: every record appended after it has one, so real corruption is always caught,
@@ -32,9 +39,25 @@ import { decodeRecord, RECORD_MAGIC_BYTES } from './record.js';
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
 
 const SEGMENT_RE = /^seg-(\d{16})\.log$/;
+const FREE_RE = /^free-(\d{16})\.log$/;
 
 export function segmentFileName(no: number): string {
   return `seg-${String(no).padStart(16, '0')}.log`;
+}
+
+/** A released segment kept for reuse: its blocks are allocated, so appends rewrite, not allocate. */
+export function freeSegmentFileName(no: number): string {
+  return `free-${String(no).padStart(16, '0')}.log`;
+}
+
+/** Numbers of the free (recyclable) segment files in `dir`. */
+export function listFreeSegments(dir: string): number[] {
+  const nos: number[] = [];
+  for (const name of fs.readdirSync(dir)) {
+    const m = FREE_RE.exec(name);
+    if (m) nos.push(Number(m[1]));
+  }
+  return nos.sort((a, b) => a - b);
 }
 
 /** Segment numbers found in `dir`, ascending. */
@@ -85,11 +108,21 @@ export function recoverSegments(
         reason = r.reason;
         break;
       }
+      if (r.header.ordinal <= lastOrdinal) {
+        // An older record: stale content of a recycled segment, past the end of the new records.
+        reason = 'stale';
+        break;
+      }
       onRecord(r.header, no, pos, r.bytes);
       lastOrdinal = r.header.ordinal;
       pos += r.bytes;
     }
     if (pos === buf.length) {
+      segments.push({ no, size: pos });
+      continue;
+    }
+    if (i < nos.length - 1 && isAllZero(buf, pos)) {
+      trimZeroTail(file, pos);
       segments.push({ no, size: pos });
       continue;
     }
@@ -185,9 +218,22 @@ function dropTornTail(
     );
   }
   const fields = { segment: file, offset: pos, bytesDropped: dropped, reason, segmentsDeleted: deleted };
-  if (allZero) log('info', 'journal: zero tail after the last record dropped', fields);
+  if (allZero || reason === 'stale')
+    log('info', 'journal: unused tail after the last record dropped', fields);
   else log('warn', 'journal: torn tail after the last valid record dropped', fields);
   return dropped;
+}
+
+/** Cut the unused preallocated tail of a full segment, so that only the last one has one. */
+function trimZeroTail(file: string, size: number): void {
+  try {
+    fs.truncateSync(file, size);
+  } catch (e) {
+    throw new RemcopyError(
+      'RC_ERR_JOURNAL_IO',
+      `${file}: cannot trim the unused tail: ${(e as Error).message}`,
+    );
+  }
 }
 
 function isAllZero(buf: Buffer, from: number): boolean {

@@ -20,8 +20,15 @@
  *
  * Space: `usedBytes` is the sum of the sizes of the live segment files (records, released or not,
  * in segments not yet deleted). An append that would take usedBytes above bytesMax throws
- * RC_ERR_JOURNAL_FULL and writes nothing. A segment is deleted when it is not the active one and
- * every record in it is released under the persisted state file.
+ * RC_ERR_JOURNAL_FULL and writes nothing. A segment is let go when it is not the active one and
+ * every record in it is released under the persisted state file: renamed to free-N.log for reuse
+ * (at most FREE_SEGMENTS_MAX, and live + free files within bytesMax), else deleted.
+ *
+ * Segment files are always segmentBytes long (sparse when new), so appends never change a file's
+ * size; a recycled file's blocks are already allocated, so appends overwrite instead of allocating
+ * (measured several times faster on ext4). Past the records, a new file holds zeroes and a recycled
+ * one stale records of its previous life, whose ordinals are lower: recovery stops at either. When
+ * an append moves on from a recycled segment, the stale tail it leaves behind is zeroed first.
  *
  * Rules asserted on append (programmer errors): per group, seq = previous + 1; ordinal strictly
  * increasing over all groups; ticks are never journalled. Recovery (journal-recovery.ts) refuses
@@ -34,7 +41,9 @@ import { RemcopyError } from '../core/errors.js';
 import type { Ordinal, RecordHeader, Seq, TimeUs } from '../core/types.js';
 import { ordinal, RecordKind, recordKindName, seq, timeUs } from '../core/types.js';
 import {
+  freeSegmentFileName,
   type LogFn,
+  listFreeSegments,
   listSegments,
   type RecoveredSegment,
   recoverSegments,
@@ -65,6 +74,11 @@ export const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
 export const SEGMENT_BYTES_MAX = 1024 * 1024 * 1024;
 /** Buffers per writev call, at most (Linux IOV_MAX). */
 export const WRITEV_BUFFERS_MAX = 1024;
+/** Free (released, kept for reuse) segment files, at most. */
+export const FREE_SEGMENTS_MAX = 8;
+/** Zeroes written per call when clearing the stale tail of a recycled segment. */
+const ZERO_WRITE_BYTES = 1024 * 1024;
+const ZEROES = Buffer.alloc(ZERO_WRITE_BYTES);
 /** Bytes read per call when scanning a segment in retained(). */
 const READ_CHUNK_BYTES = 4 * 1024 * 1024;
 /** readRetained reads neighbouring records in one call when it wastes at most this much more. */
@@ -116,6 +130,8 @@ interface Segment {
   fd: number | null;
   /** Per group, the highest seq in this segment. */
   readonly maxSeq: Map<string, number>;
+  /** A reused file: bytes past `size` are stale records of its previous life, not zeroes. */
+  recycled: boolean;
 }
 
 interface Deferred {
@@ -153,6 +169,8 @@ export class Journal {
 
   /** Live segments in ascending order; the last one is the active segment. */
   private readonly segments = new Map<number, Segment>();
+  /** Released segment files kept for reuse (free-N.log), by N. */
+  private readonly free: number[] = [];
   private active: Segment | null = null;
   private nextSegNo = 1;
   private usedBytes = 0;
@@ -235,6 +253,7 @@ export class Journal {
     const state = readStateSync(this.dir);
     this.loadState(state);
     const nos = listSegments(this.dir);
+    this.free.push(...listFreeSegments(this.dir));
     const result = recoverSegments(
       this.dir,
       nos,
@@ -315,6 +334,7 @@ export class Journal {
         size: r.size,
         fd: null,
         maxSeq: this.recoveringSegments.get(r.no) ?? new Map(),
+        recycled: false,
       };
       this.segments.set(r.no, seg);
       this.usedBytes += r.size;
@@ -324,6 +344,8 @@ export class Journal {
     if (last !== undefined) {
       this.active = this.segments.get(last.no)!;
       this.active.fd = this.openFd(this.active.file, 'r+');
+      if (fs.fstatSync(this.active.fd).size < this.segmentBytes)
+        fs.ftruncateSync(this.active.fd, this.segmentBytes);
     }
   }
 
@@ -359,8 +381,9 @@ export class Journal {
       );
     }
     const created = this.placeBatch(planned);
-    const fds = this.writeBatch(planned, created);
-    this.commitBatch(planned, fds);
+    const recycledNos = new Set<number>();
+    const fds = this.writeBatch(planned, created, recycledNos);
+    this.commitBatch(planned, fds, recycledNos);
   }
 
   /** Checks the sequence rules and encodes every header (checksum over header + payload). */
@@ -419,13 +442,17 @@ export class Journal {
    * Writes the planned records, one writev per run of at most 1024 buffers in one segment.
    * Returns the fds of the segments it created, by segment number.
    */
-  private writeBatch(planned: PlannedRecord[], created: readonly number[]): Map<number, number> {
+  private writeBatch(
+    planned: PlannedRecord[],
+    created: readonly number[],
+    recycledNos: Set<number>,
+  ): Map<number, number> {
     const createdFds = new Map<number, number>();
     const oldSize = this.active?.size ?? 0;
     const fdOf = (no: number): number => (no === this.active?.no ? this.active.fd! : createdFds.get(no)!);
     try {
-      for (const no of created)
-        createdFds.set(no, fs.openSync(path.join(this.dir, segmentFileName(no)), 'wx+'));
+      for (const no of created) createdFds.set(no, this.openNewSegment(no, recycledNos));
+      this.zeroStaleTails(planned, created, recycledNos, fdOf);
       let i = 0;
       while (i < planned.length) {
         const first = planned[i]!;
@@ -446,6 +473,50 @@ export class Journal {
     return createdFds;
   }
 
+  /**
+   * A new segment file: a recycled one when the free pool has one (its blocks are allocated, so
+   * appends overwrite instead of allocating: several times faster on ext4), else a new sparse file.
+   * Either way it is segmentBytes long, so appends never change its size.
+   */
+  private openNewSegment(no: number, recycledNos: Set<number>): number {
+    const file = path.join(this.dir, segmentFileName(no));
+    const reuse = this.free.pop();
+    if (reuse !== undefined) {
+      fs.renameSync(path.join(this.dir, freeSegmentFileName(reuse)), file);
+      const fd = fs.openSync(file, 'r+');
+      if (fs.fstatSync(fd).size !== this.segmentBytes) fs.ftruncateSync(fd, this.segmentBytes);
+      recycledNos.add(no);
+      return fd;
+    }
+    const fd = fs.openSync(file, 'wx+');
+    fs.ftruncateSync(fd, this.segmentBytes);
+    return fd;
+  }
+
+  /**
+   * A recycled segment this batch fills and leaves behind must end in zeroes, not in records of
+   * its previous life: recovery reads a zero tail before the next segment as the end of data.
+   */
+  private zeroStaleTails(
+    planned: PlannedRecord[],
+    created: readonly number[],
+    recycledNos: Set<number>,
+    fdOf: (no: number) => number,
+  ): void {
+    if (created.length === 0) return;
+    const left = [...(this.active ? [this.active.no] : []), ...created.slice(0, -1)];
+    for (const no of left) {
+      const recycled = no === this.active?.no ? this.active.recycled : recycledNos.has(no);
+      if (!recycled) continue;
+      let end = no === this.active?.no ? this.active.size : 0;
+      for (const p of planned) if (p.segNo === no) end = p.offset + p.bytes;
+      for (let at = end; at < this.segmentBytes; at += ZERO_WRITE_BYTES) {
+        const n = Math.min(ZERO_WRITE_BYTES, this.segmentBytes - at);
+        this.writeFully(fdOf(no), [ZEROES.subarray(0, n)], at);
+      }
+    }
+  }
+
   /** writev until every byte is written (a regular file may take a short write before ENOSPC). */
   private writeFully(fd: number, iov: Buffer[], position: number): void {
     let want = 0;
@@ -463,7 +534,11 @@ export class Journal {
   /** Undo a failed batch: truncate the active segment back, remove the segments it created. */
   private rollback(createdFds: Map<number, number>, oldSize: number, cause: unknown): void {
     try {
-      if (this.active !== null) fs.ftruncateSync(this.active.fd!, oldSize);
+      if (this.active !== null) {
+        // Zero what the failed batch wrote, keeping the segment preallocated.
+        fs.ftruncateSync(this.active.fd!, oldSize);
+        fs.ftruncateSync(this.active.fd!, this.segmentBytes);
+      }
       for (const [no, fd] of createdFds) {
         fs.closeSync(fd);
         fs.unlinkSync(path.join(this.dir, segmentFileName(no)));
@@ -480,7 +555,11 @@ export class Journal {
   }
 
   /** The batch is written: update segments, indexes and counters. */
-  private commitBatch(planned: PlannedRecord[], createdFds: Map<number, number>): void {
+  private commitBatch(
+    planned: PlannedRecord[],
+    createdFds: Map<number, number>,
+    recycledNos: Set<number>,
+  ): void {
     const previousActive = this.active;
     for (const [no, fd] of createdFds) {
       const seg: Segment = {
@@ -489,6 +568,7 @@ export class Journal {
         size: 0,
         fd,
         maxSeq: new Map(),
+        recycled: recycledNos.has(no),
       };
       this.segments.set(no, seg);
       this.active = seg;
@@ -700,7 +780,10 @@ export class Journal {
       try {
         if (seg.fd !== null) fs.closeSync(seg.fd);
         seg.fd = null;
-        fs.unlinkSync(seg.file);
+        if (this.mayKeepFree()) {
+          fs.renameSync(seg.file, path.join(this.dir, freeSegmentFileName(seg.no)));
+          this.free.push(seg.no);
+        } else fs.unlinkSync(seg.file);
       } catch (e) {
         this.log('warn', 'journal: cannot delete a released segment; retried later', {
           segment: seg.file,
@@ -714,6 +797,12 @@ export class Journal {
       deleted++;
     }
     return deleted;
+  }
+
+  /** Keep a released segment for reuse while live and free files stay within bytesMax. */
+  private mayKeepFree(): boolean {
+    const files = this.segments.size + this.free.length; // the one being released counts in both
+    return this.free.length < FREE_SEGMENTS_MAX && files * this.segmentBytes <= this.bytesMax;
   }
 
   private releasedOnDisk(seg: Segment): boolean {

@@ -25,7 +25,7 @@ import {
   timeUs,
 } from '../../src/core/types.js';
 import { Journal, type JournalIo, type JournalOptions } from '../../src/storage/journal.js';
-import { encodeHeader } from '../../src/storage/record.js';
+import { encodeHeader, recordBytes as recordBytesOf } from '../../src/storage/record.js';
 
 const root = fs.mkdtempSync(join(tmpdir(), 'rc-journal-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -79,8 +79,8 @@ function collect(j: Journal): Rec[] {
   return [...j.retained()].map((r) => ({ header: r.header, payload: Buffer.from(r.payload) }));
 }
 
-function assertSame(got: Rec[], want: Rec[]): void {
-  assert.equal(got.length, want.length, 'record count');
+function assertSame(got: Rec[], want: Rec[], what = 'records'): void {
+  assert.equal(got.length, want.length, `${what}: record count`);
   for (let i = 0; i < want.length; i++) {
     assert.deepEqual(got[i]!.header, want[i]!.header, `record ${i} header`);
     assert.ok(got[i]!.payload!.equals(want[i]!.payload ?? Buffer.alloc(0)), `record ${i} payload`);
@@ -439,11 +439,12 @@ describe('journal', () => {
     const dir = newDir();
     const j = await open(dir);
     const m = new Maker();
-    j.append([m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100)]);
+    const recs = [m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100), m.rec('a', Kind.data, 100)];
+    j.append(recs);
     await j.close();
     const file = join(dir, segFiles(dir)[0]!);
     const buf = fs.readFileSync(file);
-    const second = buf.length / 3; // three records of equal size
+    const second = recordBytesOf(recs[0]!.header, 100); // three records of equal size
     buf[second + 90]! ^= 0x10;
     fs.writeFileSync(file, buf);
     await assert.rejects(
@@ -457,6 +458,76 @@ describe('journal', () => {
     assert.equal(fs.readFileSync(file).length, buf.length, 'nothing truncated');
   });
 
+  test('preallocated segments: a zero tail before the next segment is the end; zeroed records are a gap', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs = Array.from({ length: 6 }, () => m.rec('a', Kind.data, 3000));
+    j.append(recs);
+    await j.close();
+    const files = segFiles(dir).map((f) => join(dir, f));
+    assert.equal(files.length, 2);
+    const rb = recordBytesOf(recs[0]!.header, 3000);
+    assert.ok(fs.statSync(files[0]!).size > 5 * rb, 'the first segment ends in an unused, zeroed tail');
+    // Reopens with every record: the zero tail of the full segment is not corruption.
+    const j2 = await open(dir);
+    assertSame(collect(j2), recs);
+    await j2.close();
+    // Zeroing the last record of the first segment cannot hide it: the seq gap is refused.
+    const buf = fs.readFileSync(files[0]!);
+    buf.fill(0, 4 * rb, 5 * rb);
+    fs.writeFileSync(files[0]!, buf);
+    await assert.rejects(() => open(dir), isCode('RC_ERR_JOURNAL_CORRUPT'));
+  });
+
+  test('released segments are recycled; reopening after reuse and after a crash keeps exactly the live records', async () => {
+    const dir = newDir();
+    let j = await open(dir);
+    let m = new Maker();
+    let live: Rec[] = [];
+    // Fill and release many segments' worth, so that segment files are reused several times.
+    for (let round = 0; round < 12; round++) {
+      const recs = Array.from({ length: 4 }, () => m.rec('a', Kind.data, 3000));
+      j.append(recs);
+      await j.sync();
+      live = live.concat(recs);
+      const keep = live.slice(-3);
+      j.release('a', (keep[0]!.header.seq - 1) as never);
+      live = keep;
+      await j.whenIdle();
+    }
+    const free = fs.readdirSync(dir).filter((f) => f.startsWith('free-'));
+    const segs = segFiles(dir);
+    assert.ok(free.length > 0, 'released segments are kept for reuse');
+    assert.ok(
+      segs.length + free.length <= SMALL.bytesMax / SMALL.segmentBytes!,
+      'live + free files within bytesMax',
+    );
+    assertSame(collect(j), live);
+    // The next segments are the free files, renamed: same inodes, blocks already allocated.
+    const freeInodes = new Set(free.map((f) => fs.statSync(join(dir, f)).ino));
+    for (let i = 0; i < 8; i++) {
+      const recs = Array.from({ length: 4 }, () => m.rec('a', Kind.data, 3000));
+      j.append(recs);
+      live = live.concat(recs);
+    }
+    assert.ok(
+      segFiles(dir).some((f) => freeInodes.has(fs.statSync(join(dir, f)).ino)),
+      'a free file came back as a live segment',
+    );
+    await j.close();
+    j = await open(dir);
+    assertSame(collect(j), live, 'after a clean reopen');
+    // A crash image: the active (possibly recycled) segment's records are followed by stale bytes.
+    m = new Maker(j, ['a']);
+    const more = m.rec('a', Kind.data, 3000);
+    j.append([more]);
+    await j.close();
+    j = await open(dir);
+    assertSame(collect(j), live.concat([more]), 'stale tail after the last record is not loaded');
+    await j.close();
+  });
+
   test('recovery: a torn tail spanning into a segment the crashed append created is dropped', async () => {
     const dir = newDir();
     const j = await open(dir);
@@ -468,8 +539,9 @@ describe('journal', () => {
     assert.equal(files.length, 2);
     const first = join(dir, files[0]!);
     const second = join(dir, files[1]!);
-    const firstSize = fs.statSync(first).size;
-    const recordBytes = firstSize / 5;
+    // Segments are preallocated: the first holds five records and then zeroes.
+    const recordBytes = recordBytesOf(recs[0]!.header, 3000);
+    const firstSize = 5 * recordBytes;
     // The first segment loses half of its last record; the second holds only a torn record.
     fs.truncateSync(first, firstSize - recordBytes / 2);
     fs.truncateSync(second, 100);
@@ -477,7 +549,7 @@ describe('journal', () => {
     const j2 = await open(dir, { log: (_l, _m, f) => logs.push(f ?? {}) });
     assertSame(collect(j2), recs.slice(0, 4));
     assert.deepEqual(segFiles(dir), [files[0]]);
-    assert.equal(fs.statSync(first).size, 4 * recordBytes);
+    assert.equal(j2.usage().usedBytes, 4 * recordBytes, 'records after the cut are gone');
     assert.ok(
       logs.some(
         (f) => 'bytesDropped' in f && (f as { bytesDropped: number }).bytesDropped === 100 + recordBytes / 2,
