@@ -337,9 +337,9 @@ export class InflightRanges {
   private readonly entries = new Set<{ start: number; end: number; done: Promise<void> }>();
 
   run(start: number, end: number, op: () => Promise<void>): Promise<void> {
-    let before: Promise<void>[] | undefined;
-    for (const e of this.entries) if (e.start < end && start < e.end) (before ??= []).push(e.done);
-    const result = before === undefined ? op() : Promise.all(before).then(op);
+    const before: Promise<void>[] = [];
+    for (const e of this.entries) if (e.start < end && start < e.end) before.push(e.done);
+    const result = before.length === 0 ? op() : Promise.all(before).then(op);
     const entry = { start, end, done: result.then(noop, noop) };
     this.entries.add(entry);
     void entry.done.then(() => this.entries.delete(entry));
