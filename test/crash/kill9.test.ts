@@ -14,17 +14,14 @@ import { after, test } from 'node:test';
 import { connect } from '../../src/client/index.js';
 import { apiCall } from '../../src/node/api.js';
 import { startNodeProcess, type TestTopology, writeTopology } from '../../src/testing/proc.js';
+import { mulberry32 } from '../../src/testing/random.js';
 
 const BLOCK = 4096;
 const BLOCKS = 4096; // 16 MiB volume
 const CONCURRENCY = 16;
 const ROUNDS = 3;
 const seed = Number(process.env.REMCOPY_SEED ?? Date.now() % 100000);
-let rnd = seed;
-const random = (): number => {
-  rnd = (Math.imul(rnd, 1103515245) + 12345) >>> 0;
-  return rnd / 2 ** 32;
-};
+const random = mulberry32(seed);
 
 const dir = mkdtempSync(join(tmpdir(), 'rc-kill9-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

@@ -28,21 +28,13 @@ import {
 } from '../../src/core/types.js';
 import { Journal } from '../../src/storage/journal.js';
 import { decodeRecord, encodeHeader } from '../../src/storage/record.js';
+import { mulberry32 } from '../../src/testing/random.js';
 
 const SEED = Number(process.env['RC_FUZZ_SEED'] ?? 20261122);
 const LIMITS = { limits: { recordPayloadBytesMax: 4096 }, segmentBytes: 10 * 1024, bytesMax: 1024 * 1024 };
 const RECORDS = 30;
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = mulberry32;
 const rnd = prng(SEED);
 const int = (n: number) => Math.floor(rnd() * n);
 

@@ -21,6 +21,7 @@ import { type ReplySink, ReplyWriter } from '../../src/frontend/nbd/replies.js';
 import { clampExtents } from '../../src/frontend/nbd/requests.js';
 import { Transmission, type TransmissionHost } from '../../src/frontend/nbd/transmission.js';
 import { MemCatalog, MemExport } from '../../src/testing/mem-export.js';
+import { mulberry32 } from '../../src/testing/random.js';
 
 function option(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
   const h = Buffer.alloc(16);
@@ -51,17 +52,7 @@ function request(type: number, handle: number, offset: number, length: number, f
   return b;
 }
 
-/** Deterministic PRNG (mulberry32) so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 /** Every test fails (never hangs) if something does not settle. */
 const T = { timeout: 60_000 };

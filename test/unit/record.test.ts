@@ -27,18 +27,9 @@ import {
   RECORD_PAYLOAD_BYTES_MAX,
   recordBytes,
 } from '../../src/storage/record.js';
+import { mulberry32 } from '../../src/testing/random.js';
 
-/** mulberry32: a small seeded PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = mulberry32;
 
 function header(kind: RecordKind, length: number, over: Partial<RecordHeader> = {}): RecordHeader {
   return {

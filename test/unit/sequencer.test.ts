@@ -8,21 +8,14 @@ import { test } from 'node:test';
 import { Sequencer } from '../../src/core/sequencer.js';
 import type { OrderKey, WriteTimeMode } from '../../src/core/types.js';
 import { compareKeys, nodeIdOf, ordinal, seq, timeUs } from '../../src/core/types.js';
+import { mulberry32 } from '../../src/testing/random.js';
 
 const fresh = { lastOrdinal: ordinal(0), lastWriteTimeUs: timeUs(0), lastSeq: new Map() };
-
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
 
 for (const mode of ['host-last', 'clock', 'counter'] as WriteTimeMode[]) {
   test(`${mode}: keys strictly increase across groups, seqs are gapless per group`, () => {
     const sq = new Sequencer(nodeIdOf('a'), mode, fresh);
-    const rnd = lcg(7);
+    const rnd = mulberry32(7);
     let prev: OrderKey | undefined;
     const lastSeq = new Map<string, number>();
     let now = 1_000_000;
