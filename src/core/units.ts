@@ -21,8 +21,7 @@ export const GiB = 1024 * MiB;
 export const TiB = 1024 * GiB;
 
 export type ParseResult =
-  | { readonly ok: true; readonly value: number }
-  | { readonly ok: false; readonly error: string };
+  { readonly ok: true; readonly value: number } | { readonly ok: false; readonly error: string };
 
 const SIZE_UNITS: Readonly<Record<string, bigint>> = {
   '': 1n,

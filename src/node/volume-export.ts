@@ -10,9 +10,7 @@ import type { BlockDevice } from '../storage/blockdev.js';
 import type { WritePath } from './write-path.js';
 
 export type VolumeRole =
-  | { kind: 'none' }
-  | { kind: 'source'; group: string }
-  | { kind: 'target'; group: string };
+  { kind: 'none' } | { kind: 'source'; group: string } | { kind: 'target'; group: string };
 
 /** Zero detection for BLOCK_STATUS looks at most this much per request. */
 const BLOCK_STATUS_SCAN_BYTES = 1 << 20;
@@ -72,7 +70,7 @@ export class NodeVolume implements VolumeExport {
     const scan = Math.min(length, BLOCK_STATUS_SCAN_BYTES);
     const buf = await this.read(offset, scan);
     const extents: Extent[] = [];
-    for (let at = 0; at < scan; ) {
+    for (let at = 0; at < scan;) {
       const end = Math.min(scan, at + BLOCK_STATUS_GRAIN_BYTES - ((offset + at) % BLOCK_STATUS_GRAIN_BYTES));
       const flags = isZero(buf, at, end) ? STATE_ZERO : 0;
       const last = extents[extents.length - 1];

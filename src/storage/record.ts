@@ -111,6 +111,8 @@ function nameBytes(name: string): number {
   const cached = validNames.get(name);
   if (cached !== undefined) return cached;
   const bytes = Buffer.byteLength(name, 'utf8');
+  // Control characters are refused in names on purpose: they would corrupt logs and paths.
+  // eslint-disable-next-line no-control-regex
   if (bytes > RECORD_NAME_BYTES_MAX || /[\u0000-\u001f\u007f]/.test(name) || !isWellFormed(name)) return -1;
   if (validNames.size >= VALID_NAMES_CACHED_MAX) validNames.clear();
   validNames.set(name, bytes);

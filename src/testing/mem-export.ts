@@ -83,7 +83,7 @@ export class MemExport implements VolumeExport {
     this.counts.blockStatus++;
     const end = offset + length;
     const extents: Extent[] = [];
-    for (let at = offset; at < end; ) {
+    for (let at = offset; at < end;) {
       const block = Math.floor(at / MEM_BLOCK_BYTES);
       const next = Math.min(end, (block + 1) * MEM_BLOCK_BYTES);
       const flags = STATE_FLAGS[this.blocks[block] ?? BLOCK_DATA] ?? 0;

@@ -89,7 +89,7 @@ before(async () => {
   const j = await Journal.open({ dir, ...LIMITS });
   const recs = makeRecords();
   // Several appends of several records: batches that span segments too.
-  for (let i = 0; i < recs.length; ) {
+  for (let i = 0; i < recs.length;) {
     const n = 1 + int(5);
     j.append(recs.slice(i, i + n));
     i += n;

@@ -28,9 +28,10 @@ async function python(script: string, ...args: string[]): Promise<string> {
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stdout?: string; stderr?: string };
     if (err.code === 'ENOENT')
-      throw new Error(`${PYTHON} is missing: install Debian packages python3 python3-libnbd`);
-    if (err.stderr?.includes("No module named 'nbd'")) throw new Error('python3-libnbd is not installed');
-    throw new Error(`python failed: ${err.message}\n${err.stdout ?? ''}\n${err.stderr ?? ''}`);
+      throw new Error(`${PYTHON} is missing: install Debian packages python3 python3-libnbd`, { cause: e });
+    if (err.stderr?.includes("No module named 'nbd'"))
+      throw new Error('python3-libnbd is not installed', { cause: e });
+    throw new Error(`python failed: ${err.message}\n${err.stdout ?? ''}\n${err.stderr ?? ''}`, { cause: e });
   }
 }
 

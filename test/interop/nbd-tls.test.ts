@@ -32,9 +32,10 @@ async function run(cmd: string, args: string[]): Promise<string> {
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stdout?: string; stderr?: string };
     if (err.code === 'ENOENT')
-      throw new Error(`${cmd} is not installed: install Debian package ${PACKAGES[cmd]}`);
+      throw new Error(`${cmd} is not installed: install Debian package ${PACKAGES[cmd]}`, { cause: e });
     throw new Error(
       `${cmd} ${args.join(' ')} failed: ${err.message}\n${err.stdout ?? ''}\n${err.stderr ?? ''}`,
+      { cause: e },
     );
   }
 }

@@ -12,7 +12,8 @@ import { RemcopyError } from '../../src/core/errors.js';
 import { nodeIdOf } from '../../src/core/types.js';
 import { ConfigError, parseConfig } from '../../src/node/config.js';
 
-// biome-ignore lint/suspicious/noExplicitAny: fixtures are plain YAML data, mutated freely per test
+// Fixtures are plain objects that each test bends into a bad shape on purpose.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Cfg = any;
 
 function base(): Cfg {

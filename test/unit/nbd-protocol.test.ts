@@ -76,7 +76,7 @@ function runHandshake(input: Buffer, cuts: number[], tlsRequired = false) {
 /** Option replies in `bytes`, as [option, type] pairs. */
 function replyTypes(bytes: Buffer): [number, number][] {
   const out: [number, number][] = [];
-  for (let at = 0; at < bytes.length; ) {
+  for (let at = 0; at < bytes.length;) {
     out.push([bytes.readUInt32BE(at + 8), bytes.readUInt32BE(at + 12)]);
     at += 20 + bytes.readUInt32BE(at + 16);
   }
@@ -250,7 +250,7 @@ function simpleReplies(
   reads: Map<number, number>,
 ): Map<number, { error: number; data?: Buffer }> {
   const out = new Map<number, { error: number; data?: Buffer }>();
-  for (let at = 0; at < bytes.length; ) {
+  for (let at = 0; at < bytes.length;) {
     assert.equal(bytes.readUInt32BE(at), 0x67446698);
     const error = bytes.readUInt32BE(at + 4);
     const handle = Number(bytes.readBigUInt64BE(at + 8));
