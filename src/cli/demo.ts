@@ -156,7 +156,9 @@ export async function runDemo(o: { keep?: boolean }): Promise<number> {
     if (!s) return;
     const seqs = s.groups.map((g) => `${g.name} seq ${g.seqWritten}`).join(', ');
     const rate = Math.round((n * 1000) / Math.max(1, Date.now() - t0));
-    process.stdout.write(`\r   ${n} transfers (${rate}/s)  ${seqs}  journal ${mib(s.journal.usedBytes)}   `);
+    const line = `   ${n} transfers (${rate}/s)  ${seqs}  journal ${mib(s.journal.usedBytes)}`;
+    // On a terminal the line updates in place; in a log, one line per update.
+    process.stdout.write(process.stdout.isTTY ? `\r${line}   ` : `${line}\n`);
   };
   let lastShown = 0;
   const killAt = t0 + WORKLOAD_MS * (0.6 + Math.random() * 0.3);
@@ -165,7 +167,7 @@ export async function runDemo(o: { keep?: boolean }): Promise<number> {
     addr,
     t0 + WORKLOAD_MS,
     (n) => {
-      if (Date.now() - lastShown > 300) {
+      if (Date.now() - lastShown > (process.stdout.isTTY ? 300 : 1000)) {
         lastShown = Date.now();
         void progress(n);
       }
