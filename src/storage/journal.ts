@@ -29,12 +29,16 @@
  * (measured several times faster on ext4). Past the records, a new file holds zeroes and a recycled
  * one stale records of its previous life, whose ordinals are lower: recovery stops at either. When
  * an append moves on from a recycled segment, the stale tail it leaves behind is zeroed first.
+ * When no free file exists and appends are slow, a zero-filled spare is prepared in the background
+ * (prep-N.tmp, fdatasynced, renamed to free-N.log): FLUSH-heavy hosts then never pay for block
+ * allocation inside an fdatasync (measured 2x the fdatasync rate of a sparse file on this disk).
  *
  * Rules asserted on append (programmer errors): per group, seq = previous + 1; ordinal strictly
  * increasing over all groups; ticks are never journalled. Recovery (journal-recovery.ts) refuses
  * a journal where these do not hold among the retained records.
  */
 import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { assert } from '../core/assert.js';
 import { RemcopyError } from '../core/errors.js';
@@ -74,6 +78,11 @@ export const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
 export const SEGMENT_BYTES_MAX = 1024 * 1024 * 1024;
 /** Buffers per writev call, at most (Linux IOV_MAX). */
 export const WRITEV_BUFFERS_MAX = 1024;
+/** Prepared spares are numbered from here, apart from segment numbers. */
+const PREPARED_NO_BASE = 5_000_000_000_000_000;
+const PREPARING_PREFIX = 'prep-';
+/** Above this append rate no spare is zero-filled (recycling serves fast appenders). */
+const PREPARE_APPEND_BYTES_PER_S_MAX = 32 * 1024 * 1024;
 /** Free (released, kept for reuse) segment files, at most. */
 export const FREE_SEGMENTS_MAX = 8;
 /** Zeroes written per call when clearing the stale tail of a recycled segment. */
@@ -171,6 +180,13 @@ export class Journal {
   private readonly segments = new Map<number, Segment>();
   /** Released segment files kept for reuse (free-N.log), by N. */
   private readonly free: number[] = [];
+  /** Free files known to hold only zeroes (prepared spares, not recycled segments). */
+  private readonly zeroFree = new Set<number>();
+  private preparing: Promise<void> | null = null;
+  private nextPrepNo = PREPARED_NO_BASE;
+  private rateWindowStartMs = 0;
+  private rateWindowBytes = 0;
+  private lastWindowBytes = 0;
   private active: Segment | null = null;
   private nextSegNo = 1;
   private usedBytes = 0;
@@ -243,6 +259,10 @@ export class Journal {
       j.closeFds();
       throw e;
     }
+    // A spare, zero-filled segment before the first append: FLUSH-heavy hosts then never pay for
+    // block allocation in an fdatasync. Failing to make one is not fatal: appends allocate instead.
+    j.maybePrepareSpare();
+    await j.preparing;
     return j;
   }
 
@@ -253,7 +273,9 @@ export class Journal {
     const state = readStateSync(this.dir);
     this.loadState(state);
     const nos = listSegments(this.dir);
+    this.removePreparationLeftovers();
     this.free.push(...listFreeSegments(this.dir));
+    for (const n of this.free) this.nextPrepNo = Math.max(this.nextPrepNo, n + 1);
     const result = recoverSegments(
       this.dir,
       nos,
@@ -485,7 +507,7 @@ export class Journal {
       fs.renameSync(path.join(this.dir, freeSegmentFileName(reuse)), file);
       const fd = fs.openSync(file, 'r+');
       if (fs.fstatSync(fd).size !== this.segmentBytes) fs.ftruncateSync(fd, this.segmentBytes);
-      recycledNos.add(no);
+      if (!this.zeroFree.delete(reuse)) recycledNos.add(no);
       return fd;
     }
     const fd = fs.openSync(file, 'wx+');
@@ -590,6 +612,10 @@ export class Journal {
     }
     this.retainedRecords += planned.length;
     this.appendGen++;
+    let batchBytes = 0;
+    for (const p of planned) batchBytes += p.bytes;
+    this.countAppended(batchBytes);
+    if (createdFds.size > 0) this.maybePrepareSpare();
     if (previousActive !== null && previousActive !== this.active) this.scheduleMaintenance();
   }
 
@@ -805,6 +831,64 @@ export class Journal {
     return this.free.length < FREE_SEGMENTS_MAX && files * this.segmentBytes <= this.bytesMax;
   }
 
+  /**
+   * Prepare a zero-filled spare segment in the background when none is free, space allows, and
+   * appends are slow: fast appenders are served by recycled segments, and zero-filling would
+   * double their disk traffic.
+   */
+  private maybePrepareSpare(): void {
+    if (this.preparing !== null || this.closed || this.failed !== null || this.free.length > 0) return;
+    const files = this.segments.size + this.free.length + 1;
+    if (files * this.segmentBytes > this.bytesMax) return;
+    if (Math.max(this.rateWindowBytes, this.lastWindowBytes) > PREPARE_APPEND_BYTES_PER_S_MAX) return;
+    const no = this.nextPrepNo++;
+    this.preparing = this.prepareSpare(no)
+      .catch((e) =>
+        this.log('warn', 'journal: cannot prepare a spare segment', { dir: this.dir, error: String(e) }),
+      )
+      .finally(() => {
+        this.preparing = null;
+      });
+  }
+
+  private async prepareSpare(no: number): Promise<void> {
+    const tmp = path.join(this.dir, `${PREPARING_PREFIX}${no}.tmp`);
+    const fd = await fsp.open(tmp, 'wx');
+    try {
+      for (let at = 0; at < this.segmentBytes; at += ZERO_WRITE_BYTES) {
+        await fd.write(ZEROES, 0, Math.min(ZERO_WRITE_BYTES, this.segmentBytes - at), at);
+      }
+      await fd.datasync();
+    } finally {
+      await fd.close();
+    }
+    if (this.closed) {
+      await fsp.rm(tmp, { force: true });
+      return;
+    }
+    await fsp.rename(tmp, path.join(this.dir, freeSegmentFileName(no)));
+    await fsyncDir(this.dir);
+    this.free.push(no);
+    this.zeroFree.add(no);
+  }
+
+  private removePreparationLeftovers(): void {
+    for (const name of fs.readdirSync(this.dir)) {
+      if (name.startsWith(PREPARING_PREFIX)) fs.rmSync(path.join(this.dir, name), { force: true });
+    }
+  }
+
+  /** Bytes appended per second, over a one-second window: decides whether spares are prepared. */
+  private countAppended(bytes: number): void {
+    const now = performance.now();
+    if (now - this.rateWindowStartMs >= 1000) {
+      this.lastWindowBytes = now - this.rateWindowStartMs >= 2000 ? 0 : this.rateWindowBytes;
+      this.rateWindowBytes = 0;
+      this.rateWindowStartMs = now;
+    }
+    this.rateWindowBytes += bytes;
+  }
+
   private releasedOnDisk(seg: Segment): boolean {
     for (const [group, maxSeq] of seg.maxSeq) {
       if (maxSeq > (this.persistedReleased.get(group) ?? 0)) return false;
@@ -989,6 +1073,7 @@ export class Journal {
       await this.whenIdle();
     } finally {
       this.closed = true;
+      await this.preparing;
       this.closeFds();
     }
   }

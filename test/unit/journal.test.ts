@@ -528,6 +528,30 @@ describe('journal', () => {
     await j.close();
   });
 
+  test('a fresh journal prepares a zero-filled spare; the first segment is that file', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const spares = fs.readdirSync(dir).filter((f) => f.startsWith('free-'));
+    assert.equal(spares.length, 1, 'one spare prepared at open');
+    const spare = join(dir, spares[0]!);
+    const content = fs.readFileSync(spare);
+    assert.equal(content.length, SMALL.segmentBytes);
+    assert.ok(
+      content.every((b) => b === 0),
+      'zero-filled, so its blocks are allocated and hold no stale records',
+    );
+    const ino = fs.statSync(spare).ino;
+    const m = new Maker();
+    const rec = m.rec('a', Kind.data, 1000);
+    j.append([rec]);
+    assert.equal(fs.statSync(join(dir, segFiles(dir)[0]!)).ino, ino, 'the first segment reuses the spare');
+    await j.close();
+    assert.ok(!fs.readdirSync(dir).some((f) => f.startsWith('prep-')), 'no preparation leftovers');
+    const j2 = await open(dir);
+    assertSame(collect(j2), [rec]);
+    await j2.close();
+  });
+
   test('recovery: a torn tail spanning into a segment the crashed append created is dropped', async () => {
     const dir = newDir();
     const j = await open(dir);
