@@ -4,14 +4,16 @@
  *
  *   front end --submit()--> pending batch --(setImmediate)--> sequencer.next() per record
  *      --> journal.append(batch)   one writev into the page cache
- *      --> device.writeSync()      apply to the volume files
- *      --> resolve                 (FUA writes wait for journal.sync(): group commit)
+ *      --> apply to the volume     < 64 KiB inline (writeSync); larger on the thread pool
+ *      --> resolve                 (FUA writes also wait for journal.sync(): group commit)
  *
  * Ordering contract: a write is acknowledged only after its record is in the journal and its data
  * in the volume, so a later read sees it and a FLUSH (journal.sync) makes it durable. Records are
- * appended in the order they are sequenced, and applied in the same order, so the journal is a redo
- * log of the volumes: on start, `redo` replays every retained record. A record is released only
- * after the volumes it touched are synced (release()), so the redo log never has a hole.
+ * appended in the order they are sequenced; volume writes that overlap one still in flight wait for
+ * it (InflightRanges), so each block ends as the journal order says. The journal is thus a redo log
+ * of the volumes: on start every retained record is replayed. A record is released only after
+ * the volume writes issued so far are done and the volumes synced (release()), so the redo log
+ * never has a hole.
  *
  * Journal full (policy `throttle`): a batch that does not fit waits for space (records to be
  * released), at most `throttleMaxDelayMs` per write; past that the write fails with ENOSPC and
