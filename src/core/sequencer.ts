@@ -69,7 +69,8 @@ export class Sequencer {
   next(group: string, hostTimeUs: TimeUs | undefined, nowUs: TimeUs): SequencedFields {
     assert(hostTimeUs === undefined || (Number.isSafeInteger(hostTimeUs) && hostTimeUs >= 0), 'host time');
     const candidate = this.candidateTime(hostTimeUs, nowUs);
-    const writeTimeUs = Math.max(candidate, this.lastWriteTimeUs);
+    // Clamped to stay an exact integer: a host may send the largest time; ordinals still order.
+    const writeTimeUs = Math.min(Math.max(candidate, this.lastWriteTimeUs), WRITE_TIME_US_MAX);
     const s = (this.lastSeq.get(group) ?? 0) + 1;
     const o = this.lastOrdinal + 1;
     assert(Number.isSafeInteger(o) && Number.isSafeInteger(s), 'sequence space exhausted');

@@ -109,8 +109,11 @@ export class WritePath {
   /** Records of `group` up to `uptoSeq` are no longer needed: sync their volumes, then release. */
   async release(group: string, uptoSeq: Seq, devices: readonly BlockDevice[]): Promise<void> {
     assert(uptoSeq <= this.o.sequencer.seqOf(group), 'release beyond the last appended seq');
+    if (uptoSeq <= 0) return;
     await this.drain(devices);
     await Promise.all(devices.map((d) => d.sync()));
+    // The node may have begun to stop while the volumes synced: the journal is closed then.
+    if (this.closed) return;
     this.o.journal.release(group, uptoSeq);
     if (this.throttleTimer) this.retryThrottled();
   }

@@ -27,7 +27,10 @@ test('journal full: ENOSPC after the bounded delay, nothing changed, writes resu
   const topo = await writeTopology(
     dir,
     {
-      a: { volumes: { vol: '128MiB' }, journal: '{ size: 66MiB, segmentSize: 33MiB, throttleMaxDelay: 300ms }' },
+      a: {
+        volumes: { vol: '128MiB' },
+        journal: '{ size: 66MiB, segmentSize: 33MiB, throttleMaxDelay: 300ms }',
+      },
       b: { volumes: { vol: '128MiB' } },
     },
     { g: ['a', 'b', 'vol'] },
@@ -55,7 +58,11 @@ test('journal full: ENOSPC after the bounded delay, nothing changed, writes resu
     assert.equal(afterFull.groups[0]!.seqWritten, 2, 'no seq consumed by the refused write');
     assert.ok(afterFull.writePath.rejectedJournalFull >= 1, 'counted');
     const { stdout } = await io('read -P 0x11 0 32M', 'read -P 0x22 32M 32M', 'read -P 0 64M 32M');
-    assert.doesNotMatch(stdout, /Pattern verification failed/, 'earlier data intact, the refused range untouched');
+    assert.doesNotMatch(
+      stdout,
+      /Pattern verification failed/,
+      'earlier data intact, the refused range untouched',
+    );
     // What a target's durable report will do: release, then the write goes through.
     await apiCall(api, topo.secret, 'POST', '/v1/groups/g/release', { uptoSeq: 2 });
     await io('write -P 0x33 64M 32M', 'read -P 0x33 64M 32M');

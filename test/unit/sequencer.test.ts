@@ -93,3 +93,12 @@ test('a negative or fractional host time is a programmer error', () => {
   assert.throws(() => sq.next('g', timeUs(-1), timeUs(0)), /host time/);
   assert.throws(() => sq.next('g', timeUs(1.5), timeUs(0)), /host time/);
 });
+
+test('the largest host time does not push write times past 2^53 - 1; keys still increase', () => {
+  const sq = new Sequencer(nodeIdOf('a'), 'counter', fresh);
+  const a = sq.next('g', timeUs(Number.MAX_SAFE_INTEGER), timeUs(0));
+  const b = sq.next('g', undefined, timeUs(0));
+  assert.equal(a.writeTimeUs, Number.MAX_SAFE_INTEGER);
+  assert.equal(b.writeTimeUs, Number.MAX_SAFE_INTEGER);
+  assert.ok(b.ordinal > a.ordinal);
+});

@@ -260,3 +260,14 @@ test('overlapping large writes land in journal order even when the pool finishes
   assert.ok(redo.bytes.equals(dev.bytes), 'the volume equals the journal replayed in order');
   await journal.close();
 });
+
+test('release of nothing, or racing a stop, is a no-op instead of a crash', async () => {
+  const { journal, wp, dev, write } = await setup();
+  await wp.release('never-written', 0 as Seq, [dev]);
+  await write('g1', 0, 1);
+  // As the node's stop does: write path, then journal, closed while the release syncs volumes.
+  const racing = wp.release('g1', 1 as Seq, [dev]);
+  await wp.close();
+  await journal.close();
+  await racing;
+});
