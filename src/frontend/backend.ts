@@ -7,6 +7,8 @@
  * durable at least) and visible to every later read on any connection. When `flush()` resolves,
  * every write resolved before flush() was called is durable (journal fsynced). A write with
  * `fua: true` is durable when it resolves. Rejections are `BackendError`s, never other throws.
+ * A write may keep using `data` (on the thread pool) until its promise settles: front ends must
+ * not reuse or change that buffer before then.
  */
 import type { TimeUs } from '../core/types.js';
 
