@@ -9,7 +9,7 @@ export type Log = (level: LogLevel, msg: string, fields?: object) => void;
 
 export function makeLog(name: string, level: LogLevel = 'info'): Log {
   const p = pino(
-    { name, level: process.env.REMCOPY_LOG_LEVEL ?? level, base: { node: name } },
+    { level: process.env.REMCOPY_LOG_LEVEL ?? level, base: { node: name } },
     pino.destination(2),
   );
   return (lvl, msg, fields) => p[lvl](fields ?? {}, msg);
