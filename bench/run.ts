@@ -12,7 +12,7 @@
  * everything written so far (the node syncs the volume first, as it will for a real target).
  *
  * Environment: BENCH_SECONDS (per workload, default 8), BENCH_SIZE_MIB (file size, default 1024),
- * BENCH_RELEASE_MS (how often the stand-in target releases, default 250),
+ * BENCH_RELEASE_MS (how often the stand-in target releases, default 250), BENCH_WORKLOADS (comma list),
  * BENCH_ONLY (comma list of servers: remcopy,nbdkit,qemu-nbd).
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
@@ -197,6 +197,8 @@ async function fio(uri: string, w: Workload): Promise<number> {
 
 async function main(): Promise<void> {
   const only = (process.env.BENCH_ONLY ?? 'nbdkit,qemu-nbd,remcopy').split(',');
+  const chosen = process.env.BENCH_WORKLOADS?.split(',');
+  if (chosen) workloads.splice(0, workloads.length, ...workloads.filter((w) => chosen.includes(w.name)));
   const starters: Record<string, (dir: string) => Promise<Server>> = {
     nbdkit: startNbdkit,
     'qemu-nbd': startQemuNbd,
