@@ -11,37 +11,10 @@ import { stringify } from 'yaml';
 import { RemcopyError } from '../../src/core/errors.js';
 import { nodeIdOf } from '../../src/core/types.js';
 import { ConfigError, parseConfig } from '../../src/node/config.js';
+import { type ConfigFixture, twoSiteConfig } from '../../src/testing/config-fixture.js';
 
-// Fixtures are plain objects that each test bends into a bad shape on purpose.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type Cfg = any;
-
-function base(): Cfg {
-  return {
-    secret: 'file-secret',
-    nodes: {
-      siteA: {
-        dataDir: './var/siteA',
-        nbd: '127.0.0.1:10809',
-        link: '127.0.0.1:7701',
-        api: '127.0.0.1:7801',
-        volumes: { db: '256MiB', log: '64MiB' },
-      },
-      siteB: {
-        dataDir: './var/siteB',
-        nbd: '127.0.0.1:10810',
-        link: '127.0.0.1:7702',
-        api: '127.0.0.1:7802',
-        volumes: { db: '256MiB', log: '64MiB' },
-      },
-    },
-    groups: {
-      'g-db': { source: 'siteA', target: 'siteB', pairs: { db: 'db' } },
-      'g-log': { source: 'siteA', target: 'siteB', pairs: { log: 'log' } },
-    },
-    consistencySets: { bank: ['g-db', 'g-log'] },
-  };
-}
+type Cfg = ConfigFixture;
+const base = twoSiteConfig;
 
 /** The problem lines of a config that must fail. */
 function problems(cfg: Cfg | string, env: NodeJS.ProcessEnv = {}): string[] {

@@ -24,40 +24,11 @@ import {
   type Topology,
   volumeRole,
 } from '../../src/node/config.js';
+import { twoSiteConfig } from '../../src/testing/config-fixture.js';
 
 const examples = join(process.cwd(), 'examples');
 
-// Fixtures are plain objects that each test bends into a bad shape on purpose.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type Cfg = any;
-
-/** A small valid topology: two nodes, two groups in one set. Fresh each call, for mutation. */
-function base(): Cfg {
-  return {
-    secret: 'file-secret',
-    nodes: {
-      siteA: {
-        dataDir: './var/siteA',
-        nbd: '127.0.0.1:10809',
-        link: '127.0.0.1:7701',
-        api: '127.0.0.1:7801',
-        volumes: { db: '256MiB', log: '64MiB' },
-      },
-      siteB: {
-        dataDir: './var/siteB',
-        nbd: '127.0.0.1:10810',
-        link: '127.0.0.1:7702',
-        api: '127.0.0.1:7802',
-        volumes: { db: '256MiB', log: '64MiB' },
-      },
-    },
-    groups: {
-      'g-db': { source: 'siteA', target: 'siteB', pairs: { db: 'db' } },
-      'g-log': { source: 'siteA', target: 'siteB', pairs: { log: 'log' } },
-    },
-    consistencySets: { bank: ['g-db', 'g-log'] },
-  };
-}
+const base = twoSiteConfig;
 
 function parse(cfg: object, env: NodeJS.ProcessEnv = {}, baseDir = '/srv/remcopy'): Topology {
   return parseConfig(stringify(cfg), baseDir, 'test.yaml', env);
