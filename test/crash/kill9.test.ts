@@ -98,7 +98,13 @@ test(`kill -9 during a write storm loses no acknowledged write (seed ${seed})`, 
     );
     const out: Outcome = { acked: new Map(), promised: new Set(), writes: 0 };
     const killAfterMs = 150 + Math.floor(random() * 600);
-    const killer = new Promise<void>((r) => setTimeout(r, killAfterMs)).then(() => node.kill9());
+    // Kill at the random moment, but never before the storm is under way (a loaded CI machine).
+    const underWay = async (): Promise<void> => {
+      while (out.writes < 50) await new Promise((r) => setTimeout(r, 5));
+    };
+    const killer = Promise.all([new Promise((r) => setTimeout(r, killAfterMs)), underWay()]).then(() =>
+      node.kill9(),
+    );
     await Promise.all([storm(topo, round, round * 100_000, out), killer]);
     assert.ok(out.writes > 0, 'the storm wrote something before the kill');
 
