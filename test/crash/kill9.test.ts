@@ -99,13 +99,17 @@ test(`kill -9 during a write storm loses no acknowledged write (seed ${seed})`, 
     const out: Outcome = { acked: new Map(), promised: new Set(), writes: 0 };
     const killAfterMs = 150 + Math.floor(random() * 600);
     // Kill at the random moment, but never before the storm is under way (a loaded CI machine).
+    let stormDone = false;
+    const stormed = storm(topo, round, round * 100_000, out).finally(() => {
+      stormDone = true;
+    });
     const underWay = async (): Promise<void> => {
-      while (out.writes < 50) await new Promise((r) => setTimeout(r, 5));
+      while (out.writes < 50 && !stormDone) await new Promise((r) => setTimeout(r, 5));
     };
     const killer = Promise.all([new Promise((r) => setTimeout(r, killAfterMs)), underWay()]).then(() =>
       node.kill9(),
     );
-    await Promise.all([storm(topo, round, round * 100_000, out), killer]);
+    await Promise.all([stormed, killer]);
     assert.ok(out.writes > 0, 'the storm wrote something before the kill');
 
     const again = await startNodeProcess(topo.file, 'a');
