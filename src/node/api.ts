@@ -52,6 +52,10 @@ export class ApiServer {
       this.server.once('error', reject);
       this.server.listen(port, host, () => {
         this.server.off('error', reject);
+        // A listener error after start must not take the node down: log it.
+        this.server.on('error', (e) =>
+          this.log('error', 'management API listener error', { error: e.message }),
+        );
         resolve((this.server.address() as { port: number }).port);
       });
     });
