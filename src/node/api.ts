@@ -101,7 +101,10 @@ export class ApiServer {
   }
 
   private reply(res: http.ServerResponse, status: number, body: unknown): void {
-    res.writeHead(status, { 'content-type': 'application/json' });
+    if (res.headersSent) return;
+    const headers: http.OutgoingHttpHeaders = { 'content-type': 'application/json' };
+    if (status === 413) headers.connection = 'close';
+    res.writeHead(status, headers);
     res.end(`${JSON.stringify(body)}\n`);
   }
 }
@@ -121,10 +124,9 @@ function readJson(req: http.IncomingMessage): Promise<unknown> {
     let size = 0;
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (size > BODY_BYTES_MAX) {
-        reject(new ApiError(413, 'request body too large'));
-        req.destroy();
-      } else chunks.push(c);
+      // Past the bound: keep draining (so the 413 reaches the client) but keep nothing.
+      if (size > BODY_BYTES_MAX) reject(new ApiError(413, 'request body too large'));
+      else chunks.push(c);
     });
     req.on('end', () => {
       try {

@@ -120,3 +120,29 @@ test('a target volume is exported read-only, a volume in no group read-write', a
 test('a second node on the same data directory is refused with a clear message', async () => {
   await assert.rejects(startNodeProcess(topo.file, 'a', 5000), /is in use by process/);
 });
+
+test('bad management API input gets a 4xx, changes nothing, and the node keeps serving', async () => {
+  const port = topo.ports.get('a')!.api;
+  const post = (path: string, body: string, auth = `Bearer ${topo.secret}`) =>
+    fetch(`http://127.0.0.1:${port}${path}`, {
+      method: 'POST',
+      headers: { authorization: auth, 'content-type': 'application/json' },
+      body,
+    });
+  const before = await status();
+  assert.equal((await post('/v1/groups/g/release', '{not json')).status, 400);
+  assert.equal((await post('/v1/groups/g/release', '{"uptoSeq": -3}')).status, 400);
+  assert.equal((await post('/v1/groups/g/release', '{"uptoSeq": 1e15}')).status, 400, 'past the last seq');
+  assert.equal((await post('/v1/groups/nope/release', '{"uptoSeq": 1}')).status, 404);
+  assert.equal(
+    (await post('/v1/groups/gback/release', '{"uptoSeq": 1}')).status,
+    404,
+    'not a source group here',
+  );
+  assert.equal((await post('/v1/nowhere', '{}')).status, 404);
+  assert.equal((await post('/v1/groups/g/release', 'x'.repeat(100_000))).status, 413);
+  assert.equal((await post('/v1/groups/g/release', '{"uptoSeq": 1}', 'Bearer wrong')).status, 401);
+  const after = await status();
+  assert.deepEqual(after.groups, before.groups);
+  assert.equal(after.journal.records, before.journal.records, 'nothing released');
+});
