@@ -271,3 +271,26 @@ test('release of nothing, or racing a stop, is a no-op instead of a crash', asyn
   await journal.close();
   await racing;
 });
+
+test('records are released only after the volume sync completes (the redo log never has a hole)', async () => {
+  const { journal, wp, write } = await setup();
+  let finishSync: () => void = () => {};
+  class SlowSyncDevice extends MemBlockDevice {
+    override sync(): Promise<void> {
+      return new Promise((resolve) => {
+        finishSync = resolve;
+      });
+    }
+  }
+  const slow = new SlowSyncDevice(1 << 20);
+  await write('g1', 0, 1);
+  await write('g1', 4096, 2);
+  const releasing = wp.release('g1', 2 as Seq, [slow]);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(journal.releasedSeq('g1'), 0, 'nothing released while the volume sync is pending');
+  assert.equal(journal.usage().records, 2);
+  finishSync();
+  await releasing;
+  assert.equal(journal.releasedSeq('g1'), 2, 'released once the volume is durable');
+  await journal.close();
+});
