@@ -28,6 +28,7 @@ import {
   RequestType,
   Status,
 } from '../../src/frontend/native/protocol.js';
+import { nativeRequest } from '../../src/testing/wire.js';
 
 function lcg(seed: number): () => number {
   let s = seed >>> 0;
@@ -37,19 +38,7 @@ function lcg(seed: number): () => number {
   };
 }
 
-function req(fields: Partial<Request> & Pick<Request, 'type'>): Request {
-  return {
-    flags: 0,
-    reserved: 0,
-    cookie: 1n,
-    handle: 0,
-    length: fields.payload?.length ?? 0,
-    offset: 0n,
-    writeTimeUs: 0n,
-    payload: Buffer.alloc(0),
-    ...fields,
-  };
-}
+const req = nativeRequest;
 
 const sample: Request[] = [
   req({ type: RequestType.open, cookie: 1n, payload: Buffer.from('db') }),

@@ -33,6 +33,7 @@ import {
   Status,
 } from '../../src/frontend/native/protocol.js';
 import { type NativeLog, NativeServer } from '../../src/frontend/native/server.js';
+import { nativeRequest } from '../../src/testing/wire.js';
 
 // --- An in-memory catalog that records what the backend was asked (src/testing/mem-export.ts
 // --- belongs to another change; this one is private to this test).
@@ -187,17 +188,7 @@ class RawPeer {
 }
 
 function rawRequest(fields: Partial<Request> & Pick<Request, 'type'>): Buffer {
-  return encodeRequest({
-    flags: 0,
-    reserved: 0,
-    cookie: 1n,
-    handle: 0,
-    length: fields.payload?.length ?? 0,
-    offset: 0n,
-    writeTimeUs: 0n,
-    payload: Buffer.alloc(0),
-    ...fields,
-  });
+  return encodeRequest(nativeRequest(fields));
 }
 
 async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {

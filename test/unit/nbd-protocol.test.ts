@@ -22,6 +22,7 @@ import { clampExtents } from '../../src/frontend/nbd/requests.js';
 import { Transmission, type TransmissionHost } from '../../src/frontend/nbd/transmission.js';
 import { MemCatalog, MemExport } from '../../src/testing/mem-export.js';
 import { mulberry32 } from '../../src/testing/random.js';
+import { nbdRequest, u32be } from '../../src/testing/wire.js';
 
 function option(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
   const h = Buffer.alloc(16);
@@ -31,26 +32,13 @@ function option(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
   return Buffer.concat([h, data]);
 }
 
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n, 0);
-  return b;
-}
+const u32 = u32be;
 
 function goData(name: string): Buffer {
   return Buffer.concat([u32(name.length), Buffer.from(name), Buffer.from([0, 0])]);
 }
 
-function request(type: number, handle: number, offset: number, length: number, flags = 0): Buffer {
-  const b = Buffer.alloc(28);
-  b.writeUInt32BE(0x25609513, 0);
-  b.writeUInt16BE(flags, 4);
-  b.writeUInt16BE(type, 6);
-  b.writeBigUInt64BE(BigInt(handle), 8);
-  b.writeBigUInt64BE(BigInt(offset), 16);
-  b.writeUInt32BE(length, 24);
-  return b;
-}
+const request = nbdRequest;
 
 const rng = mulberry32;
 

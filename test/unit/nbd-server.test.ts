@@ -12,6 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import type { ExportCatalog, Extent, VolumeExport } from '../../src/frontend/backend.js';
 import { NbdServer } from '../../src/frontend/nbd/server.js';
 import { MemCatalog, MemExport } from '../../src/testing/mem-export.js';
+import { nbdRequest, u32be } from '../../src/testing/wire.js';
 
 const MiB = 1024 * 1024;
 const IHAVEOPT = 0x49484156454f5054n;
@@ -106,22 +107,9 @@ function metaData(name: string, queries: string[]): Buffer {
   return Buffer.concat(parts);
 }
 
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n, 0);
-  return b;
-}
+const u32 = u32be;
 
-function request(type: number, handle: number, offset: number, length: number, flags = 0): Buffer {
-  const b = Buffer.alloc(28);
-  b.writeUInt32BE(0x25609513, 0);
-  b.writeUInt16BE(flags, 4);
-  b.writeUInt16BE(type, 6);
-  b.writeBigUInt64BE(BigInt(handle), 8);
-  b.writeBigUInt64BE(BigInt(offset), 16);
-  b.writeUInt32BE(length, 24);
-  return b;
-}
+const request = nbdRequest;
 
 async function optReply(c: Raw): Promise<{ option: number; type: number; data: Buffer }> {
   const h = await c.read(20);
