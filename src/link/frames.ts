@@ -145,6 +145,7 @@ export const FrameType = {
   heartbeat: 9,
   error: 10,
   epoch: 11,
+  pairState: 12,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -154,7 +155,7 @@ export function frameTypeName(t: number): string {
 }
 
 function isFrameType(t: number): t is FrameType {
-  return t >= FrameType.hello && t <= FrameType.epoch;
+  return t >= FrameType.hello && t <= FrameType.pairState;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,6 +209,8 @@ export interface AckFrame {
   readonly group: string;
   readonly epoch: number;
   readonly durableSeq: Seq;
+  /** Every record up to `appliedSeq` is applied at a completed cut (<= durableSeq). */
+  readonly appliedSeq: Seq;
 }
 /** An idle group's progress: nothing with a key below `key` follows `seq` (DESIGN.md §3.3). */
 export interface TickFrame {
@@ -243,6 +246,21 @@ export interface EpochFrame {
   readonly epoch: number;
 }
 
+/** Pair states a source announces (DESIGN.md §3.6). */
+export const PAIR_STATES = ['copy', 'pair'] as const;
+export type PairStateName = (typeof PAIR_STATES)[number];
+/**
+ * The source's pair state for a group: `copy` while the initial copy runs (the target image is
+ * not consistent), `pair` once the copy's last record (`copyEndSeq`, 0 if none) is journalled.
+ */
+export interface PairStateFrame {
+  readonly type: typeof FrameType.pairState;
+  readonly group: string;
+  readonly epoch: number;
+  readonly state: PairStateName;
+  readonly copyEndSeq: Seq;
+}
+
 /** A decoded frame. */
 export type Frame =
   | HelloFrame
@@ -255,7 +273,8 @@ export type Frame =
   | ResumeFrame
   | HeartbeatFrame
   | ErrorFrame
-  | EpochFrame;
+  | EpochFrame
+  | PairStateFrame;
 /** A frame to encode: RECORDS may carry records as the journal returns them. */
 export type OutFrame = Exclude<Frame, RecordsFrame> | RecordsFrame<LinkRecord>;
 
@@ -713,8 +732,10 @@ function groupWriter(group: string, epoch: number, rest: number): Writer {
 }
 
 export function encodeAck(f: Fields<AckFrame>): Buffer {
-  const w = groupWriter(f.group, f.epoch, 8);
+  assert(f.appliedSeq <= f.durableSeq, `ACK appliedSeq ${f.appliedSeq} above durableSeq ${f.durableSeq}`);
+  const w = groupWriter(f.group, f.epoch, 16);
   w.u64(f.durableSeq);
+  w.u64(f.appliedSeq);
   return w.seal(FrameType.ack);
 }
 
@@ -723,7 +744,9 @@ export function decodeAck(payload: Buffer): PayloadResult<AckFrame> {
   const group = r.name('group', false);
   const epoch = r.epoch();
   const durableSeq = seq(r.u64('durableSeq'));
-  return r.finish('ACK', { type: FrameType.ack, group, epoch, durableSeq });
+  const appliedSeq = seq(r.u64('appliedSeq'));
+  if (r.failure === null && appliedSeq > durableSeq) r.fail(`appliedSeq ${appliedSeq} above durableSeq`);
+  return r.finish('ACK', { type: FrameType.ack, group, epoch, durableSeq, appliedSeq });
 }
 
 export function encodeTick(f: Fields<TickFrame>): Buffer {
@@ -777,6 +800,26 @@ export function decodeEpoch(payload: Buffer): PayloadResult<EpochFrame> {
   const group = r.name('group', false);
   const epoch = r.epoch();
   return r.finish('EPOCH', { type: FrameType.epoch, group, epoch });
+}
+
+export function encodePairState(f: Fields<PairStateFrame>): Buffer {
+  const stateCode = PAIR_STATES.indexOf(f.state);
+  assert(stateCode >= 0, `pair state ${f.state}`);
+  const w = groupWriter(f.group, f.epoch, 1 + 8);
+  w.u8(stateCode);
+  w.u64(f.copyEndSeq);
+  return w.seal(FrameType.pairState);
+}
+
+export function decodePairState(payload: Buffer): PayloadResult<PairStateFrame> {
+  const r = new Reader(payload);
+  const group = r.name('group', false);
+  const epoch = r.epoch();
+  const code = r.u8('state');
+  const copyEndSeq = seq(r.u64('copyEndSeq'));
+  const state = PAIR_STATES[code] ?? 'copy';
+  if (r.failure === null && PAIR_STATES[code] === undefined) r.fail(`pair state code ${code}`);
+  return r.finish('PAIR_STATE', { type: FrameType.pairState, group, epoch, state, copyEndSeq });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -842,6 +885,8 @@ export function encodeFrame(f: OutFrame): Buffer {
       return encodeError(f);
     case FrameType.epoch:
       return encodeEpoch(f);
+    case FrameType.pairState:
+      return encodePairState(f);
     default:
       return unreachable(f);
   }
@@ -871,6 +916,8 @@ function decodePayload(type: FrameType, payload: Buffer): PayloadResult<Frame> {
       return decodeError(payload);
     case FrameType.epoch:
       return decodeEpoch(payload);
+    case FrameType.pairState:
+      return decodePairState(payload);
     default:
       return unreachable(type);
   }

@@ -139,8 +139,16 @@ function randomFrame(type: FrameType): OutFrame {
       const ep = epoch();
       return { type, group, epoch: ep, records: records(group, ep) };
     }
-    case FrameType.ack:
-      return { type, group: name(), epoch: epoch(), durableSeq: seq(u53()) };
+    case FrameType.ack: {
+      const durableSeq = u53();
+      return {
+        type,
+        group: name(),
+        epoch: epoch(),
+        durableSeq: seq(durableSeq),
+        appliedSeq: seq(Math.min(u53(), durableSeq)),
+      };
+    }
     case FrameType.tick: {
       const key = {
         writeTimeUs: timeUs(u53()),
@@ -157,6 +165,14 @@ function randomFrame(type: FrameType): OutFrame {
       return { type, code: pick(['RC_ERR_PROTOCOL', 'RC_ERR_AUTH', 'X', 'E'.repeat(64)]), message: text() };
     case FrameType.epoch:
       return { type, group: name(), epoch: epoch() };
+    case FrameType.pairState:
+      return {
+        type,
+        group: name(),
+        epoch: epoch(),
+        state: pick(['copy', 'pair'] as const),
+        copyEndSeq: seq(u53()),
+      };
   }
 }
 

@@ -120,8 +120,10 @@ function boundaryFrames(): OutFrame[] {
         record(U53, { writeTimeUs: timeUs(U53), hostTimeUs: timeUs(U53), ordinal: ordinal(U53) }, 1),
       ],
     },
-    { type: FrameType.ack, group: 'g', epoch: 0, durableSeq: seq(0) },
-    { type: FrameType.ack, group: NAME64, epoch: U32, durableSeq: seq(U53) },
+    { type: FrameType.ack, group: 'g', epoch: 0, durableSeq: seq(0), appliedSeq: seq(0) },
+    { type: FrameType.ack, group: NAME64, epoch: U32, durableSeq: seq(U53), appliedSeq: seq(U53 - 1) },
+    { type: FrameType.pairState, group: 'g', epoch: 2, state: 'copy', copyEndSeq: seq(0) },
+    { type: FrameType.pairState, group: NAME64, epoch: U32, state: 'pair', copyEndSeq: seq(U53) },
     {
       type: FrameType.tick,
       group: NAME_UTF8,
@@ -352,7 +354,7 @@ describe('link frames: RECORDS batch rules', () => {
 });
 
 describe('link frames: header faults', () => {
-  const frame = encodeAck({ group: 'g-db', epoch: 1, durableSeq: seq(9) });
+  const frame = encodeAck({ group: 'g-db', epoch: 1, durableSeq: seq(9), appliedSeq: seq(5) });
   const patched = (off: number, v: number) => {
     const b = Buffer.from(frame);
     b[off] = v;
@@ -363,7 +365,7 @@ describe('link frames: header faults', () => {
     decodeErr(patched(0, 0x58), 'magic');
     decodeErr(patched(4, 2), 'version');
     decodeErr(patched(5, 0), 'type');
-    decodeErr(patched(5, 12), 'type');
+    decodeErr(patched(5, 13), 'type');
     decodeErr(patched(7, 0x80), 'flags');
     decodeErr(patched(16, frame[16]! ^ 1), 'checksum');
     decodeErr(patched(12, frame[12]! ^ 1), 'checksum');
@@ -472,11 +474,12 @@ describe('link frames: encoders assert on what this node must never send', () =>
   test('out-of-range numbers, bad names and bad lengths throw AssertionError', () => {
     const nonce = newNonce();
     const bad: (() => Buffer)[] = [
-      () => encodeAck({ group: 'g', epoch: 1, durableSeq: seq(U53 + 1) }),
-      () => encodeAck({ group: 'g', epoch: U32 + 1, durableSeq: seq(1) }),
-      () => encodeAck({ group: 'g', epoch: -1, durableSeq: seq(1) }),
-      () => encodeAck({ group: 'x'.repeat(65), epoch: 1, durableSeq: seq(1) }),
-      () => encodeAck({ group: 'a\nb', epoch: 1, durableSeq: seq(1) }),
+      () => encodeAck({ group: 'g', epoch: 1, durableSeq: seq(U53 + 1), appliedSeq: seq(0) }),
+      () => encodeAck({ group: 'g', epoch: U32 + 1, durableSeq: seq(1), appliedSeq: seq(0) }),
+      () => encodeAck({ group: 'g', epoch: -1, durableSeq: seq(1), appliedSeq: seq(0) }),
+      () => encodeAck({ group: 'x'.repeat(65), epoch: 1, durableSeq: seq(1), appliedSeq: seq(0) }),
+      () => encodeAck({ group: 'a\nb', epoch: 1, durableSeq: seq(1), appliedSeq: seq(0) }),
+      () => encodeAck({ group: 'g', epoch: 1, durableSeq: seq(1), appliedSeq: seq(2) }),
       () => encodeResume({ group: 'g', epoch: 1, nextSeq: seq(0) }),
       () => encodeError({ code: 'lower', message: '' }),
       () => encodeHello({ versionMin: 2, versionMax: 1, nonce, nodeName: 'a', clusterId: '', groups: [] }),
