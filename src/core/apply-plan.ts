@@ -108,14 +108,18 @@ export function computeCut(
 }
 
 /** Plans the next cycle, or re-plans the one in progress (see the file comment). */
-export function planCycle(state: ApplyState, arrivals: readonly ArrivalView[]): PlanResult {
+export function planCycle(
+  state: ApplyState,
+  arrivals: readonly ArrivalView[],
+  limits: PlanLimits = {},
+): PlanResult {
   assertSameGroups(state, arrivals);
   const redo = state.cutPlanned !== undefined;
   let cut = state.cutPlanned;
   if (cut === undefined) {
     const computed = computeCut(state, arrivals);
     if (computed.cut === undefined) return { kind: 'no-cut', waitingFor: computed.waitingFor };
-    cut = computed.cut;
+    cut = capCut(state, arrivals, computed.cut, limits.recordsPerGroupMax);
   }
   const completed = state.cutCompleted;
   assert(completed === undefined || compareKeys(cut, completed) >= 0, 'cuts never go back');
@@ -126,6 +130,37 @@ export function planCycle(state: ApplyState, arrivals: readonly ArrivalView[]): 
     state: { ...state, cutPlanned: cut },
     plan: { cut, redo, groups },
   };
+}
+
+export interface PlanLimits {
+  /**
+   * A new cycle reaches at most this many records past a group's seqApplied: the cut is lowered
+   * to the key of that record when it is below the computed cut. Any key at or below the computed
+   * cut is a valid cut, so cycles stay short (reads of the target wait for a cycle) and the next
+   * cycle goes on from there. A redo keeps its planned cut.
+   */
+  readonly recordsPerGroupMax?: number;
+}
+
+function capCut(
+  state: ApplyState,
+  arrivals: readonly ArrivalView[],
+  cut: OrderKey,
+  recordsPerGroupMax: number | undefined,
+): OrderKey {
+  if (recordsPerGroupMax === undefined) return cut;
+  assert(Number.isSafeInteger(recordsPerGroupMax) && recordsPerGroupMax > 0, 'recordsPerGroupMax');
+  let capped = cut;
+  for (const a of arrivals) {
+    const s = seq(state.seqApplied.get(a.group)! + recordsPerGroupMax);
+    if (s > a.seqContiguous) continue;
+    const h = a.heldAt(s);
+    if (h === undefined || compareKeys(h.key, capped) >= 0) continue;
+    // Records at or below the completed cut were applied already, so h lies above it.
+    if (state.cutCompleted !== undefined && compareKeys(h.key, state.cutCompleted) <= 0) continue;
+    capped = h.key;
+  }
+  return capped;
 }
 
 /** The state once every record of `plan` is applied and the volumes are durable. */

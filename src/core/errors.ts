@@ -20,6 +20,11 @@ export const ErrorCodes = {
   RC_ERR_AUTH: 'authentication failed',
   RC_ERR_SHUTDOWN: 'node is shutting down',
   RC_ERR_LISTEN: 'cannot listen on a configured address',
+  RC_ERR_TIMEOUT: 'a peer or an operation did not answer in time',
+  RC_ERR_FENCED: 'a higher epoch of the group exists elsewhere: this node no longer acts as its source',
+  RC_ERR_RESUME: 'source and target histories of a group do not join (a resync is needed)',
+  RC_ERR_STATE: 'the group is not in a state that allows this operation',
+  RC_ERR_MISMATCH: 'source and target differ',
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;
 

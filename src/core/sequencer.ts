@@ -15,7 +15,7 @@
  * Together, (writeTimeUs, nodeId, ordinal) strictly increases on the node across all its groups.
  */
 import { assert } from './assert.js';
-import type { NodeId, Ordinal, Seq, TimeUs, WriteTimeMode } from './types.js';
+import type { NodeId, OrderKey, Ordinal, Seq, TimeUs, WriteTimeMode } from './types.js';
 import { ordinal, seq, timeUs } from './types.js';
 
 export interface SequencedFields {
@@ -97,6 +97,18 @@ export class Sequencer {
       case 'counter':
         return this.lastWriteTimeUs + 1;
     }
+  }
+
+  /**
+   * The key of the latest record sequenced on this node (any group): every record sequenced after
+   * this call has a larger key, so a tick may promise "nothing at or below it follows".
+   */
+  lastKey(): OrderKey {
+    return {
+      writeTimeUs: timeUs(this.lastWriteTimeUs),
+      nodeId: this.nodeId,
+      ordinal: ordinal(this.lastOrdinal),
+    };
   }
 
   seqOf(group: string): Seq {

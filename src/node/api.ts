@@ -1,11 +1,17 @@
 /**
  * The management HTTP API of a node (JSON), authenticated with the cluster secret as a bearer
- * token (constant-time compare). Routes:
- *   GET  /v1/status                         node, volumes, groups, journal usage, write-path counters
- *   POST /v1/groups/:group/release  {uptoSeq} release journal records (what a target's durable
- *                                           report will do once replication ships them)
- *   GET  /v1/groups/:group/records?fromSeq=N&max=M   headers of retained journal records (no data):
- *                                           what was journalled, with its order key
+ * token (constant-time compare), on every route including /metrics. Routes:
+ *   GET  /v1/status                          node, volumes, groups (source and target side), journal
+ *   GET  /metrics                            Prometheus text format, names prefixed remcopy_
+ *   GET  /v1/groups/:group/records?fromSeq=N&max=M   headers of retained journal records (no data)
+ *   POST /v1/groups/:group/takeover {force?} takeover at this (target) node: DESIGN.md §3.7
+ *   POST /v1/sets/:set/takeover {force?}     every group of the set at one cut
+ *   POST /v1/groups/:group/hold {ms}         hold new host writes of a source group (verify), bounded
+ *   POST /v1/groups/:group/unhold
+ *   POST /v1/groups/:group/wait-applied {timeoutMs}  until the target applied all written so far
+ *   GET  /v1/volumes/:volume/checksums?chunk=N        per-chunk checksums (target: at a completed cut)
+ *   POST /v1/sets/:set/read {reads: [{volume, offset, length}]}  bytes of several target volumes
+ *                                            read at one completed cut (dependent-write checks)
  * Request bodies are bounded; bad input gets a 4xx with a JSON error and changes nothing.
  */
 import { timingSafeEqual } from 'node:crypto';
@@ -17,9 +23,21 @@ const BODY_BYTES_MAX = 64 * 1024;
 
 export interface ApiHandlers {
   status(): unknown;
-  release(group: string, uptoSeq: number): Promise<unknown>;
+  metrics(): Promise<string>;
   records(group: string, fromSeq: number, max: number): unknown;
+  takeover(kind: 'group' | 'set', name: string, force: boolean): Promise<unknown>;
+  hold(group: string, ms: number): unknown;
+  unhold(group: string): unknown;
+  waitApplied(group: string, timeoutMs: number): Promise<unknown>;
+  checksums(volume: string, chunkBytes: number): Promise<unknown>;
+  readAtCut(
+    set: string,
+    reads: readonly { volume: string; offset: number; length: number }[],
+  ): Promise<unknown>;
 }
+
+/** Bytes one read-at-cut request returns, at most. */
+export const READ_AT_CUT_BYTES_MAX = 16 * 1024 * 1024;
 
 /** Most record headers one records request returns. */
 export const RECORDS_PER_REQUEST_MAX = 1000;
@@ -74,24 +92,61 @@ export class ApiServer {
       throw new ApiError(401, 'RC_ERR_AUTH: missing or wrong bearer token');
     }
     const url = new URL(req.url ?? '/', 'http://x');
-    if (req.method === 'GET' && url.pathname === '/v1/status')
-      return this.reply(res, 200, this.handlers.status());
-    const r = /^\/v1\/groups\/([^/]+)\/records$/.exec(url.pathname);
-    if (req.method === 'GET' && r) {
-      const fromSeq = intParam(url, 'fromSeq', 1);
-      const max = Math.min(intParam(url, 'max', 100), RECORDS_PER_REQUEST_MAX);
-      return this.reply(res, 200, this.handlers.records(decodeURIComponent(r[1]!), fromSeq, max));
+    const h = this.handlers;
+    if (req.method === 'GET' && url.pathname === '/v1/status') return this.reply(res, 200, h.status());
+    if (req.method === 'GET' && url.pathname === '/metrics') {
+      const text = await h.metrics();
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+      res.end(text);
+      return;
     }
-    const m = /^\/v1\/groups\/([^/]+)\/release$/.exec(url.pathname);
-    if (req.method === 'POST' && m) {
-      const body = await readJson(req);
-      const upto = (body as { uptoSeq?: unknown }).uptoSeq;
-      if (typeof upto !== 'number' || !Number.isSafeInteger(upto) || upto < 0) {
-        throw new ApiError(400, 'uptoSeq must be a non-negative integer');
+    const m = /^\/v1\/(groups|sets|volumes)\/([^/]+)\/([a-z-]+)$/.exec(url.pathname);
+    if (!m) throw new ApiError(404, `no route ${req.method} ${url.pathname}`);
+    const [, kind, rawName, action] = m;
+    const name = decodeURIComponent(rawName!);
+    const route = `${req.method} ${kind}/${action}`;
+    switch (route) {
+      case 'GET groups/records': {
+        const fromSeq = intParam(url, 'fromSeq', 1);
+        const max = Math.min(intParam(url, 'max', 100), RECORDS_PER_REQUEST_MAX);
+        return this.reply(res, 200, h.records(name, fromSeq, max));
       }
-      return this.reply(res, 200, await this.handlers.release(decodeURIComponent(m[1]!), upto));
+      case 'POST groups/takeover':
+      case 'POST sets/takeover': {
+        const body = (await readJson(req)) as { force?: unknown };
+        if (body.force !== undefined && typeof body.force !== 'boolean')
+          throw new ApiError(400, 'force must be a boolean');
+        return this.reply(
+          res,
+          200,
+          await h.takeover(kind === 'sets' ? 'set' : 'group', name, body.force === true),
+        );
+      }
+      case 'POST groups/hold': {
+        const ms = numberField(await readJson(req), 'ms', 1, HOLD_MS_MAX);
+        return this.reply(res, 200, h.hold(name, ms));
+      }
+      case 'POST groups/unhold':
+        await readJson(req);
+        return this.reply(res, 200, h.unhold(name));
+      case 'POST groups/wait-applied': {
+        const timeoutMs = numberField(await readJson(req), 'timeoutMs', 1, HOLD_MS_MAX);
+        return this.reply(res, 200, await h.waitApplied(name, timeoutMs));
+      }
+      case 'GET volumes/checksums': {
+        const chunk = intParam(url, 'chunk', 1024 * 1024);
+        if (chunk < 4096 || chunk % 4096 !== 0 || chunk > 64 * 1024 * 1024) {
+          throw new ApiError(400, 'chunk must be a multiple of 4096 between 4 KiB and 64 MiB');
+        }
+        return this.reply(res, 200, await h.checksums(name, chunk));
+      }
+      case 'POST sets/read': {
+        const body = (await readJson(req)) as { reads?: unknown };
+        return this.reply(res, 200, await h.readAtCut(name, parseReads(body.reads)));
+      }
+      default:
+        throw new ApiError(404, `no route ${req.method} ${url.pathname}`);
     }
-    throw new ApiError(404, `no route ${req.method} ${url.pathname}`);
   }
 
   private authorized(req: http.IncomingMessage): boolean {
@@ -107,6 +162,34 @@ export class ApiServer {
     res.writeHead(status, headers);
     res.end(`${JSON.stringify(body)}\n`);
   }
+}
+
+/** Longest hold of a group's writes (and longest wait-applied) one request may ask for. */
+export const HOLD_MS_MAX = 120_000;
+
+function numberField(body: unknown, name: string, min: number, max: number): number {
+  const v = (body as Record<string, unknown>)[name];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw new ApiError(400, `${name} must be an integer from ${min} to ${max}`);
+  }
+  return v;
+}
+
+function parseReads(v: unknown): { volume: string; offset: number; length: number }[] {
+  if (!Array.isArray(v) || v.length === 0 || v.length > 4096)
+    throw new ApiError(400, 'reads must be a list of 1..4096 ranges');
+  let total = 0;
+  return v.map((r: unknown, i) => {
+    const o = r as Record<string, unknown>;
+    const volume = o?.volume;
+    if (typeof volume !== 'string') throw new ApiError(400, `reads[${i}].volume must be a string`);
+    const offset = numberField(o, 'offset', 0, Number.MAX_SAFE_INTEGER);
+    const length = numberField(o, 'length', 1, READ_AT_CUT_BYTES_MAX);
+    total += length;
+    if (total > READ_AT_CUT_BYTES_MAX)
+      throw new ApiError(400, `reads ask for more than ${READ_AT_CUT_BYTES_MAX} bytes`);
+    return { volume, offset, length };
+  });
 }
 
 function intParam(url: URL, name: string, dflt: number): number {
@@ -130,7 +213,10 @@ function readJson(req: http.IncomingMessage): Promise<unknown> {
     });
     req.on('end', () => {
       try {
-        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}'));
+        const v: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+        if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+          reject(new ApiError(400, 'body must be a JSON object'));
+        } else resolve(v);
       } catch {
         reject(new ApiError(400, 'body is not valid JSON'));
       }

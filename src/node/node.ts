@@ -25,6 +25,12 @@ import { volumeRole } from './config.js';
 import type { Log } from './log.js';
 import type { VolumeRole } from './volume-export.js';
 import { NodeVolume } from './volume-export.js';
+import { NodeOperations } from './operations.js';
+import { GroupStateStore } from './replication/group-state.js';
+import { LinkServer } from './replication/link-server.js';
+import type { LinkTiming } from './replication/source.js';
+import { LINK_TIMING_DEFAULT, SourceReplicator } from './replication/source.js';
+import { TargetReplicator } from './replication/target.js';
 import { applyToDevice, WritePath } from './write-path.js';
 
 /** Bytes of records one records request reads from the journal, at most. */
@@ -33,7 +39,13 @@ const RECORD_HEADERS_READ_BYTES_MAX = 8 * 1024 * 1024;
 export interface NodePorts {
   nbd: number;
   api: number;
+  link: number;
   native?: number;
+}
+
+export interface NodeStartOptions {
+  /** Link heartbeat, timeout and reconnect timing (tests shorten them). */
+  readonly timing?: LinkTiming;
 }
 
 export function nowUs(): TimeUs {
@@ -44,23 +56,34 @@ export class RemcopyNode {
   private nbd?: NbdServer;
   private native?: NativeServer;
   private api?: ApiServer;
+  private linkServer?: LinkServer;
+  private readonly ops = new NodeOperations(this);
+  source?: SourceReplicator;
+  target?: TargetReplicator;
   private stopping?: Promise<void>;
-  ports: NodePorts = { nbd: 0, api: 0 };
+  ports: NodePorts = { nbd: 0, api: 0, link: 0 };
   readonly startedAtMs = Date.now();
   redoRecords = 0;
 
   private constructor(
     readonly topo: Topology,
     readonly cfg: NodeConfig,
-    private readonly log: Log,
+    readonly log: Log,
     private readonly volumes: Map<string, NodeVolume>,
     readonly journal: Journal,
     readonly writePath: WritePath,
     private readonly sequencer: Sequencer,
     private readonly unlock: () => void,
+    readonly groupState: GroupStateStore,
+    readonly timing: LinkTiming,
   ) {}
 
-  static async start(topo: Topology, nodeName: string, log: Log): Promise<RemcopyNode> {
+  static async start(
+    topo: Topology,
+    nodeName: string,
+    log: Log,
+    opts: NodeStartOptions = {},
+  ): Promise<RemcopyNode> {
     const cfg = topo.nodes.get(nodeName);
     if (!cfg) throw new RemcopyError('RC_ERR_UNKNOWN_NODE', `no node "${nodeName}" in ${topo.file}`);
     if (cfg.journal.fullPolicy === 'suspend') {
@@ -82,16 +105,19 @@ export class RemcopyNode {
         log,
       });
       const redone = await redo(journal, devices, log);
+      const groupState = new GroupStateStore(cfg.dataDir);
       const sourceGroups = [...topo.groups.values()].filter((g) => g.source === nodeName).map((g) => g.name);
       const sequencer = new Sequencer(cfg.nodeId, cfg.writeTime, {
         lastOrdinal: journal.lastOrdinal(),
         lastWriteTimeUs: journal.lastWriteTimeUs(),
         lastSeq: new Map(sourceGroups.map((g) => [g, journal.lastSeq(g)])),
       });
+      let onAppended: SourceReplicator['onAppended'] | undefined;
       const writePath = new WritePath({
         sequencer,
         journal,
-        epochOf: () => 1,
+        epochOf: (g) => groupState.epoch(g),
+        onAppended: (recs, at) => onAppended?.(recs, at),
         nowUs,
         nowMs: () => performance.now(),
         throttleMaxDelayMs: cfg.journal.throttleMaxDelayMs,
@@ -99,12 +125,42 @@ export class RemcopyNode {
       });
       const volumes = new Map<string, NodeVolume>();
       for (const [name, dev] of devices) {
-        volumes.set(name, new NodeVolume(name, dev, roleOf(topo, nodeName, name), writePath));
+        volumes.set(name, new NodeVolume(name, dev, roleOf(topo, nodeName, name, groupState), writePath));
       }
-      const node = new RemcopyNode(topo, cfg, log, volumes, journal, writePath, sequencer, unlock);
+      const timing = opts.timing ?? LINK_TIMING_DEFAULT;
+      const node = new RemcopyNode(
+        topo,
+        cfg,
+        log,
+        volumes,
+        journal,
+        writePath,
+        sequencer,
+        unlock,
+        groupState,
+        timing,
+      );
       node.redoRecords = redone;
       try {
+        node.target = await TargetReplicator.open(topo, cfg, groupState, devices, log);
+        for (const v of volumes.values()) {
+          if (v.role.kind === 'target') v.gate = node.target.gateOf(v.role.group);
+        }
+        node.source = new SourceReplicator({
+          topo,
+          cfg,
+          journal,
+          writePath,
+          sequencer,
+          state: groupState,
+          devices,
+          log,
+          timing,
+          onFenced: (g) => node.setGroupRole(g, 'fenced'),
+        });
+        onAppended = (recs, at) => node.source!.onAppended(recs, at);
         await node.listen();
+        await node.source.start();
       } catch (e) {
         await node.stop();
         throw e;
@@ -147,12 +203,20 @@ export class RemcopyNode {
       this.topo.secret,
       {
         status: () => this.status(),
-        release: (g, s) => this.release(g, s),
+        metrics: () => this.ops.metrics(),
         records: (g, from, max) => this.records(g, from, max),
+        takeover: (kind, name, force) => this.ops.takeover(kind, name, force),
+        hold: (g, ms) => this.ops.hold(g, ms),
+        unhold: (g) => this.ops.unhold(g),
+        waitApplied: (g, ms) => this.ops.waitApplied(g, ms),
+        checksums: (v, chunk) => this.ops.checksums(v, chunk),
+        readAtCut: (set, reads) => this.ops.readAtCut(set, reads),
       },
       this.log,
     );
     this.ports.api = await listening('api', cfg.api, () => this.api!.listen(cfg.api.host, cfg.api.port));
+    this.linkServer = new LinkServer(this.topo, cfg, this.target!, this.timing, this.log);
+    this.ports.link = await listening('link', cfg.link, () => this.linkServer!.listen());
     this.log('info', 'node ready', {
       node: cfg.name,
       ports: this.ports,
@@ -161,14 +225,12 @@ export class RemcopyNode {
     });
   }
 
+  volume(name: string): NodeVolume | undefined {
+    return this.volumes.get(name);
+  }
+
   status(): object {
-    const groups = [...this.topo.groups.values()]
-      .filter((g) => g.source === this.cfg.name || g.target === this.cfg.name)
-      .map((g) => ({
-        name: g.name,
-        role: g.source === this.cfg.name ? 'source' : 'target',
-        seqWritten: g.source === this.cfg.name ? this.sequencer.seqOf(g.name) : 0,
-      }));
+    const groups = [...(this.source?.status() ?? []), ...(this.target?.status() ?? [])];
     return {
       node: this.cfg.name,
       pid: process.pid,
@@ -185,27 +247,6 @@ export class RemcopyNode {
       journal: this.journal.usage(),
       writePath: { ...this.writePath.stats, throttling: this.writePath.throttling },
     };
-  }
-
-  async release(group: string, uptoSeq: number): Promise<object> {
-    const g = this.topo.groups.get(group);
-    if (!g || g.source !== this.cfg.name)
-      throw new ApiError(404, `${group} is not a source group of ${this.cfg.name}`);
-    if (uptoSeq > this.sequencer.seqOf(group)) {
-      throw new ApiError(
-        400,
-        `uptoSeq ${uptoSeq} is past the last written seq ${this.sequencer.seqOf(group)}`,
-      );
-    }
-    const devices = [...this.volumes.values()].filter(
-      (v) => v.role.kind === 'source' && v.role.group === group,
-    );
-    await this.writePath.release(
-      group,
-      uptoSeq as Seq,
-      devices.map((v) => v.device),
-    );
-    return { group, releasedUpTo: uptoSeq, journal: this.journal.usage() };
   }
 
   /** Headers of retained records of a source group from `fromSeq` on (released ones are gone). */
@@ -229,9 +270,19 @@ export class RemcopyNode {
     return this.stopping;
   }
 
+  /** Volumes of `group` on this node take `kind` (takeover, fencing); exports follow at once. */
+  setGroupRole(group: string, kind: 'promoted' | 'fenced'): void {
+    for (const v of this.volumes.values()) {
+      if (v.role.kind !== 'none' && v.role.group === group) v.setRole({ kind, group });
+    }
+  }
+
   private async doStop(): Promise<void> {
     this.log('info', 'stopping', { node: this.cfg.name });
-    await Promise.all([this.nbd?.close(), this.native?.close(), this.api?.close()]);
+    await Promise.all([this.nbd?.close(), this.native?.close(), this.api?.close(), this.linkServer?.close()]);
+    this.ops.close();
+    await this.source?.close();
+    await this.target?.close();
     await this.writePath.close();
     await this.journal.close();
     await Promise.all([...this.volumes.values()].map((v) => v.device.close()));
@@ -257,9 +308,12 @@ async function listening(
   }
 }
 
-function roleOf(topo: Topology, node: string, volume: string): VolumeRole {
+function roleOf(topo: Topology, node: string, volume: string, state: GroupStateStore): VolumeRole {
   const r = volumeRole(topo, node, volume);
   if (r.role === 'none' || r.group === undefined) return { kind: 'none' };
+  const override = state.get(r.group).role;
+  if (override === 'promoted' && r.role === 'target') return { kind: 'promoted', group: r.group };
+  if (override === 'fenced' && r.role === 'source') return { kind: 'fenced', group: r.group };
   return { kind: r.role, group: r.group };
 }
 

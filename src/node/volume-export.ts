@@ -9,8 +9,22 @@ import { BackendError } from '../frontend/backend.js';
 import type { BlockDevice } from '../storage/blockdev.js';
 import type { WritePath } from './write-path.js';
 
+/**
+ * none: in no group, written directly. source: journalled. target: read-only, shows the last
+ * completed cut. promoted: a target taken over, written directly (DESIGN.md §3.7). fenced: a
+ * source that learned of a higher epoch elsewhere, read-only.
+ */
 export type VolumeRole =
-  { kind: 'none' } | { kind: 'source'; group: string } | { kind: 'target'; group: string };
+  | { kind: 'none' }
+  | { kind: 'source'; group: string }
+  | { kind: 'target'; group: string }
+  | { kind: 'promoted'; group: string }
+  | { kind: 'fenced'; group: string };
+
+/** Serializes reads with apply cycles, so a target volume is read at a completed cut. */
+export interface ReadGate {
+  read<T>(f: () => Promise<T>): Promise<T>;
+}
 
 /** Zero detection for BLOCK_STATUS looks at most this much per request. */
 const BLOCK_STATUS_SCAN_BYTES = 1 << 20;
@@ -18,18 +32,36 @@ const BLOCK_STATUS_GRAIN_BYTES = 4096;
 const STATE_ZERO = 2;
 
 export class NodeVolume implements VolumeExport {
-  readonly readOnly: boolean;
-  readonly description: string;
+  private roleNow: VolumeRole;
+  /** Set on a target volume by the node: reads wait for the apply cycle in progress. */
+  gate: ReadGate | undefined;
 
   constructor(
     readonly name: string,
     readonly device: BlockDevice,
-    readonly role: VolumeRole,
+    role: VolumeRole,
     private readonly writePath: WritePath,
   ) {
-    this.readOnly = role.kind === 'target';
-    this.description =
-      role.kind === 'none' ? 'remcopy volume' : `remcopy ${role.kind} volume of group ${role.group}`;
+    this.roleNow = role;
+  }
+
+  get role(): VolumeRole {
+    return this.roleNow;
+  }
+
+  /** Takeover and fencing change a volume's role while it is exported; new requests follow it. */
+  setRole(role: VolumeRole): void {
+    this.roleNow = role;
+    if (role.kind !== 'target') this.gate = undefined;
+  }
+
+  get readOnly(): boolean {
+    return this.roleNow.kind === 'target' || this.roleNow.kind === 'fenced';
+  }
+
+  get description(): string {
+    const r = this.roleNow;
+    return r.kind === 'none' ? 'remcopy volume' : `remcopy ${r.kind} volume of group ${r.group}`;
   }
 
   get sizeBytes(): number {
@@ -39,9 +71,11 @@ export class NodeVolume implements VolumeExport {
   read(offset: number, length: number): Promise<Buffer> {
     const bad = this.rangeError(offset, length, 'EINVAL');
     if (bad) return Promise.reject(bad);
-    return this.device.read(offset, length).catch((e) => {
-      throw new BackendError('EIO', `read failed: ${String(e)}`);
-    });
+    const read = (): Promise<Buffer> =>
+      this.device.read(offset, length).catch((e) => {
+        throw new BackendError('EIO', `read failed: ${String(e)}`);
+      });
+    return this.gate ? this.gate.read(read) : read();
   }
 
   write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
@@ -57,7 +91,7 @@ export class NodeVolume implements VolumeExport {
   }
 
   flush(): Promise<void> {
-    if (this.role.kind === 'source') return this.writePath.flush();
+    if (this.roleNow.kind === 'source') return this.writePath.flush();
     return this.device.sync().catch((e) => {
       throw new BackendError('EIO', `flush failed: ${String(e)}`);
     });
@@ -94,9 +128,9 @@ export class NodeVolume implements VolumeExport {
     payload: Buffer | undefined,
     opts: WriteOptions,
   ): Promise<void> {
-    if (this.role.kind === 'source') {
+    if (this.roleNow.kind === 'source') {
       return this.writePath.submit({
-        group: this.role.group,
+        group: this.roleNow.group,
         kind,
         volume: this.name,
         device: this.device,

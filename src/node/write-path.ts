@@ -65,6 +65,17 @@ export interface WritePathOptions {
   /** How often a throttled batch retries when no release wakes it. */
   readonly throttleRetryMs?: number;
   readonly log: (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+  /**
+   * Called after records were appended (the replication sender wakes up and notes the batch for
+   * lag figures); `arrivedMs` is when the batch's oldest write arrived (nowMs clock).
+   */
+  readonly onAppended?: (records: readonly RecordHeader[], arrivedMs: number) => void;
+}
+
+/** What copyChunk journalled: a copy record with the bytes, or a zero record for a zero range. */
+export interface CopiedChunk {
+  readonly seq: Seq;
+  readonly zero: boolean;
 }
 
 export interface WritePathStats {
@@ -77,6 +88,8 @@ export interface WritePathStats {
 
 export class WritePath {
   private pending: Pending[] = [];
+  private readonly held = new Set<string>();
+  private heldWrites: Pending[] = [];
   private scheduled = false;
   private readonly inflight = new Map<BlockDevice, InflightRanges>();
   private throttleTimer: NodeJS.Timeout | undefined;
@@ -94,9 +107,71 @@ export class WritePath {
   submit(req: WriteRequest): Promise<void> {
     if (this.closed) return Promise.reject(new BackendError('ESHUTDOWN', 'node is shutting down'));
     return new Promise((resolve, reject) => {
-      this.pending.push({ ...req, arrivedMs: this.o.nowMs(), resolve, reject });
+      const p = { ...req, arrivedMs: this.o.nowMs(), resolve, reject };
+      if (this.held.has(req.group)) {
+        this.heldWrites.push(p);
+        return;
+      }
+      this.pending.push(p);
       this.schedule();
     });
+  }
+
+  /**
+   * Holds new writes of `group` (queued, not failed) until unhold(): the group's journal stops
+   * growing, so a target can catch up to one point (verify). Writes already submitted go on.
+   */
+  hold(group: string): void {
+    this.held.add(group);
+  }
+
+  unhold(group: string): void {
+    if (!this.held.delete(group)) return;
+    const mine = this.heldWrites.filter((p) => p.group === group);
+    this.heldWrites = this.heldWrites.filter((p) => p.group !== group);
+    if (mine.length === 0) return;
+    this.pending.push(...mine);
+    this.schedule();
+  }
+
+  /**
+   * Journals the current content of a volume range as one record of `group` (initial copy,
+   * DESIGN.md §3.6): a zero record when the range reads as zeroes, else a copy record. The read and
+   * the append happen in one synchronous step after every overlapping volume write in flight is
+   * done, so the record holds every write sequenced before it, and writes sequenced after it follow
+   * it at the target too. The volume itself is not written. Throws RC_ERR_JOURNAL_FULL (nothing
+   * journalled) when the journal has no room; the caller waits and tries again.
+   */
+  async copyChunk(
+    group: string,
+    volume: string,
+    device: BlockDevice,
+    offset: number,
+    length: number,
+  ): Promise<CopiedChunk> {
+    assert(!this.closed, 'copyChunk on a closed write path');
+    const ranges = this.inflightOf(device);
+    while (ranges.overlaps(offset, offset + length)) await ranges.drain();
+    const data = device.readSync(offset, length);
+    const zero = isAllZero(data);
+    const snap = this.o.sequencer.snapshot();
+    const header = this.headerOf({
+      group,
+      kind: zero ? Kind.zero : Kind.copy,
+      volume,
+      offset,
+      length,
+      hostTimeUs: undefined,
+    });
+    try {
+      this.o.journal.append([{ header, payload: zero ? undefined : data }]);
+    } catch (e) {
+      this.o.sequencer.restore(snap);
+      throw e;
+    }
+    this.stats.recordsAppended++;
+    this.o.onAppended?.([header], this.o.nowMs());
+    return { seq: header.seq, zero };
   }
 
   /** Durable point for FLUSH: every acknowledged write is in the fsynced journal. */
@@ -127,6 +202,8 @@ export class WritePath {
     this.closed = true;
     if (this.throttleTimer) clearTimeout(this.throttleTimer);
     this.throttleTimer = undefined;
+    this.pending.push(...this.heldWrites.splice(0));
+    this.held.clear();
     if (this.pending.length > 0) this.runBatch();
     for (const p of this.pending.splice(0)) p.reject(new BackendError('ESHUTDOWN', 'node is shutting down'));
     await this.drain(this.inflight.keys());
@@ -169,6 +246,10 @@ export class WritePath {
     }
     this.stats.batches++;
     this.applyAndAck(batch);
+    this.o.onAppended?.(
+      records.map((r) => r.header),
+      batch[0]!.arrivedMs,
+    );
     return batch.length;
   }
 
@@ -178,8 +259,9 @@ export class WritePath {
     for (; i < batch.length; i++) {
       const p = batch[i]!;
       const snap = this.o.sequencer.snapshot();
+      const header = this.headerOf(p);
       try {
-        this.o.journal.append([{ header: this.headerOf(p), payload: p.payload }]);
+        this.o.journal.append([{ header, payload: p.payload }]);
       } catch (e) {
         this.o.sequencer.restore(snap);
         if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') break;
@@ -187,6 +269,7 @@ export class WritePath {
         continue;
       }
       this.applyAndAck([p]);
+      this.o.onAppended?.([header], p.arrivedMs);
     }
     this.stats.batches++;
     return i;
@@ -202,7 +285,9 @@ export class WritePath {
     return batch.length;
   }
 
-  private headerOf(p: Pending): RecordHeader {
+  private headerOf(
+    p: Pick<WriteRequest, 'group' | 'kind' | 'volume' | 'offset' | 'length' | 'hostTimeUs'>,
+  ): RecordHeader {
     const f = this.o.sequencer.next(p.group, p.hostTimeUs, this.o.nowUs());
     return {
       kind: p.kind,
@@ -381,4 +466,15 @@ export function applyToDevice(
   } else if (kind === Kind.zero) {
     device.zeroSync(offset, length);
   }
+}
+
+const ZEROES = Buffer.alloc(64 * 1024);
+
+/** Compares against a zero buffer slice by slice (native memcmp, not a JS loop). */
+function isAllZero(b: Buffer): boolean {
+  for (let at = 0; at < b.length; at += ZEROES.length) {
+    const n = Math.min(ZEROES.length, b.length - at);
+    if (!b.subarray(at, at + n).equals(ZEROES.subarray(0, n))) return false;
+  }
+  return true;
 }

@@ -13,6 +13,8 @@ import { RemcopyError } from '../core/errors.js';
 export interface BlockDevice {
   readonly sizeBytes: number;
   read(offset: number, length: number): Promise<Buffer>;
+  /** Reads on the calling thread (the initial copy reads and journals a chunk in one step). */
+  readSync(offset: number, length: number): Buffer;
   /** Into the page cache: durable after the next sync(). */
   writeSync(offset: number, data: Uint8Array): void;
   /** Make the range read back as zeroes. */
@@ -90,6 +92,18 @@ export class FileBlockDevice implements BlockDevice {
     });
   }
 
+  readSync(offset: number, length: number): Buffer {
+    checkRange(this, offset, length);
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(this.fd, buf, done, length - done, offset + done);
+      if (n === 0) throw new Error(`short read at ${offset + done} in ${this.path}`);
+      done += n;
+    }
+    return buf;
+  }
+
   writeSync(offset: number, data: Uint8Array): void {
     checkRange(this, offset, data.length);
     let done = 0;
@@ -152,6 +166,10 @@ export class MemBlockDevice implements BlockDevice {
     checkRange(this, offset, length);
     return Promise.resolve(Buffer.from(this.bytes.subarray(offset, offset + length)));
   }
+  readSync(offset: number, length: number): Buffer {
+    checkRange(this, offset, length);
+    return Buffer.from(this.bytes.subarray(offset, offset + length));
+  }
   writeSync(offset: number, data: Uint8Array): void {
     checkRange(this, offset, data.length);
     this.bytes.set(data, offset);
@@ -201,6 +219,10 @@ export class FaultyBlockDevice implements BlockDevice {
   read(offset: number, length: number): Promise<Buffer> {
     this.trip('read');
     return this.inner.read(offset, length);
+  }
+  readSync(offset: number, length: number): Buffer {
+    this.trip('read');
+    return this.inner.readSync(offset, length);
   }
   writeSync(offset: number, data: Uint8Array): void {
     this.trip('write');

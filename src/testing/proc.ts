@@ -51,6 +51,7 @@ export async function writeTopology(
   dir: string,
   nodes: Record<string, TestNodeSpec>,
   groups: Record<string, [string, string, string]> = {},
+  sets: Record<string, string[]> = {},
 ): Promise<TestTopology> {
   const secret = 'test-secret-0123456789';
   const ports = new Map<string, { nbd: number; link: number; api: number; native?: number }>();
@@ -76,6 +77,10 @@ export async function writeTopology(
     for (const [g, [source, target, vol]] of Object.entries(groups)) {
       lines.push(`  ${g}: { source: ${source}, target: ${target}, pairs: { ${vol}: ${vol} } }`);
     }
+  }
+  if (Object.keys(sets).length > 0) {
+    lines.push('consistencySets:');
+    for (const [set, gs] of Object.entries(sets)) lines.push(`  ${set}: [${gs.join(', ')}]`);
   }
   const file = join(dir, 'remcopy.yaml');
   writeFileSync(file, `${lines.join('\n')}\n`);

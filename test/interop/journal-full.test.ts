@@ -1,8 +1,8 @@
 /**
  * A full journal, with a real node process and qemu-io (README "Journal full"): writes that do not
  * fit wait at most `throttleMaxDelay`, then fail with ENOSPC; nothing is lost or changed (earlier
- * data intact, the failed range untouched, no seq consumed); the node keeps serving; after a
- * release the same write goes through.
+ * data intact, the failed range untouched, no seq consumed); the node keeps serving; once the
+ * target is up and reports the records durable, they are released and the same write goes through.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { apiCall } from '../../src/node/api.js';
+import { copyJournalled, waitFor } from '../../src/testing/cluster.js';
 import { startNodeProcess, writeTopology } from '../../src/testing/proc.js';
 
 const run = promisify(execFile);
@@ -23,7 +24,7 @@ interface Status {
   writePath: { rejectedJournalFull: number };
 }
 
-test('journal full: ENOSPC after the bounded delay, nothing changed, writes resume after a release', async () => {
+test('journal full: ENOSPC after the bounded delay, nothing changed, writes resume once the target has the records', async () => {
   const topo = await writeTopology(
     dir,
     {
@@ -41,11 +42,14 @@ test('journal full: ENOSPC after the bounded delay, nothing changed, writes resu
   const api = { host: '127.0.0.1', port: p.api };
   const status = async () => (await apiCall(api, topo.secret, 'GET', '/v1/status')) as Status;
   const io = (...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri]);
+  let target: Awaited<ReturnType<typeof startNodeProcess>> | undefined;
   try {
-    // Two 32 MiB records fill the two 33 MiB segments.
+    // The initial copy of the new (zero) volume is a few zero records; then two 32 MiB records
+    // fill the two 33 MiB segments.
+    const base = (await copyJournalled(api, topo.secret, 'g')).seqWritten;
     await io('write -P 0x11 0 32M', 'write -P 0x22 32M 32M', 'flush');
     const before = await status();
-    assert.equal(before.groups[0]!.seqWritten, 2);
+    assert.equal(before.groups[0]!.seqWritten, base + 2);
     const t0 = performance.now();
     const full = await io('write -P 0x33 64M 32M').then(
       (r) => r.stdout + r.stderr,
@@ -55,7 +59,7 @@ test('journal full: ENOSPC after the bounded delay, nothing changed, writes resu
     assert.match(full, /No space left on device/i, 'the host sees ENOSPC');
     assert.ok(waitedMs >= 250, `the write waited (${waitedMs.toFixed(0)} ms) before failing`);
     const afterFull = await status();
-    assert.equal(afterFull.groups[0]!.seqWritten, 2, 'no seq consumed by the refused write');
+    assert.equal(afterFull.groups[0]!.seqWritten, base + 2, 'no seq consumed by the refused write');
     assert.ok(afterFull.writePath.rejectedJournalFull >= 1, 'counted');
     const { stdout } = await io('read -P 0x11 0 32M', 'read -P 0x22 32M 32M', 'read -P 0 64M 32M');
     assert.doesNotMatch(
@@ -63,11 +67,16 @@ test('journal full: ENOSPC after the bounded delay, nothing changed, writes resu
       /Pattern verification failed/,
       'earlier data intact, the refused range untouched',
     );
-    // What a target's durable report will do: release, then the write goes through.
-    await apiCall(api, topo.secret, 'POST', '/v1/groups/g/release', { uptoSeq: 2 });
+    // The target comes up: its durable reports release the records, then the write goes through.
+    target = await startNodeProcess(topo.file, 'b');
+    await waitFor('the records to reach the target and be released', async () => {
+      const st = (await apiCall(api, topo.secret, 'GET', '/v1/status')) as { journal: { records: number } };
+      return st.journal.records === 0 ? true : undefined;
+    });
     await io('write -P 0x33 64M 32M', 'read -P 0x33 64M 32M');
-    assert.equal((await status()).groups[0]!.seqWritten, 3);
+    assert.equal((await status()).groups[0]!.seqWritten, base + 3);
   } finally {
     assert.equal(await node.stop(), 0);
+    if (target) assert.equal(await target.stop(), 0);
   }
 });

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { apiCall } from '../../src/node/api.js';
+import { apiOf, copyJournalled } from '../../src/testing/cluster.js';
 import {
   type NodeProcess,
   startNodeProcess,
@@ -28,7 +29,7 @@ let node: NodeProcess;
 let uri: string;
 
 interface Status {
-  groups: { name: string; seqWritten: number }[];
+  groups: { name: string; role: string; epoch: number; seqWritten: number }[];
   journal: { records: number; usedBytes: number };
   volumes: { name: string; role: string; readOnly: boolean }[];
 }
@@ -129,20 +130,27 @@ test('bad management API input gets a 4xx, changes nothing, and the node keeps s
       headers: { authorization: auth, 'content-type': 'application/json' },
       body,
     });
+  await copyJournalled(apiOf(port), topo.secret, 'g');
   const before = await status();
-  assert.equal((await post('/v1/groups/g/release', '{not json')).status, 400);
-  assert.equal((await post('/v1/groups/g/release', '{"uptoSeq": -3}')).status, 400);
-  assert.equal((await post('/v1/groups/g/release', '{"uptoSeq": 1e15}')).status, 400, 'past the last seq');
-  assert.equal((await post('/v1/groups/nope/release', '{"uptoSeq": 1}')).status, 404);
+  assert.equal((await post('/v1/groups/g/hold', '{not json')).status, 400);
+  assert.equal((await post('/v1/groups/g/hold', '[]')).status, 400, 'a body must be an object');
+  assert.equal((await post('/v1/groups/g/hold', '{"ms": -3}')).status, 400);
+  assert.equal((await post('/v1/groups/g/hold', '{"ms": 1e15}')).status, 400, 'past the longest hold');
+  assert.equal((await post('/v1/groups/nope/hold', '{"ms": 1}')).status, 404);
+  assert.equal((await post('/v1/groups/gback/hold', '{"ms": 1}')).status, 409, 'not a source group here');
+  assert.equal((await post('/v1/groups/g/takeover', '{"force": "yes"}')).status, 400);
+  assert.equal((await post('/v1/groups/g/takeover', '{}')).status, 409, 'not the target of g');
+  assert.equal((await post('/v1/sets/nope/takeover', '{}')).status, 404);
+  assert.equal((await post('/v1/sets/g/read', '{"reads": []}')).status, 400);
   assert.equal(
-    (await post('/v1/groups/gback/release', '{"uptoSeq": 1}')).status,
-    404,
-    'not a source group here',
+    (await post('/v1/sets/g/read', '{"reads": [{"volume": "vol", "offset": 0, "length": 1}]}')).status,
+    409,
   );
   assert.equal((await post('/v1/nowhere', '{}')).status, 404);
-  assert.equal((await post('/v1/groups/g/release', 'x'.repeat(100_000))).status, 413);
-  assert.equal((await post('/v1/groups/g/release', '{"uptoSeq": 1}', 'Bearer wrong')).status, 401);
+  assert.equal((await post('/v1/groups/g/hold', 'x'.repeat(100_000))).status, 413);
+  assert.equal((await post('/v1/groups/g/hold', '{"ms": 1}', 'Bearer wrong')).status, 401);
   const after = await status();
-  assert.deepEqual(after.groups, before.groups);
-  assert.equal(after.journal.records, before.journal.records, 'nothing released');
+  const fixed = (st: Status) => st.groups.map((g) => [g.name, g.role, g.epoch, g.seqWritten]);
+  assert.deepEqual(fixed(after), fixed(before));
+  assert.equal(after.journal.records, before.journal.records, 'nothing changed in the journal');
 });

@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { connect } from '../../src/client/index.js';
 import { compareKeys } from '../../src/core/types.js';
 import { apiCall } from '../../src/node/api.js';
+import { apiOf, copyJournalled } from '../../src/testing/cluster.js';
 import { startNodeProcess, writeTopology } from '../../src/testing/proc.js';
 
 const run = promisify(execFile);
@@ -43,6 +44,11 @@ test('host write times reach journal records; NBD writes in between take the lat
   const node = await startNodeProcess(topo.file, 'a');
   try {
     const p = topo.ports.get('a')!;
+    // New pairs journal their initial copy first; the host writes come after it.
+    const base = {
+      gd: (await copyJournalled(apiOf(p.api), topo.secret, 'gd')).seqWritten,
+      gl: (await copyJournalled(apiOf(p.api), topo.secret, 'gl')).seqWritten,
+    };
     const client = await connect({ host: '127.0.0.1', port: p.native! });
     const d = await client.open('d');
     const t1 = 1_700_000_000_000_123;
@@ -54,9 +60,12 @@ test('host write times reach journal records; NBD writes in between take the lat
     await client.close();
 
     const api = { host: '127.0.0.1', port: p.api };
-    const get = async (g: string) =>
-      ((await apiCall(api, topo.secret, 'GET', `/v1/groups/${g}/records?fromSeq=1`)) as { records: Rec[] })
-        .records;
+    const get = async (g: 'gd' | 'gl') =>
+      (
+        (await apiCall(api, topo.secret, 'GET', `/v1/groups/${g}/records?fromSeq=${base[g] + 1}`)) as {
+          records: Rec[];
+        }
+      ).records.map((r) => ({ ...r, seq: r.seq - base[g] }));
     const [rd, rl] = [await get('gd'), await get('gl')];
     assert.deepEqual(
       rd.map((r) => [r.seq, r.kind, r.offset]),

@@ -1,0 +1,296 @@
+/**
+ * One link connection between two nodes (doc/link-protocol.md): the versioned handshake that
+ * authenticates both ends with the cluster secret, heartbeats and the idle timeout, and framed
+ * sending and receiving once both ends are authenticated. What the frames mean is the caller's
+ * (src/node/replication/*); this file only knows who is at the other end and whether it is alive.
+ *
+ *   socket --> HELLO both ways --> CHALLENGE_RESPONSE both ways --> AUTH_OK both ways --> ready
+ *          \--> bad frame / wrong secret / unknown peer / silence ----> closed(reason), logged
+ *
+ * Peer input never throws out of here: a frame that does not decode, a frame out of place, a
+ * wrong proof, all end the session with a logged reason (and, where it helps the peer's operator,
+ * an ERROR or AUTH_FAIL frame first). A silent peer is noticed after `timeoutMs` without any frame
+ * (heartbeats flow every `heartbeatMs` both ways), not after TCP's minutes.
+ */
+import type * as net from 'node:net';
+import { FrameDecoder } from './decoder.js';
+import type { Frame, HelloFrame, OutFrame } from './frames.js';
+import {
+  authProof,
+  encodeFrame,
+  FrameType,
+  frameTypeName,
+  LINK_VERSION_MAX,
+  LINK_VERSION_MIN,
+  negotiateVersion,
+  newNonce,
+  verifyAuthProof,
+} from './frames.js';
+
+export interface SessionOptions {
+  readonly selfName: string;
+  readonly secret: string;
+  /** Groups this node replicates with peers (sent in HELLO, for the peer's log and checks). */
+  readonly groups: readonly string[];
+  /** Whether a node of this name may connect (a node of the configuration, not this one). */
+  readonly knownPeer: (name: string) => boolean;
+  /** When set, the peer must be this node (the dialling side knows whom it called). */
+  readonly expectPeer?: string;
+  readonly heartbeatMs: number;
+  /** No frame for this long: the peer is dead. */
+  readonly timeoutMs: number;
+  readonly log: (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+  /** Current time in microseconds (heartbeats). */
+  readonly nowUs: () => number;
+}
+
+export interface SessionEvents {
+  ready(session: LinkSession): void;
+  frame(frame: Frame, session: LinkSession): void;
+  closed(reason: string, session: LinkSession): void;
+}
+
+type Phase = 'hello' | 'proof' | 'auth-ok' | 'ready' | 'closed';
+
+/** Bytes queued on the socket beyond which a sender should wait for `drain`. */
+export const LINK_SEND_QUEUE_BYTES_MAX = 8 * 1024 * 1024;
+
+export class LinkSession {
+  private phase: Phase = 'hello';
+  private readonly decoder = new FrameDecoder();
+  private readonly nonce = newNonce();
+  private peer: HelloFrame | undefined;
+  private sentAuthOk = false;
+  private gotAuthOk = false;
+  private lastRecvMs = performance.now();
+  private lastPeerSentUs = 0;
+  private timer: NodeJS.Timeout | undefined;
+  /** Round trip of the latest heartbeat echo, in ms (NaN before the first). */
+  rttMs = Number.NaN;
+  closeReason = '';
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly opts: SessionOptions,
+    private readonly events: SessionEvents,
+  ) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (e) => this.close(`socket error: ${e.message}`, false));
+    socket.on('close', () => this.close('connection closed by peer', false));
+    socket.on('drain', () => this.drainWaiters.splice(0).forEach((f) => f()));
+    this.timer = setInterval(() => this.onTimer(), Math.max(10, Math.floor(opts.heartbeatMs / 2)));
+    this.timer.unref();
+    this.sendFrame({
+      type: FrameType.hello,
+      versionMin: LINK_VERSION_MIN,
+      versionMax: LINK_VERSION_MAX,
+      nonce: this.nonce,
+      nodeName: opts.selfName,
+      clusterId: '',
+      groups: opts.groups.slice(0, 1024),
+    });
+  }
+
+  private readonly drainWaiters: (() => void)[] = [];
+  private lastHeartbeatMs = 0;
+  private readPaused = false;
+
+  /** The authenticated peer's name ('' before the handshake is done). */
+  get peerName(): string {
+    return this.phase === 'ready' ? this.peer!.nodeName : '';
+  }
+  get peerGroups(): readonly string[] {
+    return this.peer?.groups ?? [];
+  }
+  get isReady(): boolean {
+    return this.phase === 'ready';
+  }
+  get isClosed(): boolean {
+    return this.phase === 'closed';
+  }
+  get remote(): string {
+    return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
+  }
+  /** True when the socket's queue is long: wait for whenWritable() before sending more. */
+  get congested(): boolean {
+    return this.socket.writableLength > LINK_SEND_QUEUE_BYTES_MAX;
+  }
+  whenWritable(): Promise<void> {
+    if (!this.congested || this.phase === 'closed') return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  /** Stops reading from the peer (TCP pushes back on it) until resume(); no timeout meanwhile. */
+  pause(): void {
+    this.readPaused = true;
+    this.socket.pause();
+  }
+
+  resume(): void {
+    if (!this.readPaused) return;
+    this.readPaused = false;
+    this.lastRecvMs = performance.now();
+    this.socket.resume();
+  }
+
+  /** Sends a frame on a ready session; false if the session is closed. */
+  send(frame: OutFrame): boolean {
+    if (this.phase !== 'ready') return false;
+    return this.sendFrame(frame);
+  }
+
+  /** Ends the session; `tellPeer` sends an ERROR frame with the reason first. */
+  close(reason: string, tellPeer = true, code = 'RC_ERR_PROTOCOL'): void {
+    if (this.phase === 'closed') return;
+    if (tellPeer && !this.socket.destroyed) {
+      try {
+        this.socket.write(encodeFrame({ type: FrameType.error, code, message: reason }));
+      } catch {
+        // the socket is going anyway
+      }
+    }
+    this.phase = 'closed';
+    this.closeReason = reason;
+    clearInterval(this.timer);
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+    this.drainWaiters.splice(0).forEach((f) => f());
+    this.events.closed(reason, this);
+  }
+
+  private sendFrame(frame: OutFrame): boolean {
+    if (this.socket.destroyed) return false;
+    this.socket.write(encodeFrame(frame));
+    return true;
+  }
+
+  private onTimer(): void {
+    if (this.phase === 'closed') return;
+    const now = performance.now();
+    if (!this.readPaused && now - this.lastRecvMs > this.opts.timeoutMs) {
+      const what = this.phase === 'ready' ? 'no frame' : 'handshake not finished';
+      this.close(
+        `${what} for ${Math.round(now - this.lastRecvMs)} ms: peer presumed dead`,
+        true,
+        'RC_ERR_TIMEOUT',
+      );
+      return;
+    }
+    if (this.phase === 'ready' && now - this.lastHeartbeatMs >= this.opts.heartbeatMs) {
+      this.lastHeartbeatMs = now;
+      this.sendFrame({
+        type: FrameType.heartbeat,
+        sentTimeUs: this.opts.nowUs() as never,
+        echoTimeUs: this.lastPeerSentUs as never,
+      });
+    }
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.phase === 'closed') return;
+    this.lastRecvMs = performance.now();
+    this.decoder.push(chunk);
+    for (;;) {
+      if (this.isClosed) return;
+      const step = this.decoder.next();
+      if (step === 'need-more') return;
+      if (!step.ok) {
+        this.close(`bad frame from ${this.remote}: ${step.error.code}: ${step.error.reason}`);
+        return;
+      }
+      this.onFrame(step.frame);
+    }
+  }
+
+  private onFrame(f: Frame): void {
+    if (f.type === FrameType.error) {
+      this.close(`peer reported ${f.code}: ${f.message}`, false);
+      return;
+    }
+    if (f.type === FrameType.authFail) {
+      this.close(`peer refused authentication: ${f.reason}`, false);
+      return;
+    }
+    switch (this.phase) {
+      case 'hello':
+        if (f.type !== FrameType.hello) return this.unexpected(f);
+        return this.onHello(f);
+      case 'proof':
+        if (f.type !== FrameType.challengeResponse) return this.unexpected(f);
+        if (!verifyAuthProof(this.opts.secret, this.authInput(), f.proof)) {
+          return this.refuse(`${this.peer!.nodeName} did not prove the cluster secret`);
+        }
+        this.phase = 'auth-ok';
+        this.sentAuthOk = true;
+        this.sendFrame({ type: FrameType.authOk });
+        return this.maybeReady();
+      case 'auth-ok':
+        if (f.type !== FrameType.authOk) return this.unexpected(f);
+        this.gotAuthOk = true;
+        return this.maybeReady();
+      case 'ready':
+        if (f.type === FrameType.heartbeat) {
+          this.lastPeerSentUs = f.sentTimeUs;
+          if (f.echoTimeUs > 0) this.rttMs = (this.opts.nowUs() - f.echoTimeUs) / 1000;
+          return;
+        }
+        if (
+          f.type === FrameType.hello ||
+          f.type === FrameType.challengeResponse ||
+          f.type === FrameType.authOk
+        ) {
+          return this.unexpected(f);
+        }
+        this.events.frame(f, this);
+        return;
+      case 'closed':
+        return;
+    }
+  }
+
+  private onHello(f: HelloFrame): void {
+    const version = negotiateVersion({ versionMin: LINK_VERSION_MIN, versionMax: LINK_VERSION_MAX }, f);
+    if (version === null) {
+      return this.refuse(`no common protocol version (peer ${f.versionMin}..${f.versionMax})`);
+    }
+    if (f.nodeName === this.opts.selfName)
+      return this.refuse(`peer claims this node's own name ${f.nodeName}`);
+    if (!this.opts.knownPeer(f.nodeName))
+      return this.refuse(`${f.nodeName} is not a node of the configuration`);
+    if (this.opts.expectPeer !== undefined && f.nodeName !== this.opts.expectPeer) {
+      return this.refuse(`expected node ${this.opts.expectPeer}, ${f.nodeName} answered`);
+    }
+    this.peer = f;
+    this.phase = 'proof';
+    this.sendFrame({
+      type: FrameType.challengeResponse,
+      proof: authProof(this.opts.secret, {
+        nonce: f.nonce,
+        prover: this.opts.selfName,
+        verifier: f.nodeName,
+      }),
+    });
+  }
+
+  private authInput() {
+    return { nonce: this.nonce, prover: this.peer!.nodeName, verifier: this.opts.selfName };
+  }
+
+  private maybeReady(): void {
+    if (!this.sentAuthOk || !this.gotAuthOk || this.phase !== 'auth-ok') return;
+    this.phase = 'ready';
+    this.lastHeartbeatMs = 0;
+    this.events.ready(this);
+  }
+
+  private refuse(reason: string): void {
+    this.opts.log('warn', 'link peer refused', { remote: this.remote, reason });
+    if (!this.socket.destroyed) this.socket.write(encodeFrame({ type: FrameType.authFail, reason }));
+    this.close(reason, false, 'RC_ERR_AUTH');
+  }
+
+  private unexpected(f: Frame): void {
+    this.close(`unexpected ${frameTypeName(f.type)} frame during ${this.phase}`);
+  }
+}

@@ -1,0 +1,278 @@
+/**
+ * The management operations a node serves through its API (src/node/api.ts): takeover, the write
+ * hold and catch-up wait that verify uses, chunk checksums, reads of a target at one completed cut,
+ * and the Prometheus metrics. Each checks its input against the configuration and this node's role
+ * and answers a clear 4xx (ApiError) when it does not fit; none changes anything on bad input.
+ */
+import { createHash } from 'node:crypto';
+import * as prom from 'prom-client';
+import { ApiError } from './api.js';
+import type { RemcopyNode } from './node.js';
+import { setOf } from './replication/target.js';
+import { RemcopyError } from '../core/errors.js';
+
+/** A hold of a group's writes ends by itself after this long at most. */
+export const HOLD_MS_DEFAULT_MAX = 120_000;
+
+export class NodeOperations {
+  private readonly holds = new Map<string, NodeJS.Timeout>();
+  readonly registry = new prom.Registry();
+
+  constructor(private readonly node: RemcopyNode) {
+    this.defineMetrics();
+  }
+
+  async takeover(kind: 'group' | 'set', name: string, force: boolean): Promise<unknown> {
+    const { topo, cfg } = this.node;
+    let groups: string[];
+    if (kind === 'set') {
+      const set = topo.consistencySets.get(name);
+      if (!set) throw new ApiError(404, `no consistency set ${name}`);
+      groups = set.filter((g) => topo.groups.get(g)!.target === cfg.name);
+      if (groups.length !== set.length) {
+        throw new ApiError(409, `RC_ERR_STATE: not every group of ${name} has ${cfg.name} as its target`);
+      }
+    } else {
+      const g = topo.groups.get(name);
+      if (!g) throw new ApiError(404, `no group ${name}`);
+      if (g.target !== cfg.name)
+        throw new ApiError(409, `RC_ERR_STATE: ${cfg.name} is not the target of ${name}`);
+      groups = [name];
+    }
+    try {
+      const done = await this.node.target!.takeover(groups, force);
+      for (const d of done) this.node.setGroupRole(d.group, 'promoted');
+      this.node.log('warn', 'takeover: target volumes are writable, the epoch is bumped', { groups: done });
+      return { node: cfg.name, groups: done };
+    } catch (e) {
+      if (e instanceof RemcopyError) throw new ApiError(409, e.message);
+      throw e;
+    }
+  }
+
+  hold(group: string, ms: number): unknown {
+    this.sourceGroup(group);
+    clearTimeout(this.holds.get(group));
+    this.node.writePath.hold(group);
+    const t = setTimeout(() => this.unhold(group), ms);
+    t.unref();
+    this.holds.set(group, t);
+    return { group, heldMs: ms };
+  }
+
+  unhold(group: string): unknown {
+    this.sourceGroup(group);
+    clearTimeout(this.holds.get(group));
+    this.holds.delete(group);
+    this.node.writePath.unhold(group);
+    return { group, held: false };
+  }
+
+  async waitApplied(group: string, timeoutMs: number): Promise<unknown> {
+    this.sourceGroup(group);
+    try {
+      const s = await this.node.source!.waitApplied(group, timeoutMs);
+      return { group, seqApplied: s };
+    } catch (e) {
+      if (e instanceof RemcopyError) throw new ApiError(e.code === 'RC_ERR_TIMEOUT' ? 504 : 409, e.message);
+      throw e;
+    }
+  }
+
+  private sourceGroup(group: string): void {
+    const g = this.node.topo.groups.get(group);
+    if (!g) throw new ApiError(404, `no group ${group}`);
+    if (g.source !== this.node.cfg.name || !this.node.source?.hasGroup(group)) {
+      throw new ApiError(409, `RC_ERR_STATE: ${this.node.cfg.name} is not the active source of ${group}`);
+    }
+  }
+
+  /** sha256 of each chunk of a volume; a target volume is read whole at one completed cut. */
+  async checksums(volume: string, chunkBytes: number): Promise<unknown> {
+    const v = this.node.volume(volume);
+    if (!v) throw new ApiError(404, `no volume ${volume} on ${this.node.cfg.name}`);
+    const scan = async (): Promise<string[]> => {
+      const sums: string[] = [];
+      for (let off = 0; off < v.sizeBytes; off += chunkBytes) {
+        const len = Math.min(chunkBytes, v.sizeBytes - off);
+        const data = await v.device.read(off, len);
+        sums.push(createHash('sha256').update(data).digest('hex').slice(0, 32));
+      }
+      return sums;
+    };
+    const sums = v.gate ? await v.gate.read(scan) : await scan();
+    return { volume, sizeBytes: v.sizeBytes, chunkBytes, role: v.role.kind, sums };
+  }
+
+  /** Reads ranges of the target volumes of a set's groups, all at one completed cut. */
+  async readAtCut(
+    set: string,
+    reads: readonly { volume: string; offset: number; length: number }[],
+  ): Promise<unknown> {
+    const { topo, cfg } = this.node;
+    const groups = topo.consistencySets.get(set) ?? (topo.groups.has(set) ? [set] : undefined);
+    if (!groups) throw new ApiError(404, `no consistency set or group ${set}`);
+    const coord = this.node.target?.coordinatorOf(groups[0]!);
+    if (
+      !coord ||
+      groups.some((g) => topo.groups.get(g)!.target !== cfg.name || setOf(topo, g) !== coord.set)
+    ) {
+      throw new ApiError(
+        409,
+        `RC_ERR_STATE: ${cfg.name} is not applying ${set} (not its target, or taken over)`,
+      );
+    }
+    const vols = reads.map((r) => {
+      const v = this.node.volume(r.volume);
+      if (!v || v.role.kind !== 'target' || !groups.includes(v.role.group)) {
+        throw new ApiError(400, `${r.volume} is not a target volume of ${set} on ${cfg.name}`);
+      }
+      if (r.offset + r.length > v.sizeBytes) throw new ApiError(400, `${r.volume}: range past the end`);
+      return v;
+    });
+    return coord.gate.read(async () => ({
+      set,
+      cut: coord.cutCompleted ?? null,
+      reads: await Promise.all(
+        reads.map(async (r, i) => ({
+          ...r,
+          data: (await vols[i]!.device.read(r.offset, r.length)).toString('base64'),
+        })),
+      ),
+    }));
+  }
+
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  close(): void {
+    for (const t of this.holds.values()) clearTimeout(t);
+    this.holds.clear();
+  }
+
+  private defineMetrics(): void {
+    const r = this.registry;
+    const node = this.node;
+    const gauge = (
+      name: string,
+      help: string,
+      labelNames: string[],
+      collect: (g: prom.Gauge) => void,
+    ): void => {
+      new prom.Gauge({
+        name,
+        help,
+        labelNames,
+        registers: [r],
+        collect(this: prom.Gauge) {
+          this.reset();
+          collect(this);
+        },
+      });
+    };
+    const counter = (name: string, help: string, value: () => number): void => {
+      new prom.Counter({
+        name,
+        help,
+        registers: [r],
+        collect(this: prom.Counter) {
+          this.reset();
+          this.inc(value());
+        },
+      });
+    };
+    gauge('remcopy_group_seq', 'Sequence numbers per group and stage', ['group', 'role', 'stage'], (g) => {
+      for (const s of node.source?.status() ?? []) {
+        for (const stage of ['written', 'durable', 'sent', 'arrived', 'applied'] as const) {
+          const v = {
+            written: s.seqWritten,
+            durable: s.seqDurable,
+            sent: s.seqSent,
+            arrived: s.seqArrived,
+            applied: s.seqApplied,
+          }[stage];
+          g.set({ group: s.name, role: 'source', stage }, v);
+        }
+      }
+      for (const t of node.target?.status() ?? []) {
+        g.set({ group: t.name, role: 'target', stage: 'arrived' }, t.seqArrived);
+        g.set({ group: t.name, role: 'target', stage: 'applied' }, t.seqApplied);
+      }
+    });
+    gauge(
+      'remcopy_lag_records',
+      'Records written at the source and not yet applied at the target',
+      ['group'],
+      (g) => {
+        for (const s of node.source?.status() ?? []) g.set({ group: s.name }, s.lagRecords);
+      },
+    );
+    gauge(
+      'remcopy_lag_bytes',
+      'Bytes written at the source and not yet applied at the target',
+      ['group'],
+      (g) => {
+        for (const s of node.source?.status() ?? []) g.set({ group: s.name }, s.lagBytes);
+      },
+    );
+    gauge(
+      'remcopy_lag_seconds',
+      'Age of the oldest write not yet applied at the target (the RPO)',
+      ['group'],
+      (g) => {
+        for (const s of node.source?.status() ?? []) g.set({ group: s.name }, s.lagMs / 1000);
+      },
+    );
+    gauge('remcopy_link_up', '1 when the group link session is up', ['group', 'role'], (g) => {
+      for (const s of node.source?.status() ?? []) g.set({ group: s.name, role: 'source' }, s.linkUp ? 1 : 0);
+      for (const t of node.target?.status() ?? []) g.set({ group: t.name, role: 'target' }, t.linkUp ? 1 : 0);
+    });
+    gauge('remcopy_epoch', 'Epoch of the group on this node', ['group'], (g) => {
+      for (const s of [...(node.source?.status() ?? []), ...(node.target?.status() ?? [])])
+        g.set({ group: s.name }, s.epoch);
+    });
+    gauge(
+      'remcopy_initial_copy_bytes',
+      'Initial copy progress: bytes journalled and the total',
+      ['group', 'what'],
+      (g) => {
+        for (const s of node.source?.status() ?? []) {
+          if (!s.copy) continue;
+          g.set({ group: s.name, what: 'done' }, s.copy.bytesDone);
+          g.set({ group: s.name, what: 'total' }, s.copy.bytesTotal);
+        }
+      },
+    );
+    gauge('remcopy_journal_bytes', 'Journal bytes used and the limit', ['journal', 'what'], (g) => {
+      const u = node.journal.usage();
+      g.set({ journal: 'node', what: 'used' }, u.usedBytes);
+      g.set({ journal: 'node', what: 'max' }, u.bytesMax);
+      for (const t of node.target?.status() ?? []) {
+        g.set({ journal: `in/${t.name}`, what: 'used' }, t.journal.usedBytes);
+        g.set({ journal: `in/${t.name}`, what: 'max' }, t.journal.bytesMax);
+      }
+    });
+    counter(
+      'remcopy_records_journalled_total',
+      'Host and copy records journalled by this node',
+      () => node.writePath.stats.recordsAppended,
+    );
+    counter(
+      'remcopy_throttle_delay_seconds_total',
+      'Time host writes waited for journal space',
+      () => node.writePath.stats.throttleDelayMsTotal / 1000,
+    );
+    counter(
+      'remcopy_writes_rejected_journal_full_total',
+      'Host writes failed with ENOSPC after the throttle delay',
+      () => node.writePath.stats.rejectedJournalFull,
+    );
+    gauge('remcopy_apply_cycles', 'Apply cycles completed per consistency set (counter)', ['set'], (g) => {
+      for (const [set, c] of node.target?.coordinators() ?? []) g.set({ set }, c.stats.cycles);
+    });
+    gauge('remcopy_applied_bytes', 'Bytes applied to target volumes per set (counter)', ['set'], (g) => {
+      for (const [set, c] of node.target?.coordinators() ?? []) g.set({ set }, c.stats.bytesApplied);
+    });
+  }
+}

@@ -1,0 +1,317 @@
+/**
+ * The apply coordinator and applier of one consistency set at the target (DESIGN.md §3.3; patent
+ * fig 9): takes the set's cut, applies every record up to it from the target journals to the
+ * target volumes, makes them durable, then releases the records.
+ *
+ *   kick() --> planCycle --cycle--> persist cutPlanned --> [reads wait] apply per group in seq
+ *              order --> sync volumes --> [reads go on] completeCycle --> persist --> release
+ *              records (arrival + journal) --> report applied seq to the source
+ *
+ * Crash safety: the apply state file (`<dataDir>/apply/<set>.json`) holds the cut in progress
+ * before any record of it is written to a volume; after a crash the node re-plans exactly that cut
+ * from its journals and re-applies it (idempotent). Records are released only after the completed
+ * cut is durable in the file. Readers of the target volumes (NBD, verify) go through `gate`, which
+ * holds them while a cycle writes, so they only ever see a completed cut.
+ */
+import * as z from 'zod';
+import { join } from 'node:path';
+import type { ApplyState, CyclePlan, GroupPlan } from '../../core/apply-plan.js';
+import { completeCycle, initialApplyState, planCycle } from '../../core/apply-plan.js';
+import type { GroupArrival } from '../../core/arrival.js';
+import { RemcopyError } from '../../core/errors.js';
+import type { OrderKey, Seq } from '../../core/types.js';
+import { kindCarriesData, nodeIdFromNumber, ordinal, RecordKind, seq, timeUs } from '../../core/types.js';
+import type { BlockDevice } from '../../storage/blockdev.js';
+import type { Journal } from '../../storage/journal.js';
+import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
+import type { Log } from '../log.js';
+import { applyToDevice } from '../write-path.js';
+
+/** A cycle reaches at most this many records per group, so readers never wait long. */
+export const CYCLE_RECORDS_PER_GROUP_MAX = 8192;
+/** Bytes read from a target journal per call while applying. */
+const APPLY_READ_BYTES = 16 * 1024 * 1024;
+
+/** What the coordinator needs of one incoming group. */
+export interface ApplyGroup {
+  readonly name: string;
+  readonly arrival: GroupArrival;
+  readonly journal: Journal;
+  /** Source volume name (as in the records) -> target device. */
+  readonly devices: ReadonlyMap<string, BlockDevice>;
+  /** Called after a cycle raised the group's applied seq. */
+  onApplied(seqApplied: Seq): void;
+}
+
+/** Readers wait while a cycle writes the volumes; a cycle waits for readers in progress. */
+export class CutGate {
+  private cycle: Promise<void> | null = null;
+  private readers = 0;
+  private readersIdle: (() => void) | null = null;
+
+  async read<T>(f: () => Promise<T>): Promise<T> {
+    while (this.cycle !== null) await this.cycle;
+    this.readers++;
+    try {
+      return await f();
+    } finally {
+      if (--this.readers === 0 && this.readersIdle) this.readersIdle();
+    }
+  }
+
+  async exclusive(f: () => Promise<void>): Promise<void> {
+    let done!: () => void;
+    while (this.cycle !== null) await this.cycle;
+    this.cycle = new Promise((r) => (done = r));
+    try {
+      if (this.readers > 0) await new Promise<void>((r) => (this.readersIdle = r));
+      this.readersIdle = null;
+      await f();
+    } finally {
+      this.cycle = null;
+      done();
+    }
+  }
+}
+
+const keySchema = z.object({
+  writeTimeUs: z.number().int().nonnegative(),
+  nodeId: z.number().int().nonnegative(),
+  ordinal: z.number().int().nonnegative(),
+});
+const fileSchema = z.object({
+  version: z.literal(1),
+  cutCompleted: keySchema.nullable(),
+  cutPlanned: keySchema.nullable(),
+  groups: z.record(
+    z.string(),
+    z.object({ seqApplied: z.number().int().nonnegative(), keyApplied: keySchema.nullable() }),
+  ),
+});
+type KeyJson = z.infer<typeof keySchema>;
+
+const toKey = (k: KeyJson | null): OrderKey | undefined =>
+  k === null
+    ? undefined
+    : { writeTimeUs: timeUs(k.writeTimeUs), nodeId: nodeIdFromNumber(k.nodeId), ordinal: ordinal(k.ordinal) };
+const fromKey = (k: OrderKey | undefined): KeyJson | null =>
+  k === undefined ? null : { writeTimeUs: k.writeTimeUs, nodeId: k.nodeId, ordinal: k.ordinal };
+
+/** The persisted apply state of a set: the core's ApplyState plus the key of each seqApplied. */
+export interface SavedApply {
+  readonly state: ApplyState;
+  readonly keyApplied: ReadonlyMap<string, OrderKey | undefined>;
+}
+
+export function applyStateFile(dataDir: string, set: string): string {
+  return join(dataDir, 'apply', `${set}.json`);
+}
+
+/** Loads a set's apply state; groups new to the set start at seq 0. */
+export function loadApplyState(file: string, groups: readonly string[]): SavedApply {
+  const saved = readJsonFile(file, (v) => {
+    const r = fileSchema.safeParse(v);
+    return r.success ? r.data : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+  });
+  if (saved === undefined) {
+    return { state: initialApplyState(groups), keyApplied: new Map(groups.map((g) => [g, undefined])) };
+  }
+  return {
+    state: {
+      cutCompleted: toKey(saved.cutCompleted),
+      cutPlanned: toKey(saved.cutPlanned),
+      seqApplied: new Map(groups.map((g) => [g, seq(saved.groups[g]?.seqApplied ?? 0)])),
+    },
+    keyApplied: new Map(groups.map((g) => [g, toKey(saved.groups[g]?.keyApplied ?? null)])),
+  };
+}
+
+export interface CoordinatorStats {
+  cycles: number;
+  recordsApplied: number;
+  bytesApplied: number;
+  lastCycleMs: number;
+  lastCutAtMs: number;
+}
+
+export class ApplyCoordinator {
+  readonly gate = new CutGate();
+  private state: ApplyState;
+  private readonly keyApplied: Map<string, OrderKey | undefined>;
+  private groups: ApplyGroup[];
+  private running: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+  failure: Error | undefined;
+  readonly stats: CoordinatorStats = {
+    cycles: 0,
+    recordsApplied: 0,
+    bytesApplied: 0,
+    lastCycleMs: 0,
+    lastCutAtMs: 0,
+  };
+
+  constructor(
+    readonly set: string,
+    private readonly file: string,
+    groups: readonly ApplyGroup[],
+    saved: SavedApply,
+    private readonly log: Log,
+  ) {
+    this.groups = [...groups];
+    this.state = saved.state;
+    this.keyApplied = new Map(saved.keyApplied);
+  }
+
+  get cutCompleted(): OrderKey | undefined {
+    return this.state.cutCompleted;
+  }
+  seqApplied(group: string): Seq {
+    return this.state.seqApplied.get(group) ?? seq(0);
+  }
+  keyAppliedOf(group: string): OrderKey | undefined {
+    return this.keyApplied.get(group);
+  }
+  get groupNames(): string[] {
+    return this.groups.map((g) => g.name);
+  }
+
+  /** Runs cycles until nothing more can be applied; a kick during a run causes another pass. */
+  kick(): void {
+    if (this.stopped || this.failure) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.loop().finally(() => (this.running = null));
+  }
+
+  /** Resolves when no cycle is running (after the current one and any pass a kick asked for). */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  /** Applies every cut that can complete now, until none is left (takeover's "finish the cut"). */
+  async finish(): Promise<void> {
+    await this.idle();
+    this.kick();
+    await this.idle();
+    if (this.failure) throw this.failure;
+  }
+
+  /** Removes a group from the set (it was taken over on its own): the others go on without it. */
+  async remove(group: string): Promise<{ seqApplied: Seq; cut: OrderKey | undefined }> {
+    await this.idle();
+    const end = { seqApplied: this.seqApplied(group), cut: this.state.cutCompleted };
+    this.groups = this.groups.filter((g) => g.name !== group);
+    const seqApplied = new Map(this.state.seqApplied);
+    seqApplied.delete(group);
+    this.keyApplied.delete(group);
+    this.state = { ...this.state, seqApplied };
+    await this.persist(this.state);
+    return end;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.idle();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      do {
+        this.again = false;
+        while (!this.stopped && (await this.cycle()));
+      } while (this.again && !this.stopped);
+    } catch (e) {
+      this.failure = e as Error;
+      this.log('error', 'apply stopped: the target copy stays at its last completed cut', {
+        set: this.set,
+        error: String(e),
+      });
+    }
+  }
+
+  /** One cycle; false when there is nothing to apply. */
+  private async cycle(): Promise<boolean> {
+    if (this.groups.length === 0) return false;
+    const arrivals = this.groups.map((g) => g.arrival);
+    const r = planCycle(this.state, arrivals, { recordsPerGroupMax: CYCLE_RECORDS_PER_GROUP_MAX });
+    if (r.kind !== 'cycle') return false;
+    const started = performance.now();
+    await this.persist(r.state);
+    this.state = r.state;
+    await this.gate.exclusive(async () => {
+      for (const gp of r.plan.groups) this.applyGroup(gp);
+      const devices = new Set(this.groups.flatMap((g) => [...g.devices.values()]));
+      await Promise.all([...devices].map((d) => d.sync()));
+    });
+    await this.complete(r.plan);
+    this.stats.cycles++;
+    this.stats.lastCycleMs = performance.now() - started;
+    this.stats.lastCutAtMs = Date.now();
+    return true;
+  }
+
+  private applyGroup(gp: GroupPlan): void {
+    if (gp.seqLast < gp.seqFirst) return;
+    const g = this.groups.find((x) => x.name === gp.group)!;
+    let next: number = gp.seqFirst;
+    while (next <= gp.seqLast) {
+      const recs = g.journal.readRetained(g.name, seq(next), APPLY_READ_BYTES);
+      if (recs.length === 0) {
+        throw new RemcopyError(
+          'RC_ERR_JOURNAL_IO',
+          `${g.name}: record ${next} is missing from the target journal`,
+        );
+      }
+      for (const { header: h, payload } of recs) {
+        if (h.seq > gp.seqLast) break;
+        next = h.seq + 1;
+        if (h.kind === RecordKind.marker) continue;
+        const dev = g.devices.get(h.volume);
+        if (dev === undefined) {
+          throw new RemcopyError(
+            'RC_ERR_STATE',
+            `${g.name}: record ${h.seq} is for volume ${h.volume}, not a pair`,
+          );
+        }
+        applyToDevice(dev, h.kind, h.offset, h.length, kindCarriesData(h.kind) ? payload : undefined);
+        this.stats.recordsApplied++;
+        this.stats.bytesApplied += h.length;
+      }
+    }
+  }
+
+  private async complete(plan: CyclePlan): Promise<void> {
+    const next = completeCycle(this.state, plan);
+    for (const gp of plan.groups) {
+      if (gp.seqLast < gp.seqFirst) continue;
+      const g = this.groups.find((x) => x.name === gp.group)!;
+      this.keyApplied.set(gp.group, g.arrival.heldAt(gp.seqLast)!.key);
+    }
+    await this.persist(next);
+    this.state = next;
+    for (const gp of plan.groups) {
+      if (gp.seqLast < gp.seqFirst) continue;
+      const g = this.groups.find((x) => x.name === gp.group)!;
+      g.arrival.release(gp.seqLast);
+      g.journal.release(g.name, gp.seqLast);
+      g.onApplied(gp.seqLast);
+    }
+  }
+
+  private persist(s: ApplyState): Promise<void> {
+    return writeJsonDurable(this.file, {
+      version: 1,
+      cutCompleted: fromKey(s.cutCompleted),
+      cutPlanned: fromKey(s.cutPlanned),
+      groups: Object.fromEntries(
+        [...s.seqApplied].map(([g, sq]) => [
+          g,
+          { seqApplied: sq, keyApplied: fromKey(this.keyApplied.get(g)) },
+        ]),
+      ),
+    });
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * What a node remembers about each of its groups beyond the journal (DESIGN.md §3.6, §3.7): the
+ * epoch, a role that overrides the config after a takeover (`promoted` on the old target, `fenced`
+ * on an old source that learned a higher epoch), and on a source the initial copy's progress.
+ * Stored in `<dataDir>/groups.json`, written durably before the change takes effect.
+ */
+import * as z from 'zod';
+import { join } from 'node:path';
+import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
+
+const copySchema = z.object({
+  /** `copy` while chunks are still to be journalled, `pair` once all are. */
+  state: z.enum(['copy', 'pair']),
+  /** Index of the pair (in config order) and byte offset the copy continues at. */
+  pairIndex: z.number().int().nonnegative(),
+  offset: z.number().int().nonnegative(),
+  /** Seq of the copy's last record (0 until the copy is journalled). */
+  copyEndSeq: z.number().int().nonnegative(),
+  bytesDone: z.number().int().nonnegative(),
+  bytesTotal: z.number().int().nonnegative(),
+});
+
+const groupSchema = z.object({
+  epoch: z.number().int().min(1).max(0xffffffff),
+  role: z.enum(['promoted', 'fenced']).optional(),
+  reason: z.string().optional(),
+  /** On a source: the initial copy. On a target: the source's last PAIR_STATE. */
+  copy: copySchema.optional(),
+});
+
+const fileSchema = z.object({ version: z.literal(1), groups: z.record(z.string(), groupSchema) });
+
+export type CopyProgress = z.infer<typeof copySchema>;
+export type GroupRecord = z.infer<typeof groupSchema>;
+
+export const GROUP_STATE_FILE = 'groups.json';
+
+export class GroupStateStore {
+  private readonly groups: Map<string, GroupRecord>;
+  readonly file: string;
+
+  constructor(dataDir: string) {
+    this.file = join(dataDir, GROUP_STATE_FILE);
+    const loaded = readJsonFile(this.file, (v) => {
+      const r = fileSchema.safeParse(v);
+      return r.success ? r.data : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+    });
+    this.groups = new Map(Object.entries(loaded?.groups ?? {}));
+  }
+
+  has(group: string): boolean {
+    return this.groups.has(group);
+  }
+
+  get(group: string): GroupRecord {
+    return this.groups.get(group) ?? { epoch: 1 };
+  }
+
+  epoch(group: string): number {
+    return this.get(group).epoch;
+  }
+
+  /** Applies `patch` to the group and resolves once the file holds it. */
+  async update(group: string, patch: Partial<GroupRecord>): Promise<GroupRecord> {
+    const next = { ...this.get(group), ...patch };
+    this.groups.set(group, next);
+    await writeJsonDurable(this.file, { version: 1, groups: Object.fromEntries(this.groups) });
+    return next;
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * The node's link listener: accepts connections from peers (plain TCP, or TLS when the node has a
+ * certificate), runs the authenticating handshake of src/link/session.ts on each, and hands ready
+ * sessions from sources to the target side. A peer that fails the handshake is logged and dropped;
+ * nothing it sent reaches the journal.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import type { Frame } from '../../link/frames.js';
+import { LinkSession } from '../../link/session.js';
+import type { NodeConfig, Topology } from '../config.js';
+import type { Log } from '../log.js';
+import type { LinkTiming } from './source.js';
+import type { TargetReplicator } from './target.js';
+
+export class LinkServer {
+  private server: net.Server | undefined;
+  private readonly sessions = new Set<LinkSession>();
+  /** Sessions that ended in a refusal or a protocol error (status, tests). */
+  refused = 0;
+
+  constructor(
+    private readonly topo: Topology,
+    private readonly cfg: NodeConfig,
+    private readonly target: TargetReplicator,
+    private readonly timing: LinkTiming,
+    private readonly log: Log,
+  ) {}
+
+  listen(): Promise<number> {
+    const onSocket = (socket: net.Socket): void => this.accept(socket);
+    const t = this.cfg.tls;
+    this.server = t
+      ? tls.createServer({ cert: fs.readFileSync(t.certFile), key: fs.readFileSync(t.keyFile) }, onSocket)
+      : net.createServer(onSocket);
+    const server = this.server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.cfg.link.port, this.cfg.link.host, () => {
+        server.off('error', reject);
+        server.on('error', (e) => this.log('error', 'link listener error', { error: String(e) }));
+        resolve((server.address() as net.AddressInfo).port);
+      });
+    });
+  }
+
+  private accept(socket: net.Socket): void {
+    socket.on('error', () => {});
+    const session = new LinkSession(
+      socket,
+      {
+        selfName: this.cfg.name,
+        secret: this.topo.secret,
+        groups: [...this.topo.groups.values()].filter((g) => g.target === this.cfg.name).map((g) => g.name),
+        knownPeer: (n) => this.topo.nodes.has(n) && n !== this.cfg.name,
+        heartbeatMs: this.timing.heartbeatMs,
+        timeoutMs: this.timing.timeoutMs,
+        log: this.log,
+        nowUs: () => Math.floor((performance.timeOrigin + performance.now()) * 1000),
+      },
+      {
+        ready: (s) => this.target.attach(s),
+        frame: (f: Frame, s) => this.target.onFrame(s, f),
+        closed: (reason, s) => {
+          this.sessions.delete(s);
+          this.target.detach(s);
+          const level =
+            reason.startsWith('connection closed') || reason === 'node stopping' ? 'info' : 'warn';
+          if (level === 'warn') this.refused++;
+          this.log(level, 'link session closed', { peer: s.peerName || undefined, remote: s.remote, reason });
+        },
+      },
+    );
+    this.sessions.add(session);
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sessions) s.close('node stopping', true, 'RC_ERR_SHUTDOWN');
+    const server = this.server;
+    if (!server) return;
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+}

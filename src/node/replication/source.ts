@@ -1,0 +1,679 @@
+/**
+ * The source side of a node (DESIGN.md §3.2, §3.5 push, §3.6 initial copy, §3.7 epochs): per
+ * target node a link session that it dials (reconnecting with backoff), per group a GroupSender
+ * (src/core/sender.ts) that ships journal records in a bounded window, ticks when idle, and
+ * releases records only after the target reported them durable.
+ *
+ *   write path appends --> onAppended --> journal.sync (group commit) --> durable seq per group
+ *        --> pump: RECORDS from seqSent+1 up to the durable seq, while the window has room
+ *   ACK(durable, applied) --> sender.onAck --> release (volumes synced, then journal.release)
+ *   idle group --> TICK(seqLast, node's latest key)
+ *   EPOCH(higher) --> fenced: the group's volumes turn read-only, shipping stops, persisted
+ *
+ * Only records durable in this node's journal are shipped: a record that a power loss could take
+ * back must never reach a target, or the seq would be reused for a different write.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { RemcopyError } from '../../core/errors.js';
+import type { Sequencer } from '../../core/sequencer.js';
+import { GroupSender, SENDER_LIMITS_DEFAULT } from '../../core/sender.js';
+import type { RecordHeader, Seq } from '../../core/types.js';
+import { seq } from '../../core/types.js';
+import type { Frame } from '../../link/frames.js';
+import { FrameType, LINK_BATCH_RECORDS_MAX } from '../../link/frames.js';
+import { LinkSession } from '../../link/session.js';
+import type { BlockDevice } from '../../storage/blockdev.js';
+import type { Journal } from '../../storage/journal.js';
+import type { GroupConfig, NodeConfig, Topology } from '../config.js';
+import type { Log } from '../log.js';
+import type { WritePath } from '../write-path.js';
+import type { GroupStateStore } from './group-state.js';
+
+export interface LinkTiming {
+  readonly heartbeatMs: number;
+  readonly timeoutMs: number;
+  readonly reconnectMinMs: number;
+  readonly reconnectMaxMs: number;
+}
+
+export const LINK_TIMING_DEFAULT: LinkTiming = {
+  heartbeatMs: 500,
+  timeoutMs: 3000,
+  reconnectMinMs: 100,
+  reconnectMaxMs: 5000,
+};
+
+/** Records are released this long after an ACK at most (one volume sync serves many ACKs). */
+const RELEASE_DELAY_MS = 50;
+/** Initial copy: bytes per copy record. */
+export const COPY_CHUNK_BYTES = 1024 * 1024;
+/** Initial copy waits while the journal is fuller than this fraction (host writes come first). */
+const COPY_JOURNAL_FRACTION_MAX = 0.5;
+/** Initial copy progress is persisted at least this often. */
+const COPY_PERSIST_MS = 1000;
+
+export interface SourceGroupStatus {
+  readonly name: string;
+  readonly role: 'source';
+  readonly state: 'copy' | 'pair' | 'fenced';
+  readonly reason?: string;
+  readonly epoch: number;
+  readonly target: string;
+  readonly linkUp: boolean;
+  readonly sender: string;
+  readonly seqWritten: number;
+  readonly seqDurable: number;
+  readonly seqSent: number;
+  readonly seqArrived: number;
+  readonly seqApplied: number;
+  readonly lagRecords: number;
+  readonly lagBytes: number;
+  readonly lagMs: number;
+  readonly copy?: { readonly bytesDone: number; readonly bytesTotal: number; readonly copyEndSeq: number };
+  readonly rttMs: number;
+  readonly lastError?: string;
+}
+
+/** A batch appended: its last seq, the bytes written so far, when its oldest write arrived. */
+interface Mark {
+  readonly seq: number;
+  readonly bytesTotal: number;
+  readonly arrivedMs: number;
+}
+
+class SourceGroup {
+  readonly sender: GroupSender;
+  seqDurable: number;
+  seqApplied = 0;
+  private marks: Mark[] = [];
+  private base: Mark;
+  private bytesWritten = 0;
+  releaseTimer: NodeJS.Timeout | undefined;
+  releasing: Promise<void> | undefined;
+  lastError: string | undefined;
+
+  constructor(
+    readonly cfg: GroupConfig,
+    readonly devices: readonly { readonly name: string; readonly device: BlockDevice }[],
+    journal: Journal,
+    epoch: number,
+  ) {
+    const released = journal.releasedSeq(cfg.name);
+    this.sender = new GroupSender(
+      cfg.name,
+      { ...SENDER_LIMITS_DEFAULT, tickMs: cfg.tickMs },
+      released,
+      epoch,
+    );
+    this.seqDurable = released;
+    this.base = { seq: released, bytesTotal: 0, arrivedMs: performance.now() };
+    // Records recovered from the journal: their arrival is unknown, count them as arrived now.
+    if (journal.lastSeq(cfg.name) > released) {
+      this.marks.push({ seq: journal.lastSeq(cfg.name), bytesTotal: 0, arrivedMs: performance.now() });
+    }
+  }
+
+  get name(): string {
+    return this.cfg.name;
+  }
+
+  noteAppended(lastSeq: number, bytes: number, arrivedMs: number): void {
+    this.bytesWritten += bytes;
+    this.marks.push({ seq: lastSeq, bytesTotal: this.bytesWritten, arrivedMs });
+  }
+
+  noteApplied(applied: number): void {
+    if (applied <= this.seqApplied) return;
+    this.seqApplied = applied;
+    let i = 0;
+    while (i < this.marks.length && this.marks[i]!.seq <= applied) this.base = this.marks[i++]!;
+    if (i > 0) this.marks = this.marks.slice(i);
+  }
+
+  /** Lag as the target sees it, never below the truth: whole batches count until fully applied. */
+  lag(nowMs: number): { bytes: number; ms: number } {
+    const first = this.marks[0];
+    if (first === undefined) return { bytes: 0, ms: 0 };
+    return { bytes: this.bytesWritten - this.base.bytesTotal, ms: Math.max(0, nowMs - first.arrivedMs) };
+  }
+}
+
+class TargetPeer {
+  session: LinkSession | undefined;
+  private backoffMs: number;
+  private timer: NodeJS.Timeout | undefined;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private pumping = false;
+  private pumpAgain = false;
+  closed = false;
+  lastError: string | undefined;
+
+  constructor(
+    readonly target: NodeConfig,
+    readonly groups: readonly SourceGroup[],
+    private readonly owner: SourceReplicator,
+  ) {
+    this.backoffMs = owner.timing.reconnectMinMs;
+    const tickMs = Math.max(10, Math.min(...groups.map((g) => g.cfg.tickMs)) / 2);
+    this.tickTimer = setInterval(() => this.tick(), tickMs);
+    this.tickTimer.unref();
+  }
+
+  start(): void {
+    this.dial();
+  }
+
+  private dial(): void {
+    if (this.closed) return;
+    const { host, port } = this.target.link;
+    const o = this.owner;
+    const socket = o.tlsFor(this.target)
+      ? tls.connect({ host, port, ...o.tlsFor(this.target)! })
+      : net.connect({ host, port });
+    let opened = false;
+    const onOpen = (): void => {
+      opened = true;
+      socket.off('error', onEarlyError);
+      const session = new LinkSession(
+        socket,
+        {
+          selfName: o.cfg.name,
+          secret: o.topo.secret,
+          groups: this.groups.map((g) => g.name),
+          knownPeer: (n) => n === this.target.name,
+          expectPeer: this.target.name,
+          heartbeatMs: o.timing.heartbeatMs,
+          timeoutMs: o.timing.timeoutMs,
+          log: o.log,
+          nowUs: () => Math.floor((performance.timeOrigin + performance.now()) * 1000),
+        },
+        {
+          ready: (s) => this.onReady(s),
+          frame: (f, s) => this.onFrame(f, s),
+          closed: (reason, s) => this.onClosed(reason, s),
+        },
+      );
+      this.session = session;
+    };
+    const onEarlyError = (e: Error): void => {
+      if (opened) return;
+      this.lastError = `connect to ${this.target.name} (${host}:${port}): ${e.message}`;
+      socket.destroy();
+      this.retryLater();
+    };
+    socket.once(o.tlsFor(this.target) ? 'secureConnect' : 'connect', onOpen);
+    socket.once('error', onEarlyError);
+  }
+
+  private retryLater(): void {
+    if (this.closed) return;
+    const wait = this.backoffMs;
+    this.backoffMs = Math.min(this.owner.timing.reconnectMaxMs, this.backoffMs * 2);
+    this.timer = setTimeout(() => this.dial(), wait);
+    this.timer.unref();
+  }
+
+  private onReady(s: LinkSession): void {
+    this.backoffMs = this.owner.timing.reconnectMinMs;
+    this.lastError = undefined;
+    this.owner.log('info', 'link up', { target: this.target.name, groups: this.groups.map((g) => g.name) });
+    for (const g of this.groups) {
+      g.sender.connected();
+      if (g.sender.state === 'fenced') continue;
+      const copy = this.owner.state.get(g.name).copy;
+      s.send({
+        type: FrameType.pairState,
+        group: g.name,
+        epoch: g.sender.epoch,
+        state: copy?.state ?? 'pair',
+        copyEndSeq: seq(copy?.copyEndSeq ?? 0),
+      });
+    }
+  }
+
+  private onClosed(reason: string, s: LinkSession): void {
+    if (this.session !== s) return;
+    this.session = undefined;
+    for (const g of this.groups) g.sender.disconnected();
+    this.lastError = reason;
+    this.owner.log(this.closed ? 'info' : 'warn', 'link down', { target: this.target.name, reason });
+    this.retryLater();
+  }
+
+  private onFrame(f: Frame, s: LinkSession): void {
+    if (!('group' in f)) {
+      s.close(`unexpected frame type ${f.type} from a target`);
+      return;
+    }
+    const g = this.groups.find((x) => x.name === f.group);
+    if (g === undefined) {
+      s.close(`frame for group ${f.group}, which this node does not replicate to ${this.target.name}`);
+      return;
+    }
+    const j = this.owner.journal;
+    switch (f.type) {
+      case FrameType.resume: {
+        const r = g.sender.onResume(f.nextSeq, {
+          seqReleased: j.releasedSeq(g.name),
+          seqLast: j.lastSeq(g.name),
+        });
+        if (!r.ok) {
+          g.lastError = r.detail;
+          this.owner.log('error', 'cannot resume replication of the group', {
+            group: g.name,
+            reason: r.detail,
+          });
+          s.close(r.detail, true, r.kind === 'protocol' ? 'RC_ERR_PROTOCOL' : 'RC_ERR_RESUME');
+          return;
+        }
+        g.lastError = undefined;
+        this.pump();
+        return;
+      }
+      case FrameType.ack: {
+        const r = g.sender.onAck(f.durableSeq);
+        if (!r.ok) {
+          this.owner.log('warn', 'bad ACK from target', { group: g.name, reason: r.detail });
+          s.close(r.detail);
+          return;
+        }
+        g.noteApplied(f.appliedSeq);
+        if (r.advanced) this.owner.scheduleRelease(g);
+        this.pump();
+        return;
+      }
+      case FrameType.epoch:
+        if (g.sender.onEpoch(f.epoch)) void this.owner.fence(g, f.epoch, this.target.name);
+        return;
+      default:
+        s.close(`unexpected frame type ${f.type} from a target`);
+    }
+  }
+
+  /** Sends what the windows allow; re-runs when asked during a run. */
+  pump(): void {
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    void this.pumpLoop().finally(() => (this.pumping = false));
+  }
+
+  private async pumpLoop(): Promise<void> {
+    const j = this.owner.journal;
+    do {
+      this.pumpAgain = false;
+      for (const g of this.groups) {
+        for (;;) {
+          const s = this.session;
+          if (!s || !s.isReady) return;
+          if (s.congested) {
+            await s.whenWritable();
+            this.pumpAgain = true;
+            break;
+          }
+          const w = g.sender.want({ seqReleased: j.releasedSeq(g.name), seqLast: seq(g.seqDurable) });
+          if (!w) break;
+          const recs = j
+            .readRetained(g.name, w.fromSeq, w.maxBytes)
+            .filter((r) => r.header.seq <= g.seqDurable)
+            .slice(0, LINK_BATCH_RECORDS_MAX);
+          if (recs.length === 0) break;
+          s.send({ type: FrameType.records, group: g.name, epoch: g.sender.epoch, records: recs });
+          let bytes = 0;
+          for (const r of recs) bytes += r.payload.length + 128;
+          g.sender.onSent(recs[recs.length - 1]!.header.seq, bytes, performance.now());
+        }
+      }
+    } while (this.pumpAgain);
+  }
+
+  private tick(): void {
+    const s = this.session;
+    if (!s || !s.isReady) return;
+    const j = this.owner.journal;
+    const now = performance.now();
+    for (const g of this.groups) {
+      if (!g.sender.tickDue({ seqReleased: j.releasedSeq(g.name), seqLast: j.lastSeq(g.name) }, now))
+        continue;
+      s.send({
+        type: FrameType.tick,
+        group: g.name,
+        epoch: g.sender.epoch,
+        seq: g.sender.seqSent,
+        key: this.owner.sequencer.lastKey(),
+      });
+      g.sender.onTickSent(now);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    clearInterval(this.tickTimer);
+    this.session?.close('node stopping', true, 'RC_ERR_SHUTDOWN');
+  }
+}
+
+export interface SourceOptions {
+  readonly topo: Topology;
+  readonly cfg: NodeConfig;
+  readonly journal: Journal;
+  readonly writePath: WritePath;
+  readonly sequencer: Sequencer;
+  readonly state: GroupStateStore;
+  readonly devices: ReadonlyMap<string, BlockDevice>;
+  readonly log: Log;
+  readonly timing?: LinkTiming;
+  /** The group was fenced by a higher epoch: make its volumes read-only. */
+  readonly onFenced: (group: string) => void;
+}
+
+export class SourceReplicator {
+  readonly topo: Topology;
+  readonly cfg: NodeConfig;
+  readonly journal: Journal;
+  readonly sequencer: Sequencer;
+  readonly state: GroupStateStore;
+  readonly log: Log;
+  readonly timing: LinkTiming;
+  private readonly groups = new Map<string, SourceGroup>();
+  private readonly peers: TargetPeer[] = [];
+  private syncing = false;
+  private closed = false;
+  private readonly copies: Promise<void>[] = [];
+
+  constructor(private readonly o: SourceOptions) {
+    this.topo = o.topo;
+    this.cfg = o.cfg;
+    this.journal = o.journal;
+    this.sequencer = o.sequencer;
+    this.state = o.state;
+    this.log = o.log;
+    this.timing = o.timing ?? LINK_TIMING_DEFAULT;
+    const byTarget = new Map<string, SourceGroup[]>();
+    for (const g of o.topo.groups.values()) {
+      if (g.source !== o.cfg.name) continue;
+      const st = o.state.get(g.name);
+      if (st.role !== undefined) continue;
+      const devices = [...g.pairs.keys()].map((name) => ({ name, device: o.devices.get(name)! }));
+      const sg = new SourceGroup(g, devices, o.journal, st.epoch);
+      this.groups.set(g.name, sg);
+      byTarget.set(g.target, [...(byTarget.get(g.target) ?? []), sg]);
+    }
+    for (const [target, groups] of byTarget) {
+      this.peers.push(new TargetPeer(o.topo.nodes.get(target)!, groups, this));
+    }
+  }
+
+  /** TLS options for dialling `target`, or undefined for plain TCP. */
+  tlsFor(target: NodeConfig): tls.ConnectionOptions | undefined {
+    if (!target.tls) return undefined;
+    const caFile = this.cfg.tls?.caFile ?? target.tls.caFile;
+    return caFile
+      ? { ca: fs.readFileSync(caFile), rejectUnauthorized: true, checkServerIdentity: () => undefined }
+      : { rejectUnauthorized: false };
+  }
+
+  async start(): Promise<void> {
+    for (const g of this.groups.values()) {
+      if (!this.state.has(g.name)) {
+        const bytesTotal = g.devices.reduce((n, d) => n + d.device.sizeBytes, 0);
+        await this.state.update(g.name, {
+          epoch: 1,
+          copy: { state: 'copy', pairIndex: 0, offset: 0, copyEndSeq: 0, bytesDone: 0, bytesTotal },
+        });
+        this.log('info', 'new pair: initial copy starts', { group: g.name, bytes: bytesTotal });
+      }
+      if (this.state.get(g.name).copy?.state === 'copy') {
+        this.copies.push(
+          this.runCopy(g).catch((e) => {
+            g.lastError = `initial copy stopped: ${String(e)}`;
+            this.log(
+              'error',
+              'initial copy stopped; it continues from its last persisted point at the next start',
+              {
+                group: g.name,
+                error: String(e),
+              },
+            );
+          }),
+        );
+      }
+    }
+    for (const p of this.peers) p.start();
+    this.makeDurable();
+  }
+
+  /** The write path appended records: note them and get them durable, then ship them. */
+  onAppended(records: readonly RecordHeader[], arrivedMs: number): void {
+    const per = new Map<SourceGroup, { last: number; bytes: number }>();
+    for (const h of records) {
+      const g = this.groups.get(h.group);
+      if (!g) continue;
+      const e = per.get(g) ?? { last: 0, bytes: 0 };
+      e.last = h.seq;
+      e.bytes += h.length;
+      per.set(g, e);
+    }
+    for (const [g, e] of per) g.noteAppended(e.last, e.bytes, arrivedMs);
+    this.makeDurable();
+  }
+
+  /** One journal sync at a time; each makes every record appended before it shippable. */
+  private makeDurable(): void {
+    if (this.syncing || this.closed) return;
+    const upTo = new Map<SourceGroup, number>();
+    let behind = false;
+    for (const g of this.groups.values()) {
+      const last = this.journal.lastSeq(g.name);
+      upTo.set(g, last);
+      if (last > g.seqDurable) behind = true;
+    }
+    if (!behind) return;
+    this.syncing = true;
+    this.journal.sync().then(
+      () => {
+        this.syncing = false;
+        for (const [g, s] of upTo) g.seqDurable = Math.max(g.seqDurable, s);
+        for (const p of this.peers) p.pump();
+        this.makeDurable();
+      },
+      (e) => {
+        this.syncing = false;
+        this.log('error', 'journal sync failed; records are not shipped until it succeeds', {
+          error: String(e),
+        });
+        setTimeout(() => this.makeDurable(), 1000).unref();
+      },
+    );
+  }
+
+  scheduleRelease(g: SourceGroup): void {
+    if (g.releaseTimer || this.closed) return;
+    g.releaseTimer = setTimeout(() => {
+      g.releaseTimer = undefined;
+      const upTo = g.sender.seqAcked;
+      if (upTo <= this.journal.releasedSeq(g.name) || g.releasing) return;
+      g.releasing = this.o.writePath
+        .release(
+          g.name,
+          upTo,
+          g.devices.map((d) => d.device),
+        )
+        .catch((e) => this.log('error', 'release failed', { group: g.name, error: String(e) }))
+        .finally(() => {
+          g.releasing = undefined;
+          if (g.sender.seqAcked > this.journal.releasedSeq(g.name)) this.scheduleRelease(g);
+        });
+    }, RELEASE_DELAY_MS);
+    g.releaseTimer.unref();
+  }
+
+  async fence(g: SourceGroup, epoch: number, by: string): Promise<void> {
+    const reason = `${by} holds epoch ${epoch} of ${g.name} (taken over)`;
+    this.log('warn', 'group fenced: this node no longer acts as its source', { group: g.name, epoch, by });
+    this.o.onFenced(g.name);
+    await this.state.update(g.name, { epoch, role: 'fenced', reason });
+  }
+
+  /** Initial copy: every chunk of every source volume of the group, as copy or zero records. */
+  private async runCopy(g: SourceGroup): Promise<void> {
+    let progress = this.state.get(g.name).copy!;
+    let lastSeq = progress.copyEndSeq;
+    let persistedAt = performance.now();
+    const started = performance.now();
+    for (let i = progress.pairIndex; i < g.devices.length && !this.closed; i++) {
+      const { name, device } = g.devices[i]!;
+      let offset = i === progress.pairIndex ? progress.offset : 0;
+      while (offset < device.sizeBytes && !this.closed) {
+        if (g.sender.state === 'fenced') return;
+        const u = this.journal.usage();
+        if (u.usedBytes > COPY_JOURNAL_FRACTION_MAX * u.bytesMax) {
+          await sleep(20);
+          continue;
+        }
+        const len = Math.min(COPY_CHUNK_BYTES, device.sizeBytes - offset);
+        try {
+          lastSeq = (await this.o.writePath.copyChunk(g.name, name, device, offset, len)).seq;
+        } catch (e) {
+          if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') {
+            await sleep(20);
+            continue;
+          }
+          if (this.closed) return;
+          throw e;
+        }
+        offset += len;
+        progress = {
+          ...progress,
+          pairIndex: i,
+          offset,
+          bytesDone: progress.bytesDone + len,
+          copyEndSeq: lastSeq,
+        };
+        if (performance.now() - persistedAt > COPY_PERSIST_MS) {
+          persistedAt = performance.now();
+          await this.state.update(g.name, { copy: progress });
+        }
+      }
+      if (!this.closed) progress = { ...progress, pairIndex: i + 1, offset: 0 };
+    }
+    if (this.closed) {
+      await this.state.update(g.name, { copy: progress }).catch(() => {});
+      return;
+    }
+    await this.state.update(g.name, { copy: { ...progress, state: 'pair', copyEndSeq: lastSeq } });
+    this.log('info', 'initial copy journalled', {
+      group: g.name,
+      bytes: progress.bytesTotal,
+      lastSeq,
+      seconds: Math.round((performance.now() - started) / 100) / 10,
+    });
+    const peer = this.peers.find((p) => p.groups.includes(g));
+    peer?.session?.send({
+      type: FrameType.pairState,
+      group: g.name,
+      epoch: g.sender.epoch,
+      state: 'pair',
+      copyEndSeq: seq(lastSeq),
+    });
+  }
+
+  hasGroup(group: string): boolean {
+    return this.groups.has(group);
+  }
+
+  status(): SourceGroupStatus[] {
+    const out: SourceGroupStatus[] = [];
+    const now = performance.now();
+    for (const g of this.o.topo.groups.values()) {
+      if (g.source !== this.cfg.name) continue;
+      const st = this.state.get(g.name);
+      const sg = this.groups.get(g.name);
+      const written = this.journal.lastSeq(g.name);
+      if (!sg || sg.sender.state === 'fenced' || st.role !== undefined) {
+        out.push({
+          name: g.name,
+          role: 'source',
+          state: 'fenced',
+          reason: st.reason,
+          epoch: st.epoch,
+          target: g.target,
+          linkUp: false,
+          sender: 'fenced',
+          seqWritten: written,
+          seqDurable: sg?.seqDurable ?? 0,
+          seqSent: sg?.sender.seqSent ?? 0,
+          seqArrived: sg?.sender.seqAcked ?? 0,
+          seqApplied: sg?.seqApplied ?? 0,
+          lagRecords: 0,
+          lagBytes: 0,
+          lagMs: 0,
+          rttMs: Number.NaN,
+        });
+        continue;
+      }
+      const peer = this.peers.find((p) => p.groups.includes(sg))!;
+      const copy = st.copy;
+      const copying = copy !== undefined && (copy.state === 'copy' || sg.seqApplied < copy.copyEndSeq);
+      const lag = sg.lag(now);
+      out.push({
+        name: g.name,
+        role: 'source',
+        state: copying ? 'copy' : 'pair',
+        epoch: sg.sender.epoch,
+        target: g.target,
+        linkUp: peer.session?.isReady === true,
+        sender: sg.sender.state,
+        seqWritten: written,
+        seqDurable: sg.seqDurable,
+        seqSent: sg.sender.seqSent,
+        seqArrived: sg.sender.seqAcked,
+        seqApplied: sg.seqApplied,
+        lagRecords: written - sg.seqApplied,
+        lagBytes: lag.bytes,
+        lagMs: Math.round(lag.ms),
+        copy: copy
+          ? { bytesDone: copy.bytesDone, bytesTotal: copy.bytesTotal, copyEndSeq: copy.copyEndSeq }
+          : undefined,
+        rttMs: peer.session?.rttMs ?? Number.NaN,
+        lastError: sg.lastError ?? (peer.session?.isReady ? undefined : peer.lastError),
+      });
+    }
+    return out;
+  }
+
+  /** Waits until the target has applied everything written to `group` so far (verify). */
+  async waitApplied(group: string, timeoutMs: number): Promise<Seq> {
+    const g = this.groups.get(group);
+    if (!g) throw new RemcopyError('RC_ERR_STATE', `${group} is not replicated from this node`);
+    const want = this.journal.lastSeq(group);
+    const deadline = performance.now() + timeoutMs;
+    while (g.seqApplied < want) {
+      if (performance.now() > deadline) {
+        throw new RemcopyError(
+          'RC_ERR_TIMEOUT',
+          `${group}: the target applied seq ${g.seqApplied} of ${want} within ${timeoutMs} ms`,
+        );
+      }
+      await sleep(20);
+    }
+    return want;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const p of this.peers) p.close();
+    for (const g of this.groups.values()) clearTimeout(g.releaseTimer);
+    await Promise.all(this.copies.map((c) => c.catch(() => {})));
+    await Promise.all([...this.groups.values()].map((g) => g.releasing));
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

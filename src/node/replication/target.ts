@@ -1,0 +1,568 @@
+/**
+ * The target side of a node (DESIGN.md §3.2, §3.3, §3.7): per incoming group a journal of its own
+ * (`<dataDir>/in/<group>/`, so each holds one source's increasing ordinals), a GroupReceiver that
+ * decides what to journal, a GroupArrival fed once records are durable, and per consistency set an
+ * ApplyCoordinator. Also takeover: finish the cut, bump the epoch, make the volumes writable.
+ *
+ *   session ready --> RESUME(nextSeq) per group (EPOCH instead for a group taken over here)
+ *   RECORDS --> receiver.accept --> journal.append --> sync --> arrival.onRecord --> ACK --> kick apply
+ *   TICK    --> arrival.onTick --> kick apply
+ *   apply cycle done --> ACK (applied seq) so the source can show the lag
+ *
+ * Peer input never throws out of here: a record for a volume that is not a pair, past the end of
+ * the volume, out of order, or from a lower epoch is refused with a logged reason and nothing is
+ * journalled; the session is closed and the source resends after RESUME.
+ */
+import { join } from 'node:path';
+import { GroupArrival } from '../../core/arrival.js';
+import { RemcopyError } from '../../core/errors.js';
+import { GroupReceiver } from '../../core/receiver.js';
+import type { OrderKey, RecordHeader, Seq } from '../../core/types.js';
+import { keyOf, RecordKind, seq } from '../../core/types.js';
+import type { PairStateFrame, RecordsFrame, TickFrame } from '../../link/frames.js';
+import { FrameType } from '../../link/frames.js';
+import type { LinkSession } from '../../link/session.js';
+import type { BlockDevice } from '../../storage/blockdev.js';
+import { Journal } from '../../storage/journal.js';
+import type { GroupConfig, NodeConfig, Topology } from '../config.js';
+import type { Log } from '../log.js';
+import type { ApplyGroup } from './apply.js';
+import { ApplyCoordinator, applyStateFile, loadApplyState } from './apply.js';
+import type { GroupStateStore } from './group-state.js';
+
+/** Records held unapplied per group, at most (the arrival window). */
+const ARRIVAL_HELD_MAX = 1 << 20;
+/** Stop reading a session while a target journal is fuller than this fraction. */
+const JOURNAL_PAUSE_FRACTION = 0.75;
+
+export interface TargetGroupStatus {
+  readonly name: string;
+  readonly role: 'target' | 'promoted';
+  readonly state: string;
+  readonly epoch: number;
+  readonly source: string;
+  readonly set: string;
+  readonly linkUp: boolean;
+  readonly seqArrived: number;
+  readonly seqApplied: number;
+  readonly recordsUnapplied: number;
+  readonly journal: ReturnType<Journal['usage']>;
+  readonly cut: OrderKey | undefined;
+  readonly copyEndSeq: number;
+  readonly refusedFrames: number;
+}
+
+class TargetGroup implements ApplyGroup {
+  session: LinkSession | undefined;
+  /** Appended, not yet durable: fed to arrival after the sync that covers them. */
+  private unfed: RecordHeader[] = [];
+  coordinator!: ApplyCoordinator;
+  refusedFrames = 0;
+  /** Set once a takeover began: no more cycles are started for it. */
+  takenOver = false;
+
+  constructor(
+    readonly cfg: GroupConfig,
+    readonly journal: Journal,
+    readonly receiver: GroupReceiver,
+    readonly arrival: GroupArrival,
+    readonly devices: ReadonlyMap<string, BlockDevice>,
+    readonly set: string,
+    private readonly sendAck: (g: TargetGroup) => void,
+  ) {}
+
+  get name(): string {
+    return this.cfg.name;
+  }
+
+  onApplied(): void {
+    this.sendAck(this);
+  }
+
+  queue(headers: readonly RecordHeader[]): void {
+    this.unfed.push(...headers);
+  }
+
+  /** Feeds arrival every queued record up to `durable` (in seq order). */
+  feed(durable: Seq): void {
+    let i = 0;
+    for (; i < this.unfed.length && this.unfed[i]!.seq <= durable; i++) {
+      const r = this.arrival.onRecord(this.unfed[i]!);
+      if (!r.ok) throw new RemcopyError('RC_ERR_STATE', `${this.name}: arrival refused record: ${r.detail}`);
+    }
+    if (i > 0) this.unfed = this.unfed.slice(i);
+  }
+}
+
+export class TargetReplicator {
+  private readonly groups = new Map<string, TargetGroup>();
+  private readonly coordinators_ = new Map<string, ApplyCoordinator>();
+  private readonly paused = new Set<LinkSession>();
+
+  private constructor(
+    private readonly topo: Topology,
+    private readonly cfg: NodeConfig,
+    private readonly state: GroupStateStore,
+    private readonly log: Log,
+  ) {}
+
+  /** Opens every incoming group's journal, rebuilds arrival and redoes an interrupted cycle. */
+  static async open(
+    topo: Topology,
+    cfg: NodeConfig,
+    state: GroupStateStore,
+    devices: ReadonlyMap<string, BlockDevice>,
+    log: Log,
+  ): Promise<TargetReplicator> {
+    const t = new TargetReplicator(topo, cfg, state, log);
+    const mine = [...topo.groups.values()].filter(
+      (g) => g.target === cfg.name && state.get(g.name).role !== 'promoted',
+    );
+    const bySet = new Map<string, GroupConfig[]>();
+    for (const g of mine) {
+      const set = setOf(topo, g.name);
+      bySet.set(set, [...(bySet.get(set) ?? []), g]);
+    }
+    try {
+      for (const [set, groups] of bySet) {
+        const file = applyStateFile(cfg.dataDir, set);
+        const saved = loadApplyState(
+          file,
+          groups.map((g) => g.name),
+        );
+        const members: TargetGroup[] = [];
+        for (const g of groups) {
+          const tg = await t.openGroup(
+            g,
+            set,
+            devices,
+            saved.state.seqApplied.get(g.name)!,
+            saved.keyApplied.get(g.name),
+          );
+          members.push(tg);
+          t.groups.set(g.name, tg);
+        }
+        const coord = new ApplyCoordinator(set, file, members, saved, log);
+        for (const tg of members) tg.coordinator = coord;
+        t.coordinators_.set(set, coord);
+        coord.kick();
+      }
+    } catch (e) {
+      await t.close();
+      throw e;
+    }
+    return t;
+  }
+
+  private async openGroup(
+    g: GroupConfig,
+    set: string,
+    devices: ReadonlyMap<string, BlockDevice>,
+    seqApplied: Seq,
+    keyApplied: OrderKey | undefined,
+  ): Promise<TargetGroup> {
+    const journal = await Journal.open({
+      dir: join(this.cfg.dataDir, 'in', g.name),
+      bytesMax: this.cfg.journal.bytesMax,
+      segmentBytes: this.cfg.journal.segmentBytes,
+      log: this.log,
+    });
+    if (journal.lastSeq(g.name) < seqApplied) {
+      await journal.close();
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${g.name}: the apply state says seq ${seqApplied} is applied but the target journal ends at ${journal.lastSeq(g.name)}`,
+      );
+    }
+    if (journal.releasedSeq(g.name) < seqApplied) journal.release(g.name, seqApplied);
+    const arrival = new GroupArrival(
+      g.name,
+      { recordsHeldMax: ARRIVAL_HELD_MAX, recordsPastGapMax: 1, ticksPendingMax: 16 },
+      { seqReleased: seqApplied, keyReleased: keyApplied },
+    );
+    let keyLast = keyApplied;
+    for (const { header } of journal.retained()) {
+      if (header.group !== g.name || header.seq <= seqApplied) continue;
+      const r = arrival.onRecord(header);
+      if (!r.ok) throw new RemcopyError('RC_ERR_STATE', `${g.name}: journalled record refused: ${r.detail}`);
+      keyLast = keyOf(header);
+    }
+    const receiver = new GroupReceiver(g.name, {
+      epoch: this.state.epoch(g.name),
+      seqLast: journal.lastSeq(g.name),
+      keyLast,
+    });
+    const byVolume = new Map<string, BlockDevice>();
+    for (const [src, dst] of g.pairs) byVolume.set(src, devices.get(dst)!);
+    return new TargetGroup(g, journal, receiver, arrival, byVolume, set, (tg) => this.ack(tg));
+  }
+
+  /** The gate readers of a target volume go through (undefined for a volume in no incoming group). */
+  gateOf(group: string): ApplyCoordinator['gate'] | undefined {
+    return this.groups.get(group)?.coordinator.gate;
+  }
+
+  /** A session from a peer became ready: resume each of the peer's groups that target this node. */
+  attach(session: LinkSession): void {
+    const peer = session.peerName;
+    const theirs = [...this.topo.groups.values()].filter(
+      (g) => g.source === peer && g.target === this.cfg.name,
+    );
+    if (theirs.length === 0) {
+      session.close(`${this.cfg.name} is the target of no group of ${peer}`);
+      return;
+    }
+    for (const g of theirs) {
+      const epoch = this.state.epoch(g.name);
+      if (this.state.get(g.name).role === 'promoted') {
+        session.send({ type: FrameType.epoch, group: g.name, epoch });
+        continue;
+      }
+      const tg = this.groups.get(g.name);
+      if (!tg) continue;
+      if (tg.session && tg.session !== session) tg.session.close('replaced by a new session', false);
+      tg.session = session;
+      session.send({
+        type: FrameType.resume,
+        group: g.name,
+        epoch: tg.receiver.epoch,
+        nextSeq: tg.receiver.resumeSeq(),
+      });
+      this.ack(tg);
+    }
+    this.log('info', 'link session from source', {
+      peer,
+      groups: theirs.map((g) => g.name),
+      remote: session.remote,
+    });
+  }
+
+  detach(session: LinkSession): void {
+    this.paused.delete(session);
+    for (const tg of this.groups.values()) if (tg.session === session) tg.session = undefined;
+  }
+
+  /** A frame on a ready session from a source. */
+  onFrame(session: LinkSession, f: import('../../link/frames.js').Frame): void {
+    switch (f.type) {
+      case FrameType.records:
+        return this.onRecords(session, f);
+      case FrameType.tick:
+        return this.onTick(session, f);
+      case FrameType.pairState:
+        return this.onPairState(session, f);
+      case FrameType.epoch:
+        // A source announcing its epoch: nothing to do unless it is higher (a later failback).
+        return;
+      default:
+        session.close(`unexpected frame type ${f.type} from a source`);
+    }
+  }
+
+  private groupFor(session: LinkSession, group: string): TargetGroup | undefined {
+    const tg = this.groups.get(group);
+    if (tg === undefined || tg.cfg.source !== session.peerName || tg.session !== session) {
+      if (
+        this.state.get(group).role === 'promoted' &&
+        this.topo.groups.get(group)?.source === session.peerName
+      ) {
+        session.send({ type: FrameType.epoch, group, epoch: this.state.epoch(group) });
+        return undefined;
+      }
+      this.refuse(
+        session,
+        undefined,
+        `frame for group ${group}, which ${session.peerName} does not replicate to this node`,
+      );
+      return undefined;
+    }
+    return tg;
+  }
+
+  private refuse(session: LinkSession, tg: TargetGroup | undefined, reason: string): void {
+    if (tg) tg.refusedFrames++;
+    this.log('warn', 'link frame refused; nothing journalled', { peer: session.peerName, reason });
+    session.close(reason);
+  }
+
+  private onRecords(session: LinkSession, f: RecordsFrame): void {
+    const tg = this.groupFor(session, f.group);
+    if (!tg) return;
+    const headers = f.records.map((r) => r.header);
+    const bad = headers.map((h) => this.recordProblem(tg, h)).find((p) => p !== undefined);
+    if (bad !== undefined) return this.refuse(session, tg, `${f.group}: ${bad}`);
+    const r = tg.receiver.accept(f.epoch, headers);
+    switch (r.kind) {
+      case 'stale-epoch':
+        session.send({ type: FrameType.epoch, group: f.group, epoch: r.epoch });
+        return;
+      case 'error':
+        return this.refuse(session, tg, `${f.group}: ${r.detail}`);
+      case 'duplicates':
+        this.ack(tg);
+        return;
+      case 'append':
+        break;
+    }
+    const recs = f.records.slice(r.from);
+    try {
+      tg.journal.append(recs.map((x) => ({ header: x.header, payload: x.payload })));
+    } catch (e) {
+      const full = e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL';
+      this.log(full ? 'warn' : 'error', 'target journal refused records; the source resends later', {
+        group: f.group,
+        error: String(e),
+      });
+      session.close(
+        `${f.group}: target journal: ${String(e)}`,
+        true,
+        full ? 'RC_ERR_JOURNAL_FULL' : 'RC_ERR_JOURNAL_IO',
+      );
+      return;
+    }
+    const last = recs[recs.length - 1]!.header;
+    tg.receiver.appended(last);
+    tg.queue(recs.map((x) => x.header));
+    tg.journal.sync().then(
+      () => {
+        tg.receiver.onDurable(last.seq);
+        try {
+          tg.feed(tg.receiver.seqDurable);
+        } catch (e) {
+          this.log('error', 'arrival refused a durable record', { group: tg.name, error: String(e) });
+          tg.session?.close(String(e));
+          return;
+        }
+        this.ack(tg);
+        if (!tg.takenOver) tg.coordinator.kick();
+      },
+      (e) => {
+        this.log('error', 'target journal sync failed', { group: tg.name, error: String(e) });
+        tg.session?.close('target journal sync failed', true, 'RC_ERR_JOURNAL_IO');
+      },
+    );
+    this.maybePause(session, tg);
+  }
+
+  /** A data record must address a pair's volume within its size; markers carry no range. */
+  private recordProblem(tg: TargetGroup, h: RecordHeader): string | undefined {
+    if (h.kind === RecordKind.marker) return undefined;
+    const dev = tg.devices.get(h.volume);
+    if (dev === undefined)
+      return `seq ${h.seq}: volume ${JSON.stringify(h.volume)} is not a pair of the group`;
+    if (h.offset + h.length > dev.sizeBytes) {
+      return `seq ${h.seq}: range ${h.offset}+${h.length} is past the end of the target volume (${dev.sizeBytes} bytes)`;
+    }
+    return undefined;
+  }
+
+  private onTick(session: LinkSession, f: TickFrame): void {
+    const tg = this.groupFor(session, f.group);
+    if (!tg) return;
+    if (f.epoch < tg.receiver.epoch) {
+      session.send({ type: FrameType.epoch, group: f.group, epoch: tg.receiver.epoch });
+      return;
+    }
+    if (f.seq > tg.receiver.seqAppended) {
+      return this.refuse(
+        session,
+        tg,
+        `${f.group}: tick after seq ${f.seq}, only ${tg.receiver.seqAppended} received`,
+      );
+    }
+    const r = tg.arrival.onTick(f.seq, f.key);
+    if (!r.ok) {
+      if (r.kind === 'backpressure') return;
+      return this.refuse(session, tg, `${f.group}: tick refused: ${r.detail}`);
+    }
+    if (r.outcome === 'advanced') tg.coordinator.kick();
+  }
+
+  private onPairState(session: LinkSession, f: PairStateFrame): void {
+    const tg = this.groupFor(session, f.group);
+    if (!tg) return;
+    const cur = this.state.get(f.group).copy;
+    if (cur && cur.state === f.state && cur.copyEndSeq === f.copyEndSeq) return;
+    void this.state.update(f.group, {
+      copy: {
+        state: f.state,
+        pairIndex: 0,
+        offset: 0,
+        copyEndSeq: f.copyEndSeq,
+        bytesDone: 0,
+        bytesTotal: 0,
+      },
+    });
+  }
+
+  private ack(tg: TargetGroup): void {
+    const s = tg.session;
+    if (!s || !s.isReady) return;
+    const durable = tg.receiver.seqDurable;
+    const applied = tg.coordinator.seqApplied(tg.name);
+    s.send({
+      type: FrameType.ack,
+      group: tg.name,
+      epoch: tg.receiver.epoch,
+      durableSeq: durable,
+      appliedSeq: seq(Math.min(applied, durable)),
+    });
+    this.maybeResume();
+  }
+
+  private maybePause(session: LinkSession, tg: TargetGroup): void {
+    const u = tg.journal.usage();
+    if (u.usedBytes > JOURNAL_PAUSE_FRACTION * u.bytesMax && !this.paused.has(session)) {
+      this.paused.add(session);
+      session.pause();
+      this.log('info', 'target journal filling up: pausing the link until apply catches up', {
+        group: tg.name,
+      });
+    }
+  }
+
+  private maybeResume(): void {
+    for (const session of this.paused) {
+      const full = [...this.groups.values()].some((tg) => {
+        const u = tg.journal.usage();
+        return tg.session === session && u.usedBytes > JOURNAL_PAUSE_FRACTION * u.bytesMax;
+      });
+      if (!full) {
+        this.paused.delete(session);
+        session.resume();
+      }
+    }
+  }
+
+  /** Pair state as the source announced it: 'copy' until the copy is applied, else 'pair'. */
+  private pairState(tg: TargetGroup): string {
+    const c = this.state.get(tg.name).copy;
+    if (c === undefined) return 'copy';
+    if (c.state === 'copy' || tg.coordinator.seqApplied(tg.name) < c.copyEndSeq) return 'copy';
+    return 'pair';
+  }
+
+  status(): TargetGroupStatus[] {
+    const out: TargetGroupStatus[] = [];
+    for (const g of this.topo.groups.values()) {
+      if (g.target !== this.cfg.name) continue;
+      const tg = this.groups.get(g.name);
+      const st = this.state.get(g.name);
+      if (!tg) {
+        out.push({
+          name: g.name,
+          role: 'promoted',
+          state: 'takeover',
+          epoch: st.epoch,
+          source: g.source,
+          set: setOf(this.topo, g.name),
+          linkUp: false,
+          seqArrived: 0,
+          seqApplied: 0,
+          recordsUnapplied: 0,
+          journal: { usedBytes: 0, bytesMax: 0, segments: 0, records: 0 },
+          cut: undefined,
+          copyEndSeq: st.copy?.copyEndSeq ?? 0,
+          refusedFrames: 0,
+        });
+        continue;
+      }
+      const applied = tg.coordinator.seqApplied(g.name);
+      out.push({
+        name: g.name,
+        role: 'target',
+        state: this.pairState(tg),
+        epoch: tg.receiver.epoch,
+        source: g.source,
+        set: tg.set,
+        linkUp: tg.session?.isReady === true,
+        seqArrived: tg.arrival.seqContiguous,
+        seqApplied: applied,
+        recordsUnapplied: tg.arrival.seqContiguous - applied,
+        journal: tg.journal.usage(),
+        cut: tg.coordinator.cutCompleted,
+        copyEndSeq: this.state.get(g.name).copy?.copyEndSeq ?? 0,
+        refusedFrames: tg.refusedFrames,
+      });
+    }
+    return out;
+  }
+
+  coordinators(): ReadonlyMap<string, ApplyCoordinator> {
+    return this.coordinators_;
+  }
+
+  coordinatorOf(group: string): ApplyCoordinator | undefined {
+    return this.groups.get(group)?.coordinator;
+  }
+
+  isCopying(group: string): boolean {
+    const tg = this.groups.get(group);
+    return tg !== undefined && this.pairState(tg) === 'copy';
+  }
+
+  /**
+   * Takeover of `groups` (DESIGN.md §3.7): stop taking records for them, apply every cut that can
+   * complete, then bump each group's epoch durably and hand them back (the caller makes the
+   * volumes writable). All groups end at one completed cut when they share a set.
+   */
+  async takeover(
+    names: readonly string[],
+    force: boolean,
+  ): Promise<{ group: string; epoch: number; seqApplied: number; cut: OrderKey | undefined }[]> {
+    const tgs = names.map((n) => {
+      const tg = this.groups.get(n);
+      if (!tg)
+        throw new RemcopyError(
+          'RC_ERR_STATE',
+          `${n} is not a group this node is the target of (taken over already?)`,
+        );
+      return tg;
+    });
+    const copying = tgs.filter((tg) => this.pairState(tg) === 'copy').map((tg) => tg.name);
+    if (copying.length > 0 && !force) {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${copying.join(', ')}: the initial copy has not completed, the target image is not consistent (use --force to take over anyway)`,
+      );
+    }
+    for (const tg of tgs) {
+      tg.takenOver = true;
+      tg.session?.close('takeover at the target', true, 'RC_ERR_FENCED');
+      tg.session = undefined;
+      this.groups.delete(tg.name);
+    }
+    const coords = new Set(tgs.map((tg) => tg.coordinator));
+    for (const c of coords) await c.finish();
+    // Groups of one set leave it together, at the cut the last finish() completed.
+    const ends = [];
+    for (const tg of tgs) ends.push({ tg, ...(await tg.coordinator.remove(tg.name)) });
+    const out = [];
+    for (const { tg, seqApplied, cut } of ends) {
+      const epoch = tg.receiver.epoch + 1;
+      tg.receiver.setEpoch(epoch);
+      await this.state.update(tg.name, {
+        epoch,
+        role: 'promoted',
+        reason: `takeover at ${new Date().toISOString()}`,
+      });
+      await tg.journal.close();
+      out.push({ group: tg.name, epoch, seqApplied, cut });
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.coordinators_.values()) await c.stop();
+    for (const tg of this.groups.values()) {
+      tg.session?.close('node stopping', true, 'RC_ERR_SHUTDOWN');
+      await tg.journal.close().catch(() => {});
+    }
+  }
+}
+
+/** The consistency set of a group; a group in no set forms a set of its own, named after it. */
+export function setOf(topo: Topology, group: string): string {
+  for (const [set, groups] of topo.consistencySets) if (groups.includes(group)) return set;
+  return group;
+}
