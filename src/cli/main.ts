@@ -6,6 +6,8 @@
 import { Command, CommanderError } from 'commander';
 import { ExitCode, RemcopyError } from '../core/errors.js';
 import { runDemo } from './demo.js';
+import type { TakeoverOptions, VerifyOptions } from './manage.js';
+import { runTakeover, runVerify } from './manage.js';
 import { runNode, runUp } from './run.js';
 import { runStatus } from './status.js';
 
@@ -34,6 +36,24 @@ function program(setCode: (code: number) => void): Command {
     .option('--json', 'print JSON')
     .option('--watch', 'refresh every second until Ctrl-C')
     .action(run((o: { config: string; json?: boolean; watch?: boolean }) => runStatus(o.config, o)));
+  p.command('takeover')
+    .description(
+      'promote the target of a group (or of every group of a set, at one cut): writable, epoch + 1',
+    )
+    .requiredOption('--config <file>', 'topology YAML file')
+    .option('--group <name>', 'the group to take over')
+    .option('--set <name>', 'take over every group of this consistency set at one cut')
+    .option('--force', 'take over even while the initial copy is incomplete (the image is not consistent)')
+    .option('--json', 'print JSON')
+    .action(run((o: TakeoverOptions & { config: string }) => runTakeover(o.config, o)));
+  p.command('verify')
+    .description('compare source and target of a group at one consistent point; exit 1 on a mismatch')
+    .requiredOption('--config <file>', 'topology YAML file')
+    .requiredOption('--group <name>', 'the group to verify')
+    .option('--chunk <bytes>', 'checksum chunk size in bytes', '1048576')
+    .option('--timeout <ms>', 'how long the target may take to catch up (writes are held meanwhile)', '30000')
+    .option('--json', 'print JSON')
+    .action(run((o: VerifyOptions & { config: string }) => runVerify(o.config, o)));
   p.command('demo')
     .description('start a node in a temporary directory, write to it, crash it, and prove nothing was lost')
     .option('--keep', 'keep the temporary directory')

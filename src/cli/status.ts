@@ -6,10 +6,30 @@ import { ExitCode } from '../core/errors.js';
 import { apiCall } from '../node/api.js';
 import { loadConfig } from '../node/config.js';
 
+/** A group as a node reports it: the source side (seqWritten...) or the target side (seqArrived...). */
+export interface GroupLine {
+  name: string;
+  role: 'source' | 'target' | 'promoted';
+  state: string;
+  epoch: number;
+  linkUp: boolean;
+  seqWritten?: number;
+  seqSent?: number;
+  seqArrived: number;
+  seqApplied: number;
+  lagRecords?: number;
+  lagBytes?: number;
+  lagMs?: number;
+  recordsUnapplied?: number;
+  copy?: { bytesDone: number; bytesTotal: number };
+  lastError?: string;
+  reason?: string;
+}
+
 interface NodeStatus {
   node: string;
   volumes: { name: string; sizeBytes: number; role: string; group?: string }[];
-  groups: { name: string; role: string; seqWritten: number }[];
+  groups: GroupLine[];
   journal: { usedBytes: number; bytesMax: number; records: number };
   writePath: { recordsAppended: number; throttling: boolean; rejectedJournalFull: number };
 }
@@ -58,8 +78,7 @@ function render(
     lines.push(
       `${a.name}: up  journal ${mib(j.usedBytes)} / ${mib(j.bytesMax)} (${j.records} records)  writes journalled ${s.writePath.recordsAppended}${s.writePath.throttling ? '  THROTTLING' : ''}`,
     );
-    for (const g of s.groups)
-      lines.push(`  group ${g.name.padEnd(16)} ${g.role.padEnd(7)} seq written ${g.seqWritten}`);
+    for (const g of s.groups) lines.push(`  group ${g.name.padEnd(12)} ${groupLine(g)}`);
     for (const v of s.volumes) {
       lines.push(
         `  volume ${v.name.padEnd(15)} ${mib(v.sizeBytes).padStart(12)}  ${v.role}${v.group ? ` of ${v.group}` : ''}`,
@@ -67,4 +86,23 @@ function render(
     }
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** One line per group: state, link, the seq pipeline, lag, copy progress, the last error. */
+export function groupLine(g: GroupLine): string {
+  const parts = [`${g.role.padEnd(6)} ${g.state.padEnd(8)} e${g.epoch} link ${g.linkUp ? 'up  ' : 'DOWN'}`];
+  if (g.role === 'source') {
+    parts.push(
+      `seq written ${g.seqWritten} sent ${g.seqSent} arrived ${g.seqArrived} applied ${g.seqApplied}`,
+    );
+    parts.push(`lag ${g.lagRecords} rec ${mib(g.lagBytes ?? 0)} ${g.lagMs} ms`);
+    if (g.copy && g.state === 'copy') {
+      parts.push(`copy ${Math.floor((100 * g.copy.bytesDone) / Math.max(1, g.copy.bytesTotal))}%`);
+    }
+  } else {
+    parts.push(`seq arrived ${g.seqArrived} applied ${g.seqApplied} (${g.recordsUnapplied ?? 0} to apply)`);
+  }
+  const why = g.lastError ?? g.reason;
+  if (why) parts.push(`(${why})`);
+  return parts.join('  ');
 }

@@ -1,0 +1,164 @@
+/**
+ * `remcopy takeover` and `remcopy verify` (DESIGN.md §3.7, §5): management commands that talk to
+ * the nodes of a configuration through their APIs.
+ *
+ * takeover: asks the target node of the group (or of every group of the set) to finish the
+ *   current cut, bump the epoch and make its volumes writable; prints what it reached.
+ * verify: holds the group's new host writes at the source (bounded), waits until the target has
+ *   applied everything written so far, compares per-chunk checksums of every pair at that one
+ *   point, releases the hold, and names any range that differs (exit 1).
+ */
+import { ExitCode, RemcopyError } from '../core/errors.js';
+import { apiCall } from '../node/api.js';
+import type { Topology } from '../node/config.js';
+import { loadConfig } from '../node/config.js';
+
+export interface TakeoverOptions {
+  group?: string;
+  set?: string;
+  force?: boolean;
+  json?: boolean;
+}
+
+export async function runTakeover(configFile: string, o: TakeoverOptions): Promise<number> {
+  const topo = loadConfig(configFile);
+  if ((o.group === undefined) === (o.set === undefined)) {
+    throw new RemcopyError('RC_ERR_USAGE', 'give exactly one of --group G or --set S');
+  }
+  const groups = o.set !== undefined ? topo.consistencySets.get(o.set) : [o.group!];
+  if (!groups) throw new RemcopyError('RC_ERR_USAGE', `no consistency set ${o.set} in ${topo.file}`);
+  const g0 = topo.groups.get(groups[0]!);
+  if (!g0) throw new RemcopyError('RC_ERR_USAGE', `no group ${groups[0]} in ${topo.file}`);
+  const target = topo.nodes.get(g0.target)!;
+  const path =
+    o.set !== undefined
+      ? `/v1/sets/${encodeURIComponent(o.set)}/takeover`
+      : `/v1/groups/${encodeURIComponent(o.group!)}/takeover`;
+  const res = (await callNode(topo, target.name, 'POST', path, { force: o.force === true })) as {
+    groups: { group: string; epoch: number; seqApplied: number; cut?: { writeTimeUs: number } }[];
+  };
+  if (o.json) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+  else {
+    for (const g of res.groups) {
+      process.stdout.write(
+        `takeover ${g.group}: ${target.name} is now the source (epoch ${g.epoch}), applied up to seq ${g.seqApplied}` +
+          (g.cut ? ` at cut time ${g.cut.writeTimeUs}` : '') +
+          '\n',
+      );
+    }
+  }
+  return ExitCode.ok;
+}
+
+export interface VerifyOptions {
+  group: string;
+  chunk?: string;
+  timeout?: string;
+  json?: boolean;
+}
+
+export interface VerifyResult {
+  group: string;
+  seq: number;
+  pairs: {
+    source: string;
+    target: string;
+    chunkBytes: number;
+    chunks: number;
+    mismatches: { offset: number; length: number }[];
+  }[];
+}
+
+export async function runVerify(configFile: string, o: VerifyOptions): Promise<number> {
+  const topo = loadConfig(configFile);
+  const r = await verifyGroup(topo, o.group, Number(o.chunk ?? 1048576), Number(o.timeout ?? 30000));
+  const bad = r.pairs.reduce((n, p) => n + p.mismatches.length, 0);
+  if (o.json) process.stdout.write(`${JSON.stringify({ ...r, ok: bad === 0 }, null, 2)}\n`);
+  else {
+    for (const p of r.pairs) {
+      process.stdout.write(
+        `${p.source} -> ${p.target}: ${p.chunks} chunks compared, ${p.mismatches.length} differ\n`,
+      );
+      for (const m of p.mismatches)
+        process.stdout.write(`  differs: bytes ${m.offset}..${m.offset + m.length - 1}\n`);
+    }
+    process.stdout.write(
+      bad === 0 ? `verify ${o.group}: OK at seq ${r.seq}\n` : `verify ${o.group}: MISMATCH\n`,
+    );
+  }
+  return bad === 0 ? ExitCode.ok : ExitCode.failure;
+}
+
+export async function verifyGroup(
+  topo: Topology,
+  group: string,
+  chunkBytes: number,
+  timeoutMs: number,
+): Promise<VerifyResult> {
+  const g = topo.groups.get(group);
+  if (!g) throw new RemcopyError('RC_ERR_USAGE', `no group ${group} in ${topo.file}`);
+  if (!Number.isSafeInteger(chunkBytes) || chunkBytes < 4096 || chunkBytes % 4096 !== 0) {
+    throw new RemcopyError('RC_ERR_USAGE', `--chunk must be a multiple of 4096 bytes, got ${chunkBytes}`);
+  }
+  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 120_000) {
+    throw new RemcopyError('RC_ERR_USAGE', `--timeout must be 1..120000 ms, got ${timeoutMs}`);
+  }
+  const enc = encodeURIComponent(group);
+  await callNode(topo, g.source, 'POST', `/v1/groups/${enc}/hold`, { ms: timeoutMs + 10_000 });
+  try {
+    const { seqApplied } = (await callNode(topo, g.source, 'POST', `/v1/groups/${enc}/wait-applied`, {
+      timeoutMs,
+    })) as {
+      seqApplied: number;
+    };
+    const pairs = [];
+    for (const [src, dst] of g.pairs) {
+      const sums = async (node: string, vol: string) =>
+        (await callNode(
+          topo,
+          node,
+          'GET',
+          `/v1/volumes/${encodeURIComponent(vol)}/checksums?chunk=${chunkBytes}`,
+        )) as {
+          sums: string[];
+          sizeBytes: number;
+        };
+      const [a, b] = await Promise.all([sums(g.source, src), sums(g.target, dst)]);
+      const mismatches: { offset: number; length: number }[] = [];
+      const n = Math.max(a.sums.length, b.sums.length);
+      for (let i = 0; i < n; i++) {
+        if (a.sums[i] === b.sums[i]) continue;
+        const offset = i * chunkBytes;
+        const last = mismatches[mismatches.length - 1];
+        const length = Math.min(chunkBytes, Math.max(a.sizeBytes, b.sizeBytes) - offset);
+        if (last && last.offset + last.length === offset) last.length += length;
+        else mismatches.push({ offset, length });
+      }
+      pairs.push({
+        source: `${g.source}:${src}`,
+        target: `${g.target}:${dst}`,
+        chunkBytes,
+        chunks: n,
+        mismatches,
+      });
+    }
+    return { group, seq: seqApplied, pairs };
+  } finally {
+    await callNode(topo, g.source, 'POST', `/v1/groups/${enc}/unhold`, {}).catch(() => {});
+  }
+}
+
+async function callNode(
+  topo: Topology,
+  node: string,
+  method: 'GET' | 'POST',
+  path: string,
+  body?: unknown,
+): Promise<unknown> {
+  const n = topo.nodes.get(node)!;
+  try {
+    return await apiCall(n.api, topo.secret, method, path, body);
+  } catch (e) {
+    throw new RemcopyError('RC_ERR_STATE', `${node} (${n.api.host}:${n.api.port}): ${(e as Error).message}`);
+  }
+}
