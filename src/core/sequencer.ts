@@ -101,7 +101,8 @@ export class Sequencer {
 
   /**
    * The key of the latest record sequenced on this node (any group): every record sequenced after
-   * this call has a larger key, so a tick may promise "nothing at or below it follows".
+   * this call has a larger key. A tick may carry it only once that record is durable: a crash that
+   * loses it lets the restarted sequencer hand out the same key again.
    */
   lastKey(): OrderKey {
     return {

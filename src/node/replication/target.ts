@@ -58,6 +58,12 @@ class TargetGroup implements ApplyGroup {
   private unfed: RecordHeader[] = [];
   coordinator!: ApplyCoordinator;
   refusedFrames = 0;
+  /**
+   * Highest seq the current session carried or resumed from: an ACK never reports more, since a
+   * sync begun in an earlier session can complete after this session's RESUME, and the source
+   * refuses an ACK beyond what it sent in this session.
+   */
+  sessionSeq = 0;
   /** Set once a takeover began: no more cycles are started for it. */
   takenOver = false;
 
@@ -222,6 +228,7 @@ export class TargetReplicator {
       if (!tg) continue;
       if (tg.session && tg.session !== session) tg.session.close('replaced by a new session', false);
       tg.session = session;
+      tg.sessionSeq = tg.receiver.resumeSeq() - 1;
       session.send({
         type: FrameType.resume,
         group: g.name,
@@ -299,6 +306,7 @@ export class TargetReplicator {
       case 'error':
         return this.refuse(session, tg, `${f.group}: ${r.detail}`);
       case 'duplicates':
+        tg.sessionSeq = Math.max(tg.sessionSeq, headers[headers.length - 1]!.seq);
         this.ack(tg);
         return;
       case 'append':
@@ -322,6 +330,7 @@ export class TargetReplicator {
     }
     const last = recs[recs.length - 1]!.header;
     tg.receiver.appended(last);
+    tg.sessionSeq = last.seq;
     tg.queue(recs.map((x) => x.header));
     tg.journal.sync().then(
       () => {
@@ -398,7 +407,7 @@ export class TargetReplicator {
   private ack(tg: TargetGroup): void {
     const s = tg.session;
     if (!s || !s.isReady) return;
-    const durable = tg.receiver.seqDurable;
+    const durable = seq(Math.min(tg.receiver.seqDurable, tg.sessionSeq));
     const applied = tg.coordinator.seqApplied(tg.name);
     s.send({
       type: FrameType.ack,

@@ -1,0 +1,245 @@
+/**
+ * What one simulated run looks like, drawn from its seed: the topology (groups, volumes,
+ * consistency sets), the write-time mode, the workload, the network and disk faults, the crashes,
+ * the link timers and the phases. Also the names of the planted bugs (test the tester).
+ *
+ * Sizes are small on purpose (volumes of 16-64 blocks, a few hundred writes): many seeds in little
+ * time find more than a few long runs.
+ */
+import type { SenderLimits } from '../../core/sender.js';
+import type { WriteTimeMode } from '../../core/types.js';
+import type { Rng } from './rng.js';
+
+/** Bytes of one volume block; every simulated write covers exactly one block. */
+export const BLOCK_BYTES = 4096;
+/** Every bank account opens with this balance. */
+export const ACCOUNT_OPENING_BALANCE = 100;
+
+/**
+ * Planted bugs, each off unless asked for:
+ * - apply-past-gap: the target journals records past a gap and its planner counts them as arrived.
+ * - no-tiebreak: the planner compares by write time only, applying every held record whose write
+ *   time is not above the cut's (the tie-breaker of DESIGN.md §3.1 dropped).
+ * - release-before-durable: the source releases journal records when it sends them, not when the
+ *   target reports them durable.
+ * - fua-before-sync: the source acknowledges a FUA write before the journal sync that covers it.
+ * - cut-not-persisted: the target completes a cycle without persisting the completed cut.
+ * - tick-from-last-key: the source ticks when a group has nothing appended left to send, with the
+ *   group's seqSent and Sequencer.lastKey() (the latest key assigned, durable or not).
+ */
+export const BUG_NAMES = [
+  'apply-past-gap',
+  'no-tiebreak',
+  'release-before-durable',
+  'fua-before-sync',
+  'cut-not-persisted',
+  'tick-from-last-key',
+] as const;
+export type BugName = (typeof BUG_NAMES)[number];
+
+export const isBugName = (s: string): s is BugName => (BUG_NAMES as readonly string[]).includes(s);
+
+export interface VolumeSpec {
+  readonly name: string;
+  readonly blocks: number;
+}
+
+export interface GroupSpec {
+  readonly name: string;
+  readonly set: string;
+  readonly volumes: readonly VolumeSpec[];
+}
+
+export interface SetSpec {
+  readonly name: string;
+  readonly groups: readonly string[];
+  /** Bank accounts live on the first volume of every group of the set (blocks 0..n-1). */
+  readonly accountsPerGroup: number;
+}
+
+export interface CrashSpec {
+  readonly side: 'source' | 'target';
+  readonly atUs: number;
+  readonly downUs: number;
+}
+
+/** Crashes at chosen moments (crash points), on top of the crashes at fixed times. */
+export interface CrashPointConfig {
+  /** Chance that a node crashes at each crash point it passes. */
+  readonly chance: number;
+  /** At most this many crash-point crashes per node and run. */
+  readonly maxPerNode: number;
+  readonly downUs: readonly [number, number];
+}
+
+export interface NetConfig {
+  readonly delayUs: readonly [number, number];
+  readonly lossChance: number;
+  readonly dupChance: number;
+  /** Chance that a frame ignores the link's FIFO order and takes up to reorderExtraUs more. */
+  readonly reorderChance: number;
+  readonly reorderExtraUs: number;
+  /** Windows in which every frame is dropped, both ways. */
+  readonly partitions: readonly { readonly startUs: number; readonly endUs: number }[];
+}
+
+export interface DiskConfig {
+  readonly journalSyncUs: readonly [number, number];
+  readonly volumeSyncUs: readonly [number, number];
+  /** The apply state file: write + fsync + rename. */
+  readonly persistUs: readonly [number, number];
+  /** The source syncs its journal this often when it holds unsynced records (page-cache writeback). */
+  readonly flushEveryUs: number;
+  /** Chance that a crash keeps a torn prefix of the journal's unsynced tail. */
+  readonly tornChance: number;
+  /** Chance that each unsynced volume block write survives a crash. */
+  readonly dirtySurvivesChance: number;
+}
+
+export interface WorkloadConfig {
+  readonly hosts: number;
+  readonly writesMax: number;
+  readonly fuaChance: number;
+  readonly flushChance: number;
+  /** Chance that a write carries a host time (the native protocol's writeTime). */
+  readonly hostTimeChance: number;
+  readonly thinkUs: readonly [number, number];
+  /** Random writes go to the first `hotBlocks` free blocks of a volume half of the time. */
+  readonly hotBlocks: number;
+}
+
+export interface LinkConfig {
+  readonly heartbeatUs: number;
+  /** Nothing heard for this long: the session is dropped. */
+  readonly sessionTimeoutUs: number;
+  /** A group still waits for RESUME this long after connecting: the session is dropped. */
+  readonly resumeTimeoutUs: number;
+  /** Records in flight and no ACK progress for this long: the session is dropped. */
+  readonly ackTimeoutUs: number;
+  readonly reconnectUs: number;
+  /** Host <-> source round trip for a write that needs no sync. */
+  readonly hostAckUs: readonly [number, number];
+}
+
+export interface SimConfig {
+  readonly writeTimeMode: WriteTimeMode;
+  readonly groups: readonly GroupSpec[];
+  readonly sets: readonly SetSpec[];
+  readonly net: NetConfig;
+  readonly disk: DiskConfig;
+  readonly crashes: readonly CrashSpec[];
+  readonly crashPoints: CrashPointConfig;
+  readonly workload: WorkloadConfig;
+  readonly sender: SenderLimits;
+  readonly link: LinkConfig;
+  readonly applyEveryUs: number;
+  /** planCycle's PlanLimits.recordsPerGroupMax: caps how far one cycle goes (none: no cap). */
+  readonly applyRecordsPerGroupMax: number | undefined;
+  readonly applyStepUs: readonly [number, number];
+  /** Faults and writes happen in [0, safetyUs); then the liveness phase, at most livenessUs. */
+  readonly safetyUs: number;
+  readonly livenessUs: number;
+}
+
+const MS = 1000;
+
+export function configFor(rng: Rng): SimConfig {
+  const { groups, sets } = topologyFor(rng);
+  const safetyUs = rng.int(1500, 3000) * MS;
+  return {
+    writeTimeMode: rng.pick(['host-last', 'host-last', 'clock', 'counter'] as const),
+    groups,
+    sets,
+    net: netFor(rng, safetyUs),
+    disk: {
+      journalSyncUs: [100, rng.pick([2000, 5000, 30_000])],
+      volumeSyncUs: [100, rng.int(500, 5000)],
+      persistUs: [100, rng.int(300, 3000)],
+      flushEveryUs: rng.int(2, 30) * MS,
+      tornChance: rng.pick([0, 0.5, 1]),
+      dirtySurvivesChance: rng.pick([0, 0.5, 1]),
+    },
+    crashes: crashesFor(rng, safetyUs),
+    crashPoints: {
+      chance: rng.pick([0, 0.003, 0.01, 0.03]),
+      maxPerNode: rng.int(1, 3),
+      downUs: [MS, 100 * MS],
+    },
+    workload: {
+      hosts: rng.int(1, 3),
+      writesMax: rng.int(150, 400),
+      fuaChance: rng.pick([0, 0.1, 0.3]),
+      flushChance: rng.pick([0, 0.03, 0.1]),
+      hostTimeChance: rng.pick([0.02, 0.1, 0.3]),
+      thinkUs: [0, rng.int(2, 15) * MS],
+      hotBlocks: rng.int(2, 8),
+    },
+    sender: {
+      windowBytes: BLOCK_BYTES * rng.int(2, 32),
+      batchBytes: BLOCK_BYTES * rng.int(1, 8),
+      tickMs: rng.int(3, 30),
+    },
+    link: {
+      heartbeatUs: 10 * MS,
+      sessionTimeoutUs: rng.int(40, 100) * MS,
+      resumeTimeoutUs: 60 * MS,
+      ackTimeoutUs: rng.int(50, 120) * MS,
+      reconnectUs: rng.pick([200, 2 * MS, 20 * MS, 50 * MS]),
+      hostAckUs: [50, 500],
+    },
+    applyEveryUs: rng.int(3, 40) * MS,
+    applyRecordsPerGroupMax: rng.pick([undefined, 1, 3, 16]),
+    applyStepUs: [0, rng.int(100, 2000)],
+    safetyUs,
+    livenessUs: 20_000 * MS,
+  };
+}
+
+/** One consistency set of 2-3 groups (with a bank), sometimes a second of 1-2. */
+function topologyFor(rng: Rng): { groups: GroupSpec[]; sets: SetSpec[] } {
+  const sizes = [rng.int(2, 3)];
+  if (rng.chance(0.4)) sizes.push(rng.int(1, 2));
+  const groups: GroupSpec[] = [];
+  const sets: SetSpec[] = [];
+  sizes.forEach((size, si) => {
+    const set = `set${si + 1}`;
+    const names: string[] = [];
+    for (let i = 0; i < size; i++) {
+      const name = `g${groups.length + 1}`;
+      const volumes = Array.from({ length: rng.int(1, 2) }, (_, vi) => ({
+        name: `${name}v${vi + 1}`,
+        blocks: rng.pick([16, 32, 64]),
+      }));
+      groups.push({ name, set, volumes });
+      names.push(name);
+    }
+    sets.push({ name: set, groups: names, accountsPerGroup: size >= 2 ? rng.int(1, 3) : 0 });
+  });
+  return { groups, sets };
+}
+
+function netFor(rng: Rng, safetyUs: number): NetConfig {
+  const partitions = Array.from({ length: rng.int(0, 3) }, () => {
+    const startUs = rng.int(0, safetyUs);
+    return { startUs, endUs: startUs + rng.int(20, 400) * MS };
+  });
+  return {
+    delayUs: [100, rng.int(500, 5000)],
+    lossChance: rng.pick([0, 0.002, 0.01, 0.03]),
+    dupChance: rng.pick([0, 0.005, 0.02]),
+    reorderChance: rng.pick([0, 0.005, 0.02]),
+    reorderExtraUs: rng.int(1, 20) * MS,
+    partitions,
+  };
+}
+
+function crashesFor(rng: Rng, safetyUs: number): CrashSpec[] {
+  const crashes: CrashSpec[] = [];
+  for (const side of ['source', 'target'] as const) {
+    const n = rng.int(0, side === 'source' ? 2 : 3);
+    for (let i = 0; i < n; i++) {
+      crashes.push({ side, atUs: rng.int(safetyUs / 10, safetyUs), downUs: rng.int(1, 150) * MS });
+    }
+  }
+  return crashes.sort((a, b) => a.atUs - b.atUs);
+}
