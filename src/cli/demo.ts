@@ -1,14 +1,19 @@
 /**
- * `remcopy demo`: a storage node in a temporary directory, a bank-transfer workload (seed 001,
- * [0003]: a debit on one volume, then a credit on another) written through the native client with
- * host write times, live progress, then kill -9 of the node in mid-workload, a restart with
- * journal recovery, and a check that every acknowledged write is there and money is conserved.
+ * `remcopy demo`: two sites in a temporary directory and the bank transfers of seed 001 [0003].
  *
- * Until replication lands (the next issue), the demo shows the foundation it stands on: every
- * write journalled with its order before it is acknowledged, and nothing acknowledged lost.
+ *   1. siteA (source) and siteB (target) start; groups g-debits and g-credits, one consistency set
+ *      "bank"; the initial copy runs.
+ *   2. Transfers for ~25 s through the native client: a debit on one volume with a host write time,
+ *      acknowledged, then the credit on the other volume. Each second a status line: transfers,
+ *      seqs written and applied, lag, and how many images of siteB, read at live cuts, were checked
+ *      for dependent writes (no credit without its debit).
+ *   3. Halfway, siteB is killed (kill -9) and restarted: the lag grows, then siteB catches up.
+ *   4. The workload stops; `verify` compares both groups at one point (chunk checksums).
+ *   5. Disaster: siteA is killed; `takeover --set bank` promotes siteB; its image is checked again.
+ *   One verdict line: PASS or FAIL with the figures.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -16,13 +21,19 @@ import { fileURLToPath } from 'node:url';
 import { connect } from '../client/index.js';
 import { ExitCode } from '../core/errors.js';
 import { apiCall } from '../node/api.js';
+import type { Topology } from '../node/config.js';
 import { loadConfig } from '../node/config.js';
-import { mib } from './status.js';
+import type { BankLayout, BankProgress } from '../testing/bank.js';
+import { BANK_BLOCK_BYTES, checkBank, runBank } from '../testing/bank.js';
+import { runTakeover, verifyGroup } from './manage.js';
+import type { GroupLine } from './status.js';
 
-const ACCOUNTS = 64;
-const BLOCK = 4096;
-const START_BALANCE = 1_000_000;
-const WORKLOAD_MS = 6000;
+/** The workload runs 25 s; REMCOPY_DEMO_SECONDS shortens it (the test of the demo uses 8). */
+const WORKLOAD_MS = 1000 * (Number(process.env.REMCOPY_DEMO_SECONDS) || 25);
+const TARGET_DOWN_AT_MS = 0.36 * WORKLOAD_MS;
+const TARGET_DOWN_FOR_MS = 0.16 * WORKLOAD_MS;
+const LAYOUT: BankLayout = { workers: 4, blocksPerWorker: 64 };
+const BANK_BYTES = LAYOUT.workers * LAYOUT.blocksPerWorker * BANK_BLOCK_BYTES;
 
 const say = (s: string): void => {
   process.stdout.write(`${s}\n`);
@@ -39,91 +50,64 @@ nodes:
     api: 127.0.0.1:${port + 2}
     native: 127.0.0.1:${port + 3}
     writeTime: host-last
-    volumes: { checking: 16MiB, savings: 16MiB }
+    volumes: { debits: 64MiB, credits: 64MiB }
     journal: { size: 256MiB }
   siteB:
     dataDir: ./siteB
     nbd: 127.0.0.1:${port + 10}
     link: 127.0.0.1:${port + 11}
     api: 127.0.0.1:${port + 12}
-    volumes: { checking: 16MiB, savings: 16MiB }
+    volumes: { debits: 64MiB, credits: 64MiB }
+    journal: { size: 256MiB }
 groups:
-  g-checking: { source: siteA, target: siteB, pairs: { checking: checking } }
-  g-savings:  { source: siteA, target: siteB, pairs: { savings: savings } }
+  g-debits:  { source: siteA, target: siteB, pairs: { debits: debits } }
+  g-credits: { source: siteA, target: siteB, pairs: { credits: credits } }
 consistencySets:
-  bank: [g-checking, g-savings]
+  bank: [g-debits, g-credits]
 `;
 }
 
-function startNode(configFile: string): Promise<{ child: ChildProcess; exited: Promise<void> }> {
+interface DemoNode {
+  child: ChildProcess;
+  exited: Promise<void>;
+}
+
+/** Starts `remcopy node` with its log in `<dir>/<name>.log`; resolves when it is ready. */
+function startNode(dir: string, configFile: string, name: string): Promise<DemoNode> {
   const main = fileURLToPath(new URL('./main.js', import.meta.url));
-  const child = spawn(process.execPath, [main, 'node', '--config', configFile, '--node', 'siteA'], {
+  const child = spawn(process.execPath, [main, 'node', '--config', configFile, '--node', name], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  const log = createWriteStream(join(dir, `${name}.log`), { flags: 'a' });
+  child.stderr!.pipe(log);
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
-  const errLines: string[] = [];
-  createInterface({ input: child.stderr! }).on('line', (l) => errLines.push(l));
   return new Promise((resolve, reject) => {
     createInterface({ input: child.stdout! }).on('line', (l) => {
       if (l.includes('ready')) resolve({ child, exited });
     });
     child.on('exit', (code) =>
-      reject(new Error(`node exited with ${code}: ${errLines.slice(-5).join('\n')}`)),
+      reject(new Error(`${name} exited with ${code}; see ${join(dir, `${name}.log`)}`)),
     );
   });
 }
 
-function balanceBlock(account: number, balance: number, txn: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  b.writeUInt32LE(account, 0);
-  b.writeDoubleLE(balance, 8);
-  b.writeDoubleLE(txn, 16);
-  return b;
+async function groups(topo: Topology, node: string): Promise<GroupLine[]> {
+  const s = (await apiCall(topo.nodes.get(node)!.api, topo.secret, 'GET', '/v1/status')) as {
+    groups: GroupLine[];
+  };
+  return s.groups;
 }
 
-interface Acked {
-  checking: number[];
-  savings: number[];
-  inFlight?: { account: number; amount: number };
-}
-
-async function workload(
-  addr: string,
-  untilMs: number,
-  onProgress: (n: number) => void,
-  acked: Acked,
-): Promise<number> {
-  const client = await connect(addr);
-  const checking = await client.open('checking');
-  const savings = await client.open('savings');
-  let txn = 0;
-  try {
-    while (Date.now() < untilMs) {
-      txn++;
-      const account = txn % ACCOUNTS;
-      const amount = 1 + (txn % 97);
-      acked.inFlight = { account, amount };
-      const debit = acked.checking[account]! - amount;
-      // The credit is issued only after the debit is acknowledged: a dependent write.
-      await checking.write(account * BLOCK, balanceBlock(account, debit, txn), {
-        writeTime: new Date(),
-        fua: true,
-      });
-      acked.checking[account] = debit;
-      const credit = acked.savings[account]! + amount;
-      await savings.write(account * BLOCK, balanceBlock(account, credit, txn), {
-        writeTime: new Date(),
-        fua: true,
-      });
-      acked.savings[account] = credit;
-      acked.inFlight = undefined;
-      if (txn % 50 === 0) onProgress(txn);
-    }
-  } catch {
-    // The node was killed under us: expected in the crash phase.
-  }
-  await client.close().catch(() => {});
-  return txn;
+/** Reads both bank volumes of siteB at one completed cut and checks the dependent writes. */
+async function checkLiveCut(topo: Topology): Promise<ReturnType<typeof checkBank> | undefined> {
+  const r = (await apiCall(topo.nodes.get('siteB')!.api, topo.secret, 'POST', '/v1/sets/bank/read', {
+    reads: [
+      { volume: 'debits', offset: 0, length: BANK_BYTES },
+      { volume: 'credits', offset: 0, length: BANK_BYTES },
+    ],
+  }).catch(() => undefined)) as { reads: { data: string }[] } | undefined;
+  if (!r) return undefined;
+  return checkBank(LAYOUT, Buffer.from(r.reads[0]!.data, 'base64'), Buffer.from(r.reads[1]!.data, 'base64'));
 }
 
 export async function runDemo(o: { keep?: boolean }): Promise<number> {
@@ -132,99 +116,119 @@ export async function runDemo(o: { keep?: boolean }): Promise<number> {
   const configFile = join(dir, 'remcopy.yaml');
   writeFileSync(configFile, demoConfig(port));
   const topo = loadConfig(configFile);
-  const api = topo.nodes.get('siteA')!.api;
-  say(`remcopy demo: node siteA in ${dir}`);
-  say(
-    '  volumes: checking, savings (16 MiB each), groups g-checking + g-savings, one consistency set "bank"',
-  );
-  let node = await startNode(configFile);
-  const addr = `127.0.0.1:${port + 3}`;
-  const acked: Acked = { checking: [], savings: [] };
-  for (let a = 0; a < ACCOUNTS; a++) {
-    acked.checking[a] = START_BALANCE;
-    acked.savings[a] = 0;
-  }
-  await seed(addr);
-  say(
-    `\n1. bank transfers for ${WORKLOAD_MS / 1000} s: debit on checking, then credit on savings, each FUA, host write times`,
-  );
-  const t0 = Date.now();
-  const progress = async (n: number): Promise<void> => {
-    const s = (await apiCall(api, topo.secret, 'GET', '/v1/status').catch(() => undefined)) as
-      | { groups: { name: string; seqWritten: number }[]; journal: { usedBytes: number; records: number } }
-      | undefined;
-    if (!s) return;
-    const seqs = s.groups.map((g) => `${g.name} seq ${g.seqWritten}`).join(', ');
-    const rate = Math.round((n * 1000) / Math.max(1, Date.now() - t0));
-    const line = `   ${n} transfers (${rate}/s)  ${seqs}  journal ${mib(s.journal.usedBytes)}`;
-    // On a terminal the line updates in place; in a log, one line per update.
-    process.stdout.write(process.stdout.isTTY ? `\r${line}   ` : `${line}\n`);
-  };
-  let lastShown = 0;
-  const killAt = t0 + WORKLOAD_MS * (0.6 + Math.random() * 0.3);
-  setTimeout(() => node.child.kill('SIGKILL'), killAt - Date.now());
-  const done = await workload(
-    addr,
-    t0 + WORKLOAD_MS,
-    (n) => {
-      if (Date.now() - lastShown > (process.stdout.isTTY ? 300 : 1000)) {
-        lastShown = Date.now();
-        void progress(n);
-      }
-    },
-    acked,
-  );
-  await node.exited;
-  say(`\n\n2. kill -9 of the node after ${done} transfers (${((killAt - t0) / 1000).toFixed(1)} s in)`);
-  node = await startNode(configFile);
-  const st = (await apiCall(api, topo.secret, 'GET', '/v1/status')) as { journal: { records: number } };
-  say(`3. restarted: journal recovered, ${st.journal.records} records retained and redone into the volumes`);
-  const verdict = await check(addr, acked);
-  node.child.kill('SIGTERM');
-  await node.exited;
-  if (!o.keep) rmSync(dir, { recursive: true, force: true });
-  say(`4. ${verdict.ok ? 'PASS' : 'FAIL'}: ${verdict.message}`);
-  return verdict.ok ? ExitCode.ok : ExitCode.failure;
-}
-
-async function seed(addr: string): Promise<void> {
-  const client = await connect(addr);
-  const checking = await client.open('checking');
-  const savings = await client.open('savings');
-  for (let a = 0; a < ACCOUNTS; a++) {
-    await checking.write(a * BLOCK, balanceBlock(a, START_BALANCE, 0), { writeTime: new Date() });
-    await savings.write(a * BLOCK, balanceBlock(a, 0, 0), { writeTime: new Date() });
-  }
-  await checking.flush();
-  await client.close();
-}
-
-async function check(addr: string, acked: Acked): Promise<{ ok: boolean; message: string }> {
-  const client = await connect(addr);
-  const checking = await client.open('checking');
-  const savings = await client.open('savings');
-  let total = 0;
+  say(`remcopy demo in ${dir} (node logs: siteA.log, siteB.log)`);
+  say('  siteA --async--> siteB   volumes debits + credits (64 MiB each), groups g-debits + g-credits,');
+  say('  one consistency set "bank": siteB applies both groups at one cut');
+  let [a, b] = await Promise.all([startNode(dir, configFile, 'siteA'), startNode(dir, configFile, 'siteB')]);
   const problems: string[] = [];
-  for (let a = 0; a < ACCOUNTS; a++) {
-    const c = (await checking.read(a * BLOCK, BLOCK)).readDoubleLE(8);
-    const s = (await savings.read(a * BLOCK, BLOCK)).readDoubleLE(8);
-    total += c + s;
-    const inflight = acked.inFlight?.account === a ? acked.inFlight.amount : 0;
-    if (c !== acked.checking[a] && c !== acked.checking[a]! - inflight)
-      problems.push(`checking[${a}]=${c}, acknowledged ${acked.checking[a]}`);
-    if (s !== acked.savings[a] && s !== acked.savings[a]! + inflight)
-      problems.push(`savings[${a}]=${s}, acknowledged ${acked.savings[a]}`);
+  try {
+    say('\n1. initial copy');
+    for (;;) {
+      const gs = await groups(topo, 'siteB');
+      if (gs.every((g) => g.state === 'pair')) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    say('   both pairs in state pair: siteB holds a consistent image');
+
+    say(
+      `\n2. bank transfers for ${WORKLOAD_MS / 1000} s: debit (host write time), acknowledged, then credit`,
+    );
+    const client = await connect(topo.nodes.get('siteA')!.native!);
+    const debits = await client.open('debits');
+    const credits = await client.open('credits');
+    const progress: BankProgress = { completed: 0, errors: [] };
+    const t0 = performance.now();
+    let stop = false;
+    const bank = runBank(
+      LAYOUT,
+      (off, data) => debits.write(off, data, { writeTime: new Date() }),
+      (off, data) => credits.write(off, data),
+      () => stop,
+      progress,
+    );
+    let cuts = 0;
+    let maxLagMs = 0;
+    let targetDown = false;
+    let targetRestarted = false;
+    while (performance.now() - t0 < WORKLOAD_MS) {
+      await new Promise((r) => setTimeout(r, 1000));
+      const elapsed = performance.now() - t0;
+      if (!targetDown && !targetRestarted && elapsed > TARGET_DOWN_AT_MS) {
+        b.child.kill('SIGKILL');
+        await b.exited;
+        targetDown = true;
+        say('   -- siteB killed (kill -9): siteA keeps journalling, the lag grows');
+      } else if (targetDown && elapsed > TARGET_DOWN_AT_MS + TARGET_DOWN_FOR_MS) {
+        b = await startNode(dir, configFile, 'siteB');
+        targetDown = false;
+        targetRestarted = true;
+        say('   -- siteB restarted: it recovers its journals, resumes at its durable seq and catches up');
+      }
+      const src = await groups(topo, 'siteA');
+      const lag = Math.max(...src.map((g) => g.lagMs ?? 0));
+      maxLagMs = Math.max(maxLagMs, lag);
+      let cutNote = 'siteB down';
+      if (!targetDown) {
+        const c = await checkLiveCut(topo);
+        if (c) {
+          cuts++;
+          if (!c.ok) problems.push(`live cut: ${c.violations[0]}`);
+          cutNote = `siteB cut: ${c.transfers} transfers, ${c.inFlight} in flight, ${c.ok ? 'consistent' : 'BROKEN'}`;
+        }
+      }
+      const seqs = src.map((g) => `${g.name} ${g.seqWritten}/${g.seqApplied}`).join(' ');
+      say(
+        `   ${Math.round(elapsed / 1000)
+          .toString()
+          .padStart(
+            2,
+          )}s  ${progress.completed} transfers  written/applied ${seqs}  lag ${lag} ms  ${cutNote}`,
+      );
+    }
+    stop = true;
+    await bank;
+    await client.close();
+    if (progress.errors.length > 0) problems.push(`workload: ${progress.errors[0]}`);
+
+    say(`\n3. verify: hold writes, let siteB catch up, compare 1 MiB chunk checksums`);
+    for (const g of ['g-debits', 'g-credits']) {
+      const r = await verifyGroup(topo, g, 1024 * 1024, 30_000);
+      const bad = r.pairs.reduce((n, p) => n + p.mismatches.length, 0);
+      say(
+        `   ${g}: ${r.pairs[0]!.chunks} chunks at seq ${r.seq}: ${bad === 0 ? 'identical' : `${bad} ranges differ`}`,
+      );
+      if (bad > 0) problems.push(`verify ${g}: ${bad} ranges differ`);
+    }
+
+    say('\n4. disaster: siteA killed (kill -9); takeover of the set at siteB');
+    a.child.kill('SIGKILL');
+    await a.exited;
+    await runTakeover(configFile, { set: 'bank' });
+    b.child.kill('SIGTERM');
+    await b.exited;
+    const after = checkBank(
+      LAYOUT,
+      readFileSync(join(dir, 'siteB', 'volumes', 'debits.img')).subarray(0, BANK_BYTES),
+      readFileSync(join(dir, 'siteB', 'volumes', 'credits.img')).subarray(0, BANK_BYTES),
+    );
+    if (!after.ok) problems.push(`after takeover: ${after.violations[0]}`);
+    say(
+      `   siteB after takeover: ${after.transfers} of ${progress.completed} transfers, ${after.inFlight} in flight: ${after.ok ? 'consistent' : 'BROKEN'}`,
+    );
+
+    const verdict =
+      problems.length === 0
+        ? `PASS: ${progress.completed} transfers, ${cuts} live cuts of siteB consistent, max lag ${maxLagMs} ms, verify identical, takeover image consistent`
+        : `FAIL: ${problems.slice(0, 3).join('; ')}`;
+    say(`\n${verdict}`);
+    return problems.length === 0 ? ExitCode.ok : ExitCode.failure;
+  } finally {
+    for (const n of [a, b]) {
+      if (n.child.exitCode === null && n.child.signalCode === null) {
+        n.child.kill('SIGTERM');
+        await n.exited;
+      }
+    }
+    if (!o.keep) rmSync(dir, { recursive: true, force: true });
   }
-  await client.close();
-  const expected = ACCOUNTS * START_BALANCE;
-  const missing = expected - total;
-  const allowed = acked.inFlight ? acked.inFlight.amount : 0;
-  if (problems.length > 0)
-    return { ok: false, message: `acknowledged writes lost: ${problems.slice(0, 3).join('; ')}` };
-  if (missing !== 0 && missing !== allowed)
-    return { ok: false, message: `money not conserved: ${missing} missing` };
-  return {
-    ok: true,
-    message: `every acknowledged write survived the crash; money conserved (${missing === 0 ? 'no transfer' : 'one transfer'} in flight at the crash)`,
-  };
 }

@@ -55,7 +55,9 @@ function program(setCode: (code: number) => void): Command {
     .option('--json', 'print JSON')
     .action(run((o: VerifyOptions & { config: string }) => runVerify(o.config, o)));
   p.command('demo')
-    .description('start a node in a temporary directory, write to it, crash it, and prove nothing was lost')
+    .description(
+      'two sites in a temporary directory: bank transfers replicated, checked at live cuts, verified, taken over',
+    )
     .option('--keep', 'keep the temporary directory')
     .action(run((o: { keep?: boolean }) => runDemo(o)));
   return p;

@@ -87,8 +87,10 @@ export async function runBank(
 
 export interface BankCheck {
   readonly ok: boolean;
-  /** Credits visible (the transfers the image shows complete). */
+  /** Blocks with a credit visible. */
   readonly credits: number;
+  /** Transfers the image shows complete: per worker, its newest credit visible. */
+  readonly transfers: number;
   /** Debits visible without their credit: money in flight at this image. */
   readonly inFlight: number;
   readonly violations: readonly string[];
@@ -99,6 +101,7 @@ export function checkBank(layout: BankLayout, debits: Buffer, credits: Buffer): 
   const violations: string[] = [];
   let creditCount = 0;
   let inFlight = 0;
+  const newest = new Array<number>(layout.workers).fill(0);
   const blocks = layout.workers * layout.blocksPerWorker;
   for (let b = 0; b < blocks; b++) {
     const at = b * BANK_BLOCK_BYTES;
@@ -112,6 +115,8 @@ export function checkBank(layout: BankLayout, debits: Buffer, credits: Buffer): 
       continue;
     }
     if (c.transfer > 0) creditCount++;
+    const w = Math.floor(b / layout.blocksPerWorker);
+    newest[w] = Math.max(newest[w]!, c.transfer);
     if (d.transfer > c.transfer) inFlight++;
     if (c.transfer > d.transfer) {
       violations.push(`block ${b}: credit of transfer ${c.transfer} visible, debit only up to ${d.transfer}`);
@@ -119,5 +124,6 @@ export function checkBank(layout: BankLayout, debits: Buffer, credits: Buffer): 
   }
   if (inFlight > layout.workers)
     violations.push(`${inFlight} transfers in flight, at most ${layout.workers} possible`);
-  return { ok: violations.length === 0, credits: creditCount, inFlight, violations };
+  const transfers = newest.reduce((x, y) => x + y, 0);
+  return { ok: violations.length === 0, credits: creditCount, transfers, inFlight, violations };
 }
