@@ -119,7 +119,12 @@ export async function runDemo(o: { keep?: boolean }): Promise<number> {
   say(`remcopy demo in ${dir} (node logs: siteA.log, siteB.log)`);
   say('  siteA --async--> siteB   volumes debits + credits (64 MiB each), groups g-debits + g-credits,');
   say('  one consistency set "bank": siteB applies both groups at one cut');
-  let [a, b] = await Promise.all([startNode(dir, configFile, 'siteA'), startNode(dir, configFile, 'siteB')]);
+  const started = await Promise.all([
+    startNode(dir, configFile, 'siteA'),
+    startNode(dir, configFile, 'siteB'),
+  ]);
+  const a = started[0];
+  let b = started[1];
   const problems: string[] = [];
   try {
     say('\n1. initial copy');
