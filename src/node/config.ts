@@ -226,7 +226,7 @@ function assemble(data: ParsedConfig, frame: Frame, problems: ConfigProblem[]): 
     if (group !== undefined) groups.set(name, group);
   }
   checkVolumeMembership(groups, problems);
-  const consistencySets = assembleSets(data.consistencySets, data.groups, problems);
+  const consistencySets = assembleSets(data.consistencySets, data.groups, Object.keys(data.nodes), problems);
   return { file: frame.file, baseDir: frame.baseDir, secret: frame.secret, nodes, groups, consistencySets };
 }
 
@@ -407,6 +407,7 @@ function checkVolumeMembership(groups: Map<string, GroupConfig>, problems: Confi
 function assembleSets(
   raw: ParsedConfig['consistencySets'],
   groups: ParsedConfig['groups'],
+  nodeNames: readonly string[],
   problems: ConfigProblem[],
 ): Map<string, string[]> {
   const sets = new Map<string, string[]>();
@@ -424,6 +425,29 @@ function assembleSets(
       else setOf.set(group, name);
     });
     sets.set(name, [...members]);
+    // The apply coordinator of a set runs on its target node (DESIGN.md §3.3); a set across
+    // target nodes needs markers (§3.4).
+    const targets = [
+      ...new Set(
+        members
+          .filter((g) => Object.hasOwn(groups, g))
+          .map((g) => groups[g]!.target)
+          .filter((n) => nodeNames.includes(n)),
+      ),
+    ];
+    if (targets.length > 1) {
+      problems.push({
+        path: formatPath(['consistencySets', name]),
+        message: `its groups have different target nodes (${targets.join(', ')}); a set is applied by one target node`,
+      });
+    }
+    // A group in no set is applied as a set of its own, named after it.
+    if (Object.hasOwn(groups, name) && !members.includes(name)) {
+      problems.push({
+        path: formatPath(['consistencySets', name]),
+        message: `a set may not take the name of group "${name}" unless that group is in it`,
+      });
+    }
   }
   return sets;
 }

@@ -92,6 +92,14 @@ export class RemcopyNode {
         `nodes.${nodeName}.journal.full: "suspend" needs dirty bitmaps, which this version does not have yet; use "throttle"`,
       );
     }
+    for (const g of topo.groups.values()) {
+      if ((g.source === nodeName || g.target === nodeName) && (g.mode !== 'async' || g.transfer !== 'push')) {
+        throw new RemcopyError(
+          'RC_ERR_CONFIG',
+          `groups.${g.name}: mode ${g.mode} / transfer ${g.transfer} is not supported by this version yet; use mode async, transfer push`,
+        );
+      }
+    }
     fs.mkdirSync(join(cfg.dataDir, 'journal'), { recursive: true });
     fs.mkdirSync(join(cfg.dataDir, 'volumes'), { recursive: true });
     const unlock = lockDataDir(cfg.dataDir);

@@ -602,4 +602,26 @@ describe('consistencySets', () => {
       /group "g-log" is already in set "bank"/,
     );
   });
+
+  test('a set is applied by one target node and does not take the name of a group outside it', () => {
+    rejectsEdit(
+      (c) => {
+        c.nodes.siteC = {
+          ...c.nodes.siteB,
+          dataDir: './var/siteC',
+          nbd: '127.0.0.1:10811',
+          link: '127.0.0.1:7703',
+          api: '127.0.0.1:7803',
+        };
+        c.groups['g-log'].target = 'siteC';
+      },
+      'consistencySets.bank',
+      /its groups have different target nodes \(siteB, siteC\)/,
+    );
+    rejectsEdit(
+      (c) => (c.consistencySets['g-db'] = ['g-log']) && delete c.consistencySets.bank,
+      'consistencySets.g-db',
+      /may not take the name of group "g-db"/,
+    );
+  });
 });
