@@ -35,6 +35,8 @@ export interface TestNodeSpec {
   native?: boolean;
   journal?: string;
   writeTime?: 'host-last' | 'clock' | 'counter';
+  /** A YAML flow mapping for `tls`, e.g. `{ cert: ..., key: ..., ca: ... }`. */
+  tls?: string;
 }
 
 export interface TestTopology {
@@ -69,6 +71,7 @@ export async function writeTopology(
     if (spec.native) lines.push(`    native: 127.0.0.1:${native}`);
     if (spec.writeTime) lines.push(`    writeTime: ${spec.writeTime}`);
     if (spec.journal) lines.push(`    journal: ${spec.journal}`);
+    if (spec.tls) lines.push(`    tls: ${spec.tls}`);
     const vols = Object.entries(spec.volumes).map(([v, size]) => `${v}: ${size}`);
     lines.push(`    volumes: { ${vols.join(', ')} }`);
   }
