@@ -930,6 +930,15 @@ export class Journal {
   }
 
   /** Highest released seq of `group` (0 if none). */
+  /** Bytes of `group`'s retained records (headers included), for lag figures. */
+  retainedBytes(group: string): number {
+    const g = this.groups.get(group);
+    if (g === undefined) return 0;
+    let n = 0;
+    for (let i = g.head; i < g.bytes.length; i++) n += g.bytes[i]!;
+    return n;
+  }
+
   releasedSeq(group: string): Seq {
     return seq(this.groups.get(group)?.releasedSeq ?? 0);
   }

@@ -109,9 +109,15 @@ class SourceGroup {
     );
     this.seqDurable = released;
     this.base = { seq: released, bytesTotal: 0, arrivedMs: performance.now() };
-    // Records recovered from the journal: their arrival is unknown, count them as arrived now.
+    // Records recovered from the journal: their arrival is unknown, count them as arrived now,
+    // with all their bytes (lag is never reported below the truth).
     if (journal.lastSeq(cfg.name) > released) {
-      this.marks.push({ seq: journal.lastSeq(cfg.name), bytesTotal: 0, arrivedMs: performance.now() });
+      this.bytesWritten = journal.retainedBytes(cfg.name);
+      this.marks.push({
+        seq: journal.lastSeq(cfg.name),
+        bytesTotal: this.bytesWritten,
+        arrivedMs: performance.now(),
+      });
     }
   }
 
