@@ -77,7 +77,15 @@ export class LinkSession {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (e) => this.close(`socket error: ${e.message}`, false));
-    socket.on('close', () => this.close('connection closed by peer', false));
+    socket.on('close', () => {
+      const partial = this.decoder.bufferedBytes;
+      this.close(
+        partial > 0
+          ? `connection closed by peer inside a frame (${partial} bytes dropped)`
+          : 'connection closed by peer',
+        false,
+      );
+    });
     socket.on('drain', () => this.drainWaiters.splice(0).forEach((f) => f()));
     this.timer = setInterval(() => this.onTimer(), Math.max(10, Math.floor(opts.heartbeatMs / 2)));
     this.timer.unref();
@@ -95,10 +103,11 @@ export class LinkSession {
   private readonly drainWaiters: (() => void)[] = [];
   private lastHeartbeatMs = 0;
   private readPaused = false;
+  private authenticatedPeer = '';
 
-  /** The authenticated peer's name ('' before the handshake is done). */
+  /** The authenticated peer's name ('' until the handshake is done; kept after close for logs). */
   get peerName(): string {
-    return this.phase === 'ready' ? this.peer!.nodeName : '';
+    return this.authenticatedPeer;
   }
   get peerGroups(): readonly string[] {
     return this.peer?.groups ?? [];
@@ -280,6 +289,7 @@ export class LinkSession {
   private maybeReady(): void {
     if (!this.sentAuthOk || !this.gotAuthOk || this.phase !== 'auth-ok') return;
     this.phase = 'ready';
+    this.authenticatedPeer = this.peer!.nodeName;
     this.lastHeartbeatMs = 0;
     this.events.ready(this);
   }

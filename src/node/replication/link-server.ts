@@ -66,7 +66,7 @@ export class LinkServer {
           this.sessions.delete(s);
           this.target.detach(s);
           const level =
-            reason.startsWith('connection closed') || reason === 'node stopping' ? 'info' : 'warn';
+            reason === 'connection closed by peer' || reason === 'node stopping' ? 'info' : 'warn';
           if (level === 'warn') this.refused++;
           this.log(level, 'link session closed', { peer: s.peerName || undefined, remote: s.remote, reason });
         },
