@@ -218,3 +218,34 @@ test(`kill -9 of the source, then takeover: dependent writes hold at the target 
   assert.ok(creditsSeen > 0, 'some transfers reached the target before the kills');
   assert.ok(liveCuts > 0, 'live cuts were checked');
 });
+
+test('takeover of one group of a set: the others go on replicating', async () => {
+  const dir = mkdtempSync(join(root, 'one-group-'));
+  const { topo, A, B, pa, pb } = await twoSites(dir);
+  try {
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 64k', `nbd://127.0.0.1:${pa.nbd}/d`]);
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x22 0 64k', `nbd://127.0.0.1:${pa.nbd}/l`]);
+    const t = await cli('takeover', '--config', topo.file, '--group', 'gd');
+    assert.equal(t.code, 0, t.out);
+    const again = await cli('takeover', '--config', topo.file, '--group', 'gd');
+    assert.equal(again.code, 1, 'a second takeover of the same group is refused');
+    assert.match(again.out, /not a group this node is the target of/);
+    // gd is writable at b, gl is still a read-only copy that keeps replicating.
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 64k 4k', `nbd://127.0.0.1:${pb.nbd}/d`]);
+    await assert.rejects(run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', `nbd://127.0.0.1:${pb.nbd}/l`]));
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 64k 64k', `nbd://127.0.0.1:${pa.nbd}/l`]);
+    const v = await cli('verify', '--config', topo.file, '--group', 'gl');
+    assert.equal(v.code, 0, v.out);
+    const gd = await groupStatus(apiOf(pb.api), topo.secret, 'gd');
+    assert.equal(gd.state, 'takeover');
+    assert.equal(gd.epoch, 2);
+    assert.equal((await groupStatus(apiOf(pb.api), topo.secret, 'gl')).state, 'pair');
+    // The old source of gd learns the higher epoch once it reconnects (the takeover closed its session).
+    await waitFor('gd fenced at a', async () =>
+      (await groupStatus(apiOf(pa.api), topo.secret, 'gd')).state === 'fenced' ? true : undefined,
+    );
+  } finally {
+    assert.equal(await A.stop(), 0);
+    assert.equal(await B.stop(), 0);
+  }
+});
