@@ -471,7 +471,7 @@ export function applyToDevice(
 const ZEROES = Buffer.alloc(64 * 1024);
 
 /** Compares against a zero buffer slice by slice (native memcmp, not a JS loop). */
-function isAllZero(b: Buffer): boolean {
+export function isAllZero(b: Buffer): boolean {
   for (let at = 0; at < b.length; at += ZEROES.length) {
     const n = Math.min(ZEROES.length, b.length - at);
     if (!b.subarray(at, at + n).equals(ZEROES.subarray(0, n))) return false;

@@ -25,7 +25,7 @@ import type { BlockDevice } from '../../storage/blockdev.js';
 import type { Journal } from '../../storage/journal.js';
 import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
 import type { Log } from '../log.js';
-import { applyToDevice } from '../write-path.js';
+import { applyToDevice, isAllZero } from '../write-path.js';
 
 /** A cycle reaches at most this many records per group, so readers never wait long. */
 export const CYCLE_RECORDS_PER_GROUP_MAX = 8192;
@@ -276,7 +276,8 @@ export class ApplyCoordinator {
             `${g.name}: record ${h.seq} is for volume ${h.volume}, not a pair`,
           );
         }
-        applyToDevice(dev, h.kind, h.offset, h.length, kindCarriesData(h.kind) ? payload : undefined);
+        if (h.kind === RecordKind.zero) zeroWhereNeeded(dev, h.offset, h.length);
+        else applyToDevice(dev, h.kind, h.offset, h.length, kindCarriesData(h.kind) ? payload : undefined);
         this.stats.recordsApplied++;
         this.stats.bytesApplied += h.length;
       }
@@ -313,5 +314,19 @@ export class ApplyCoordinator {
         ]),
       ),
     });
+  }
+}
+
+/** Zero-record ranges are checked this many bytes at a time. */
+const ZERO_CHECK_BYTES = 1024 * 1024;
+
+/**
+ * Applies a zero record, skipping the parts that already read as zero (a fresh sparse volume
+ * during the initial copy): reading a hole is cheap, writing zeroes allocates blocks.
+ */
+function zeroWhereNeeded(dev: BlockDevice, offset: number, length: number): void {
+  for (let at = offset; at < offset + length; at += ZERO_CHECK_BYTES) {
+    const n = Math.min(ZERO_CHECK_BYTES, offset + length - at);
+    if (!isAllZero(dev.readSync(at, n))) dev.zeroSync(at, n);
   }
 }

@@ -20,7 +20,7 @@ import { RemcopyError } from '../../core/errors.js';
 import type { Sequencer } from '../../core/sequencer.js';
 import { GroupSender, SENDER_LIMITS_DEFAULT } from '../../core/sender.js';
 import type { OrderKey, RecordHeader, Seq } from '../../core/types.js';
-import { seq } from '../../core/types.js';
+import { kindCarriesData, seq } from '../../core/types.js';
 import type { Frame } from '../../link/frames.js';
 import { FrameType, LINK_BATCH_RECORDS_MAX } from '../../link/frames.js';
 import { LinkSession } from '../../link/session.js';
@@ -464,7 +464,7 @@ export class SourceReplicator {
       if (!g) continue;
       const e = per.get(g) ?? { last: 0, bytes: 0 };
       e.last = h.seq;
-      e.bytes += h.length;
+      if (kindCarriesData(h.kind)) e.bytes += h.length;
       per.set(g, e);
     }
     for (const [g, e] of per) g.noteAppended(e.last, e.bytes, arrivedMs);
