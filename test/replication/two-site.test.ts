@@ -86,6 +86,7 @@ test('qemu-io and fio writes replicate; verify passes, then names a range change
       '--io_size=4M',
       '--verify=crc32c',
       '--do_verify=0',
+      '--verify_state_save=0',
     ]);
     for (const g of ['gd', 'gl']) {
       const v = await cli('verify', '--config', topo.file, '--group', g);
