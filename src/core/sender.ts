@@ -17,7 +17,7 @@
  *
  * Safety contract: the source may release a record only when `seqAcked` covers it, i.e. after the
  * target reported it durable (fig 6 step 1105). `seqAcked` survives disconnects (the report was
- * true when made) and only a RESUME can lower the send point, never the acked point. A report of a
+ * true when made); only a RESUME moves it back, to what the target says it holds. A report of a
  * seq that was never sent, or a RESUME that asks for released records or for records that were
  * never written, is a peer error: the state is unchanged and the caller drops the session.
  */
@@ -142,9 +142,11 @@ export class GroupSender {
       );
     }
     this.clearInFlight();
-    // The target's durable prefix may be below what it reported before (it lost its disk): the
-    // acked point stays (the records are released or about to be), sending restarts at nextSeq.
-    this.seqAckedNow = Math.max(this.seqAckedNow, nextSeq - 1);
+    // The target's word is what it holds now. Its durable prefix may be below what it reported
+    // before (it lost its disk): the acked point goes down with it, so nothing more is released
+    // until the resent records are reported again (those below nextSeq may be released already,
+    // and the check above keeps them out of reach).
+    this.seqAckedNow = nextSeq - 1;
     this.seqSentNow = nextSeq - 1;
     this.stateNow = 'streaming';
     return OK;

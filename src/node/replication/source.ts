@@ -261,6 +261,13 @@ class TargetPeer {
     const j = this.owner.journal;
     switch (f.type) {
       case FrameType.resume: {
+        if (f.nextSeq - 1 < g.sender.seqAcked) {
+          this.owner.log('warn', 'target lost records it had reported durable; sending them again', {
+            group: g.name,
+            reportedDurable: g.sender.seqAcked,
+            nextSeq: f.nextSeq,
+          });
+        }
         const r = g.sender.onResume(f.nextSeq, {
           seqReleased: j.releasedSeq(g.name),
           seqLast: j.lastSeq(g.name),
