@@ -1,17 +1,23 @@
 /**
  * The apply coordinator and applier of one consistency set at the target (DESIGN.md §3.3; patent
  * fig 9): takes the set's cut, applies every record up to it from the target journals to the
- * target volumes, makes them durable, then releases the records.
+ * target volumes, and at checkpoints makes them durable and releases the records.
  *
- *   kick() --> planCycle --cycle--> persist cutPlanned --> [reads wait] apply per group in seq
- *              order --> sync volumes --> [reads go on] completeCycle --> persist --> release
- *              records (arrival + journal) --> report applied seq to the source
+ *   kick() --> planCycle --cycle--> persist {checkpoint, cutPlanned} --> [reads wait] apply per
+ *              group in seq order, completeCycle in memory [reads go on: they see the new cut]
+ *              --> report the applied seq to the source
+ *   checkpoint (every CHECKPOINT_MS while cycles run, CHECKPOINT_MS after the last one, when a
+ *              journal fills, at takeover and stop) --> sync volumes --> persist {checkpoint =
+ *              the cut completed, no cutPlanned} --> release records (arrival + journal) up to it
  *
- * Crash safety: the apply state file (`<dataDir>/apply/<set>.json`) holds the cut in progress
- * before any record of it is written to a volume; after a crash the node re-plans exactly that cut
- * from its journals and re-applies it (idempotent). Records are released only after the completed
- * cut is durable in the file. Readers of the target volumes (NBD, verify) go through `gate`, which
- * holds them while a cycle writes, so they only ever see a completed cut.
+ * Crash safety: the apply state file (`<dataDir>/apply/<set>.json`) holds the last checkpoint
+ * (cut, seq applied per group) and the cut planned latest, written before any record of that cycle
+ * touches a volume. Records after the checkpoint stay in the journals. After a crash the node
+ * re-plans from the checkpoint up to exactly the planned cut and re-applies it (idempotent), so the
+ * volumes reach the latest cut any reader could have seen: cuts never go back. Readers of the
+ * target volumes (NBD, verify) go through `gate`, which holds them while a cycle writes, so they only
+ * ever see a completed cut. Syncing the volumes at checkpoints rather than every cycle keeps the
+ * disk from constant writeback, which slows every other writer on it several times over.
  */
 import * as z from 'zod';
 import { join } from 'node:path';
@@ -27,6 +33,10 @@ import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
 import type { Log } from '../log.js';
 import { applyToDevice, isAllZero } from '../write-path.js';
 
+/** Volumes are synced and records released at least this often while cycles run. */
+export const CHECKPOINT_MS = 500;
+/** ...and at once when a group's target journal is fuller than this fraction. */
+const CHECKPOINT_JOURNAL_FRACTION = 0.25;
 /** A cycle reaches at most this many records per group, so readers never wait long. */
 export const CYCLE_RECORDS_PER_GROUP_MAX = 8192;
 /** Bytes read from a target journal per call while applying. */
@@ -132,12 +142,19 @@ export interface CoordinatorStats {
   bytesApplied: number;
   lastCycleMs: number;
   lastCutAtMs: number;
+  checkpoints: number;
 }
 
 export class ApplyCoordinator {
   readonly gate = new CutGate();
+  /** In memory: the cut readers see; cycles plan from it. */
   private state: ApplyState;
   private readonly keyApplied: Map<string, OrderKey | undefined>;
+  /** The last checkpoint: what the file holds as completed (volumes durable up to it). */
+  private durable: ApplyState;
+  private durableKeys: Map<string, OrderKey | undefined>;
+  private lastCheckpointMs = performance.now();
+  private checkpointTimer: NodeJS.Timeout | undefined;
   private groups: ApplyGroup[];
   private running: Promise<void> | null = null;
   private again = false;
@@ -149,6 +166,7 @@ export class ApplyCoordinator {
     bytesApplied: 0,
     lastCycleMs: 0,
     lastCutAtMs: 0,
+    checkpoints: 0,
   };
 
   constructor(
@@ -161,6 +179,8 @@ export class ApplyCoordinator {
     this.groups = [...groups];
     this.state = saved.state;
     this.keyApplied = new Map(saved.keyApplied);
+    this.durable = { ...saved.state, cutPlanned: undefined };
+    this.durableKeys = new Map(saved.keyApplied);
   }
 
   get cutCompleted(): OrderKey | undefined {
@@ -197,32 +217,108 @@ export class ApplyCoordinator {
     this.kick();
     await this.idle();
     if (this.failure) throw this.failure;
+    await this.checkpoint();
   }
 
   /** Removes a group from the set (it was taken over on its own): the others go on without it. */
   async remove(group: string): Promise<{ seqApplied: Seq; cut: OrderKey | undefined }> {
     await this.idle();
+    await this.checkpoint();
     const end = { seqApplied: this.seqApplied(group), cut: this.state.cutCompleted };
     this.groups = this.groups.filter((g) => g.name !== group);
-    const seqApplied = new Map(this.state.seqApplied);
-    seqApplied.delete(group);
+    const without = (st: ApplyState): ApplyState => {
+      const seqApplied = new Map(st.seqApplied);
+      seqApplied.delete(group);
+      return { ...st, seqApplied };
+    };
+    this.state = without(this.state);
+    this.durable = without(this.durable);
     this.keyApplied.delete(group);
-    this.state = { ...this.state, seqApplied };
-    await this.persist(this.state);
+    this.durableKeys.delete(group);
+    await this.persist(this.durable, this.durableKeys);
     return end;
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     await this.idle();
+    clearTimeout(this.checkpointTimer);
+    if (this.failure) return;
+    await this.checkpoint().catch((e) =>
+      this.log('error', 'checkpoint at stop failed', { error: String(e) }),
+    );
+  }
+
+  /**
+   * Makes the cut readers see durable: sync the volumes, persist it as the checkpoint, release the
+   * records up to it. A no-op when nothing was applied since the last one.
+   */
+  async checkpoint(): Promise<void> {
+    clearTimeout(this.checkpointTimer);
+    this.checkpointTimer = undefined;
+    const point: ApplyState = { ...this.state, cutPlanned: undefined };
+    const keys = new Map(this.keyApplied);
+    const moved = [...point.seqApplied].some(([g, sq]) => sq > (this.durable.seqApplied.get(g) ?? 0));
+    if (!moved) return;
+    this.lastCheckpointMs = performance.now();
+    const devices = new Set(this.groups.flatMap((g) => [...g.devices.values()]));
+    await Promise.all([...devices].map((d) => d.sync()));
+    await this.persist(point, keys);
+    this.durable = point;
+    this.durableKeys = keys;
+    for (const g of this.groups) {
+      const upTo = point.seqApplied.get(g.name)!;
+      if (upTo > g.arrival.seqReleased) {
+        g.arrival.release(upTo);
+        g.journal.release(g.name, upTo);
+      }
+    }
+    this.stats.checkpoints++;
+  }
+
+  private checkpointDue(): boolean {
+    if (performance.now() - this.lastCheckpointMs >= CHECKPOINT_MS) return true;
+    return this.groups.some((g) => {
+      const u = g.journal.usage();
+      return u.usedBytes > CHECKPOINT_JOURNAL_FRACTION * u.bytesMax;
+    });
+  }
+
+  /** Once idle, the last cut becomes durable soon, not only when the next write arrives. */
+  private scheduleCheckpoint(): void {
+    if (this.stopped || this.checkpointTimer !== undefined) return;
+    this.checkpointTimer = setTimeout(() => {
+      this.checkpointTimer = undefined;
+      if (this.running || this.stopped) return;
+      this.running = this.checkpoint()
+        .catch((e) => {
+          this.failure = e as Error;
+          this.log('error', 'apply checkpoint failed: the target copy stays at its last durable cut', {
+            set: this.set,
+            error: String(e),
+          });
+        })
+        .finally(() => {
+          this.running = null;
+          // A kick that came during the checkpoint found it running: run the cycles it asked for.
+          if (this.again) {
+            this.again = false;
+            this.kick();
+          }
+        });
+    }, CHECKPOINT_MS);
+    this.checkpointTimer.unref();
   }
 
   private async loop(): Promise<void> {
     try {
       do {
         this.again = false;
-        while (!this.stopped && (await this.cycle()));
+        while (!this.stopped && (await this.cycle())) {
+          if (this.checkpointDue()) await this.checkpoint();
+        }
       } while (this.again && !this.stopped);
+      this.scheduleCheckpoint();
     } catch (e) {
       this.failure = e as Error;
       this.log('error', 'apply stopped: the target copy stays at its last completed cut', {
@@ -239,14 +335,13 @@ export class ApplyCoordinator {
     const r = planCycle(this.state, arrivals, { recordsPerGroupMax: CYCLE_RECORDS_PER_GROUP_MAX });
     if (r.kind !== 'cycle') return false;
     const started = performance.now();
-    await this.persist(r.state);
+    // The file keeps the checkpoint and pins this cycle's cut (a redo re-plans exactly it).
+    await this.persist({ ...this.durable, cutPlanned: r.plan.cut }, this.durableKeys);
     this.state = r.state;
     await this.gate.exclusive(async () => {
       for (const gp of r.plan.groups) this.applyGroup(gp);
-      const devices = new Set(this.groups.flatMap((g) => [...g.devices.values()]));
-      await Promise.all([...devices].map((d) => d.sync()));
+      this.complete(r.plan);
     });
-    await this.complete(r.plan);
     this.stats.cycles++;
     this.stats.lastCycleMs = performance.now() - started;
     this.stats.lastCutAtMs = Date.now();
@@ -284,34 +379,24 @@ export class ApplyCoordinator {
     }
   }
 
-  private async complete(plan: CyclePlan): Promise<void> {
-    const next = completeCycle(this.state, plan);
+  /** The cycle's records are on the volumes (page cache): readers see its cut from now on. */
+  private complete(plan: CyclePlan): void {
+    this.state = completeCycle(this.state, plan);
     for (const gp of plan.groups) {
       if (gp.seqLast < gp.seqFirst) continue;
       const g = this.groups.find((x) => x.name === gp.group)!;
       this.keyApplied.set(gp.group, g.arrival.heldAt(gp.seqLast)!.key);
-    }
-    await this.persist(next);
-    this.state = next;
-    for (const gp of plan.groups) {
-      if (gp.seqLast < gp.seqFirst) continue;
-      const g = this.groups.find((x) => x.name === gp.group)!;
-      g.arrival.release(gp.seqLast);
-      g.journal.release(g.name, gp.seqLast);
       g.onApplied(gp.seqLast);
     }
   }
 
-  private persist(s: ApplyState): Promise<void> {
+  private persist(s: ApplyState, keys: ReadonlyMap<string, OrderKey | undefined>): Promise<void> {
     return writeJsonDurable(this.file, {
       version: 1,
       cutCompleted: fromKey(s.cutCompleted),
       cutPlanned: fromKey(s.cutPlanned),
       groups: Object.fromEntries(
-        [...s.seqApplied].map(([g, sq]) => [
-          g,
-          { seqApplied: sq, keyApplied: fromKey(this.keyApplied.get(g)) },
-        ]),
+        [...s.seqApplied].map(([g, sq]) => [g, { seqApplied: sq, keyApplied: fromKey(keys.get(g)) }]),
       ),
     });
   }

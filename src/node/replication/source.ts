@@ -45,8 +45,20 @@ export const LINK_TIMING_DEFAULT: LinkTiming = {
   reconnectMaxMs: 5000,
 };
 
-/** Records are released this long after an ACK at most (one volume sync serves many ACKs). */
-const RELEASE_DELAY_MS = 50;
+/**
+ * Journal syncs for shipping start at most this often. Back-to-back fdatasyncs of the journal
+ * stall its appends (the tail page is under writeback), so a few ms of lag buy host throughput.
+ */
+const SHIP_SYNC_INTERVAL_MS = Number(process.env.REMCOPY_SHIP_SYNC_MS ?? 10);
+/**
+ * Acknowledged records are released this long after an ACK: a release syncs the group's volumes
+ * first (the journal is their redo log), and a volume under constant writeback slows the host
+ * writes into it several times over. When the journal is fuller than RELEASE_URGENT_FRACTION, they
+ * are released after RELEASE_URGENT_DELAY_MS instead.
+ */
+const RELEASE_DELAY_MS = 1000;
+const RELEASE_URGENT_DELAY_MS = 20;
+const RELEASE_URGENT_FRACTION = 0.25;
 /** Initial copy: bytes per copy record. */
 export const COPY_CHUNK_BYTES = 1024 * 1024;
 /** Initial copy waits while the journal is fuller than this fraction (host writes come first). */
@@ -397,6 +409,8 @@ export class SourceReplicator {
   private readonly peers: TargetPeer[] = [];
   private syncing = false;
   private closed = false;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private lastSyncMs = Number.NEGATIVE_INFINITY;
   /** Key of the latest record known durable in the journal (any group); ticks carry it. */
   durableKey: OrderKey | undefined;
   private readonly copies: Promise<void>[] = [];
@@ -480,7 +494,15 @@ export class SourceReplicator {
 
   /** One journal sync at a time; each makes every record appended before it shippable. */
   private makeDurable(): void {
-    if (this.syncing || this.closed) return;
+    if (this.syncing || this.closed || this.syncTimer) return;
+    const wait = this.lastSyncMs + SHIP_SYNC_INTERVAL_MS - performance.now();
+    if (wait > 0) {
+      this.syncTimer = setTimeout(() => {
+        this.syncTimer = undefined;
+        this.makeDurable();
+      }, wait);
+      return;
+    }
     const upTo = new Map<SourceGroup, number>();
     let behind = false;
     for (const g of this.groups.values()) {
@@ -496,6 +518,7 @@ export class SourceReplicator {
     this.journal.sync().then(
       () => {
         this.syncing = false;
+        this.lastSyncMs = performance.now();
         this.durableKey = key;
         for (const [g, s] of upTo) g.seqDurable = Math.max(g.seqDurable, s);
         for (const p of this.peers) p.pump();
@@ -509,6 +532,11 @@ export class SourceReplicator {
         setTimeout(() => this.makeDurable(), 1000).unref();
       },
     );
+  }
+
+  private releaseDelayMs(): number {
+    const u = this.journal.usage();
+    return u.usedBytes > RELEASE_URGENT_FRACTION * u.bytesMax ? RELEASE_URGENT_DELAY_MS : RELEASE_DELAY_MS;
   }
 
   scheduleRelease(g: SourceGroup): void {
@@ -528,7 +556,7 @@ export class SourceReplicator {
           g.releasing = undefined;
           if (g.sender.seqAcked > this.journal.releasedSeq(g.name)) this.scheduleRelease(g);
         });
-    }, RELEASE_DELAY_MS);
+    }, this.releaseDelayMs());
     g.releaseTimer.unref();
   }
 
@@ -688,6 +716,7 @@ export class SourceReplicator {
     this.closed = true;
     for (const p of this.peers) p.close();
     for (const g of this.groups.values()) clearTimeout(g.releaseTimer);
+    clearTimeout(this.syncTimer);
     await Promise.all(this.copies.map((c) => c.catch(() => {})));
     await Promise.all([...this.groups.values()].map((g) => g.releasing));
   }
