@@ -619,7 +619,9 @@ describe('consistencySets', () => {
       /its groups have different target nodes \(siteB, siteC\)/,
     );
     rejectsEdit(
-      (c) => (c.consistencySets['g-db'] = ['g-log']) && delete c.consistencySets.bank,
+      (c) => {
+        c.consistencySets = { 'g-db': ['g-log'] };
+      },
       'consistencySets.g-db',
       /may not take the name of group "g-db"/,
     );

@@ -33,6 +33,8 @@ import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
 import type { Log } from '../log.js';
 import { applyToDevice, isAllZero } from '../write-path.js';
 
+/** Cycles start at most this often (see loop()). */
+export const CYCLE_MIN_MS = 20;
 /** Volumes are synced and records released at least this often while cycles run. */
 export const CHECKPOINT_MS = 500;
 /** ...and at once when a group's target journal is fuller than this fraction. */
@@ -155,6 +157,7 @@ export class ApplyCoordinator {
   private durableKeys: Map<string, OrderKey | undefined>;
   private lastCheckpointMs = performance.now();
   private checkpointTimer: NodeJS.Timeout | undefined;
+  private lastCycleStartMs = Number.NEGATIVE_INFINITY;
   private groups: ApplyGroup[];
   private running: Promise<void> | null = null;
   private again = false;
@@ -316,6 +319,10 @@ export class ApplyCoordinator {
         this.again = false;
         while (!this.stopped && (await this.cycle())) {
           if (this.checkpointDue()) await this.checkpoint();
+          // Cycles start at most every CYCLE_MIN_MS: each costs a durable write of the state file,
+          // and a longer cycle carries more records for the same cost.
+          const wait = this.lastCycleStartMs + CYCLE_MIN_MS - performance.now();
+          if (wait > 0 && !this.stopped) await new Promise((r) => setTimeout(r, wait));
         }
       } while (this.again && !this.stopped);
       this.scheduleCheckpoint();
@@ -335,6 +342,7 @@ export class ApplyCoordinator {
     const r = planCycle(this.state, arrivals, { recordsPerGroupMax: CYCLE_RECORDS_PER_GROUP_MAX });
     if (r.kind !== 'cycle') return false;
     const started = performance.now();
+    this.lastCycleStartMs = started;
     // The file keeps the checkpoint and pins this cycle's cut (a redo re-plans exactly it).
     await this.persist({ ...this.durable, cutPlanned: r.plan.cut }, this.durableKeys);
     this.state = r.state;

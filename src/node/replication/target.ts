@@ -32,6 +32,8 @@ import type { GroupStateStore } from './group-state.js';
 
 /** Records held unapplied per group, at most (the arrival window). */
 const ARRIVAL_HELD_MAX = 1 << 20;
+/** Journal syncs of an incoming group start at most this often (see makeDurable). */
+const TARGET_SYNC_INTERVAL_MS = 5;
 /** Stop reading a session while a target journal is fuller than this fraction. */
 const JOURNAL_PAUSE_FRACTION = 0.75;
 
@@ -64,6 +66,9 @@ class TargetGroup implements ApplyGroup {
    * refuses an ACK beyond what it sent in this session.
    */
   sessionSeq = 0;
+  syncing = false;
+  syncTimer: NodeJS.Timeout | undefined;
+  lastSyncMs = Number.NEGATIVE_INFINITY;
   /** Set once a takeover began: no more cycles are started for it. */
   takenOver = false;
 
@@ -332,9 +337,32 @@ export class TargetReplicator {
     tg.receiver.appended(last);
     tg.sessionSeq = last.seq;
     tg.queue(recs.map((x) => x.header));
+    this.makeDurable(tg);
+    this.maybePause(session, tg);
+  }
+
+  /**
+   * One journal sync at a time per group, started at most every TARGET_SYNC_INTERVAL_MS: it makes
+   * every record appended before it durable, then arrival learns of them, the source gets an ACK
+   * and the coordinator a kick. Back-to-back syncs would keep the disk in constant writeback.
+   */
+  private makeDurable(tg: TargetGroup): void {
+    if (tg.syncing || tg.syncTimer || tg.receiver.seqAppended <= tg.receiver.seqDurable) return;
+    const wait = tg.lastSyncMs + TARGET_SYNC_INTERVAL_MS - performance.now();
+    if (wait > 0) {
+      tg.syncTimer = setTimeout(() => {
+        tg.syncTimer = undefined;
+        this.makeDurable(tg);
+      }, wait);
+      return;
+    }
+    tg.syncing = true;
+    const upTo = tg.receiver.seqAppended;
     tg.journal.sync().then(
       () => {
-        tg.receiver.onDurable(last.seq);
+        tg.syncing = false;
+        tg.lastSyncMs = performance.now();
+        tg.receiver.onDurable(upTo);
         try {
           tg.feed(tg.receiver.seqDurable);
         } catch (e) {
@@ -344,13 +372,14 @@ export class TargetReplicator {
         }
         this.ack(tg);
         if (!tg.takenOver) tg.coordinator.kick();
+        this.makeDurable(tg);
       },
       (e) => {
+        tg.syncing = false;
         this.log('error', 'target journal sync failed', { group: tg.name, error: String(e) });
         tg.session?.close('target journal sync failed', true, 'RC_ERR_JOURNAL_IO');
       },
     );
-    this.maybePause(session, tg);
   }
 
   /** A data record must address a pair's volume within its size; markers carry no range. */
@@ -564,6 +593,7 @@ export class TargetReplicator {
   async close(): Promise<void> {
     for (const c of this.coordinators_.values()) await c.stop();
     for (const tg of this.groups.values()) {
+      clearTimeout(tg.syncTimer);
       tg.session?.close('node stopping', true, 'RC_ERR_SHUTDOWN');
       await tg.journal.close().catch(() => {});
     }
