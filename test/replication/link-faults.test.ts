@@ -141,15 +141,20 @@ test('a target killed in mid-stream resumes at its durable seq: no gap, nothing 
     }
     stop = true;
     assert.ok((await writing) > 0);
+    const logs = () =>
+      [...A.stderr, ...B.stderr]
+        .filter((l) => /"level":(40|50)/.test(l))
+        .slice(-20)
+        .join('\n');
     await waitFor(
       'the target to catch up',
       async () => {
         const s = await groupStatus(api, topo.secret, 'g');
         return s.seqApplied === s.seqWritten && s.seqWritten > 0 ? s : undefined;
       },
-      30_000,
-    );
-    assert.match(await verify(topo.file, 'g'), /verify g: OK/);
+      60_000,
+    ).catch((e: Error) => assert.fail(`${e.message}\n${logs()}`));
+    assert.match(await verify(topo.file, 'g'), /verify g: OK/, logs());
     assert.ok(
       !B.stderr.some((l) => /arrival refused|refused; nothing journalled/.test(l)),
       B.stderr.join('\n'),
