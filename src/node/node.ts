@@ -31,6 +31,7 @@ import { LinkServer } from './replication/link-server.js';
 import type { LinkTiming } from './replication/source.js';
 import { LINK_TIMING_DEFAULT, SourceReplicator } from './replication/source.js';
 import { TargetReplicator } from './replication/target.js';
+import { ZeroMap } from './replication/zero-map.js';
 import { applyToDevice, WritePath } from './write-path.js';
 
 /** Bytes of records one records request reads from the journal, at most. */
@@ -150,7 +151,15 @@ export class RemcopyNode {
       );
       node.redoRecords = redone;
       try {
-        node.target = await TargetReplicator.open(topo, cfg, groupState, devices, log);
+        // Volumes created by this start read as zero until written: the initial copy skips them.
+        const zeroMaps = new Map<string, ZeroMap>();
+        // (Not when the redo wrote anything: a journal may outlive a deleted volume file.)
+        for (const [name, dev] of devices) {
+          if (dev instanceof FileBlockDevice && dev.created && redone === 0) {
+            zeroMaps.set(name, new ZeroMap(dev.sizeBytes));
+          }
+        }
+        node.target = await TargetReplicator.open(topo, cfg, groupState, devices, log, zeroMaps);
         for (const v of volumes.values()) {
           if (v.role.kind === 'target') v.gate = node.target.gateOf(v.role.group);
         }
@@ -165,6 +174,7 @@ export class RemcopyNode {
           log,
           timing,
           onFenced: (g) => node.setGroupRole(g, 'fenced'),
+          zeroMaps,
         });
         onAppended = (recs, at) => node.source!.onAppended(recs, at);
         await node.listen();

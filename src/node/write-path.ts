@@ -148,12 +148,14 @@ export class WritePath {
     device: BlockDevice,
     offset: number,
     length: number,
+    knownZero: () => boolean = () => false,
   ): Promise<CopiedChunk> {
     assert(!this.closed, 'copyChunk on a closed write path');
     const ranges = this.inflightOf(device);
     while (ranges.overlaps(offset, offset + length)) await ranges.drain();
-    const data = device.readSync(offset, length);
-    const zero = isAllZero(data);
+    // knownZero is asked in the same synchronous step as the append: no write can slip between.
+    const data = knownZero() ? undefined : device.readSync(offset, length);
+    const zero = data === undefined || isAllZero(data);
     const snap = this.o.sequencer.snapshot();
     const header = this.headerOf({
       group,

@@ -45,6 +45,8 @@ export class FileBlockDevice implements BlockDevice {
     private readonly fd: number,
     readonly sizeBytes: number,
     readonly path: string,
+    /** The file did not exist and was created (all zeroes) by this open. */
+    readonly created: boolean,
   ) {}
 
   /**
@@ -54,8 +56,10 @@ export class FileBlockDevice implements BlockDevice {
   static open(path: string, sizeBytes: number): FileBlockDevice {
     assert(Number.isSafeInteger(sizeBytes) && sizeBytes > 0, 'volume size');
     let fd: number;
+    let created = false;
     try {
       fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+      created = true;
       fs.ftruncateSync(fd, sizeBytes);
       fs.fsyncSync(fd);
     } catch (e) {
@@ -70,7 +74,7 @@ export class FileBlockDevice implements BlockDevice {
         );
       }
     }
-    return new FileBlockDevice(fd, sizeBytes, path);
+    return new FileBlockDevice(fd, sizeBytes, path, created);
   }
 
   read(offset: number, length: number): Promise<Buffer> {

@@ -3,7 +3,8 @@
  * deterministic simulator of src/testing/sim/ (doc/simulator.md):
  * - many seeds (RC_SIM_SEEDS, default 500, from RC_SIM_SEED_BASE, default 1), each with a seeded
  *   network (delay, loss, duplication, reordering, partitions), seeded disks (lost unsynced writes,
- *   torn journal tails, lost volume writes) and crashes and restarts of both nodes; every checker
+ *   torn journal tails, lost unsynced volume writes, which the target's redo from its last
+ *   checkpoint up to the cut it planned last must restore) and crashes and restarts of both nodes; every checker
  *   runs on every seed (prefix consistency, dependent writes, monotonic cuts, convergence, no loss
  *   where promised, release after durable); a failure names its seed and the command replaying it;
  * - the faults do happen over those seeds (so a pass means something);
@@ -49,7 +50,9 @@ test(`simulator: seeds ${SEED_BASE}..${SEED_BASE + SEEDS - 1} with faults, every
   t.diagnostic(
     `${SEEDS} seeds: ${totals['writesIssued']} writes, ${totals['cutsChecked']} cuts checked, ` +
       `${totals['sourceCrashes']} source and ${totals['targetCrashes']} target crashes, ` +
-      `${totals['cyclesRedone']} cycles redone, ${totals['writesLost']} unsynced records lost, ` +
+      `${totals['checkpoints']} checkpoints, ${totals['cyclesRedone']} cycles redone ` +
+      `(${totals['recordsRedone']} records), ${totals['volumeWritesLost']} unsynced volume writes lost, ` +
+      `${totals['writesLost']} unsynced records lost, ` +
       `${totals['framesLost']} frames lost, ${totals['target: refused batch']} batches refused (gaps)`,
   );
   if (failures.length > 0) {
@@ -62,6 +65,9 @@ test(`simulator: seeds ${SEED_BASE}..${SEED_BASE + SEEDS - 1} with faults, every
       'sourceCrashes',
       'targetCrashes',
       'cyclesRedone',
+      'recordsRedone',
+      'checkpoints',
+      'volumeWritesLost',
       'writesLost',
       'flushes',
       'framesLost',

@@ -32,6 +32,7 @@ import type { Journal } from '../../storage/journal.js';
 import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
 import type { Log } from '../log.js';
 import { applyToDevice, isAllZero } from '../write-path.js';
+import type { ZeroMap } from './zero-map.js';
 
 /** Cycles start at most this often (see loop()). */
 export const CYCLE_MIN_MS = 20;
@@ -51,6 +52,8 @@ export interface ApplyGroup {
   readonly journal: Journal;
   /** Source volume name (as in the records) -> target device. */
   readonly devices: ReadonlyMap<string, BlockDevice>;
+  /** Source volume name -> what is known zero on its target device (volumes created now). */
+  readonly zeroMaps: ReadonlyMap<string, ZeroMap>;
   /** Called after a cycle raised the group's applied seq. */
   onApplied(seqApplied: Seq): void;
 }
@@ -220,12 +223,38 @@ export class ApplyCoordinator {
     this.kick();
     await this.idle();
     if (this.failure) throw this.failure;
-    await this.checkpoint();
+    await this.guarded(() => this.checkpoint());
+  }
+
+  /**
+   * Runs `f` as the coordinator's only activity: no cycle runs beside it (a kick meanwhile is
+   * remembered and runs after). A checkpoint beside a cycle could persist a checkpoint that
+   * unpins the cycle's cut, or release records the file still names.
+   */
+  private async guarded<T>(f: () => Promise<T>): Promise<T> {
+    while (this.running) await this.idle();
+    const p = f();
+    this.running = p
+      .then(
+        () => {},
+        () => {},
+      )
+      .finally(() => {
+        this.running = null;
+        if (this.again) {
+          this.again = false;
+          this.kick();
+        }
+      });
+    return p;
   }
 
   /** Removes a group from the set (it was taken over on its own): the others go on without it. */
-  async remove(group: string): Promise<{ seqApplied: Seq; cut: OrderKey | undefined }> {
-    await this.idle();
+  remove(group: string): Promise<{ seqApplied: Seq; cut: OrderKey | undefined }> {
+    return this.guarded(() => this.removeNow(group));
+  }
+
+  private async removeNow(group: string): Promise<{ seqApplied: Seq; cut: OrderKey | undefined }> {
     await this.checkpoint();
     const end = { seqApplied: this.seqApplied(group), cut: this.state.cutCompleted };
     this.groups = this.groups.filter((g) => g.name !== group);
@@ -247,7 +276,7 @@ export class ApplyCoordinator {
     await this.idle();
     clearTimeout(this.checkpointTimer);
     if (this.failure) return;
-    await this.checkpoint().catch((e) =>
+    await this.guarded(() => this.checkpoint()).catch((e) =>
       this.log('error', 'checkpoint at stop failed', { error: String(e) }),
     );
   }
@@ -292,23 +321,15 @@ export class ApplyCoordinator {
     if (this.stopped || this.checkpointTimer !== undefined) return;
     this.checkpointTimer = setTimeout(() => {
       this.checkpointTimer = undefined;
+      // A cycle running now checkpoints by itself when due.
       if (this.running || this.stopped) return;
-      this.running = this.checkpoint()
-        .catch((e) => {
-          this.failure = e as Error;
-          this.log('error', 'apply checkpoint failed: the target copy stays at its last durable cut', {
-            set: this.set,
-            error: String(e),
-          });
-        })
-        .finally(() => {
-          this.running = null;
-          // A kick that came during the checkpoint found it running: run the cycles it asked for.
-          if (this.again) {
-            this.again = false;
-            this.kick();
-          }
+      this.guarded(() => this.checkpoint()).catch((e) => {
+        this.failure = e as Error;
+        this.log('error', 'apply checkpoint failed: the target copy stays at its last durable cut', {
+          set: this.set,
+          error: String(e),
         });
+      });
     }, CHECKPOINT_MS);
     this.checkpointTimer.unref();
   }
@@ -379,8 +400,13 @@ export class ApplyCoordinator {
             `${g.name}: record ${h.seq} is for volume ${h.volume}, not a pair`,
           );
         }
-        if (h.kind === RecordKind.zero) zeroWhereNeeded(dev, h.offset, h.length);
-        else applyToDevice(dev, h.kind, h.offset, h.length, kindCarriesData(h.kind) ? payload : undefined);
+        const zeroMap = g.zeroMaps.get(h.volume);
+        if (h.kind === RecordKind.zero) {
+          if (zeroMap?.knownZero(h.offset, h.length) !== true) zeroWhereNeeded(dev, h.offset, h.length);
+        } else {
+          zeroMap?.touch(h.offset, h.length);
+          applyToDevice(dev, h.kind, h.offset, h.length, kindCarriesData(h.kind) ? payload : undefined);
+        }
         this.stats.recordsApplied++;
         this.stats.bytesApplied += h.length;
       }

@@ -30,6 +30,7 @@ import type { GroupConfig, NodeConfig, Topology } from '../config.js';
 import type { Log } from '../log.js';
 import type { WritePath } from '../write-path.js';
 import type { GroupStateStore } from './group-state.js';
+import type { ZeroMap } from './zero-map.js';
 
 export interface LinkTiming {
   readonly heartbeatMs: number;
@@ -395,6 +396,8 @@ export interface SourceOptions {
   readonly timing?: LinkTiming;
   /** The group was fenced by a higher epoch: make its volumes read-only. */
   readonly onFenced: (group: string) => void;
+  /** Volumes this process created (known zero until written): the initial copy need not read them. */
+  readonly zeroMaps?: ReadonlyMap<string, ZeroMap>;
 }
 
 export class SourceReplicator {
@@ -481,6 +484,7 @@ export class SourceReplicator {
   onAppended(records: readonly RecordHeader[], arrivedMs: number): void {
     const per = new Map<SourceGroup, { last: number; bytes: number }>();
     for (const h of records) {
+      this.o.zeroMaps?.get(h.volume)?.touch(h.offset, h.length);
       const g = this.groups.get(h.group);
       if (!g) continue;
       const e = per.get(g) ?? { last: 0, bytes: 0 };
@@ -585,7 +589,10 @@ export class SourceReplicator {
         }
         const len = Math.min(COPY_CHUNK_BYTES, device.sizeBytes - offset);
         try {
-          lastSeq = (await this.o.writePath.copyChunk(g.name, name, device, offset, len)).seq;
+          const zeroMap = this.o.zeroMaps?.get(name);
+          const at = offset;
+          const knownZero = (): boolean => zeroMap?.knownZero(at, len) === true;
+          lastSeq = (await this.o.writePath.copyChunk(g.name, name, device, offset, len, knownZero)).seq;
         } catch (e) {
           if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') {
             await sleep(20);

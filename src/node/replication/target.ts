@@ -29,6 +29,7 @@ import type { Log } from '../log.js';
 import type { ApplyGroup } from './apply.js';
 import { ApplyCoordinator, applyStateFile, loadApplyState } from './apply.js';
 import type { GroupStateStore } from './group-state.js';
+import type { ZeroMap } from './zero-map.js';
 
 /** Records held unapplied per group, at most (the arrival window). */
 const ARRIVAL_HELD_MAX = 1 << 20;
@@ -78,6 +79,7 @@ class TargetGroup implements ApplyGroup {
     readonly receiver: GroupReceiver,
     readonly arrival: GroupArrival,
     readonly devices: ReadonlyMap<string, BlockDevice>,
+    readonly zeroMaps: ReadonlyMap<string, ZeroMap>,
     readonly set: string,
     private readonly sendAck: (g: TargetGroup) => void,
   ) {}
@@ -115,6 +117,7 @@ export class TargetReplicator {
     private readonly cfg: NodeConfig,
     private readonly state: GroupStateStore,
     private readonly log: Log,
+    private readonly zeroMaps: ReadonlyMap<string, ZeroMap>,
   ) {}
 
   /** Opens every incoming group's journal, rebuilds arrival and redoes an interrupted cycle. */
@@ -124,8 +127,9 @@ export class TargetReplicator {
     state: GroupStateStore,
     devices: ReadonlyMap<string, BlockDevice>,
     log: Log,
+    zeroMaps: ReadonlyMap<string, ZeroMap> = new Map(),
   ): Promise<TargetReplicator> {
-    const t = new TargetReplicator(topo, cfg, state, log);
+    const t = new TargetReplicator(topo, cfg, state, log, zeroMaps);
     const mine = [...topo.groups.values()].filter(
       (g) => g.target === cfg.name && state.get(g.name).role !== 'promoted',
     );
@@ -204,8 +208,13 @@ export class TargetReplicator {
       keyLast,
     });
     const byVolume = new Map<string, BlockDevice>();
-    for (const [src, dst] of g.pairs) byVolume.set(src, devices.get(dst)!);
-    return new TargetGroup(g, journal, receiver, arrival, byVolume, set, (tg) => this.ack(tg));
+    const zeroMaps = new Map<string, ZeroMap>();
+    for (const [src, dst] of g.pairs) {
+      byVolume.set(src, devices.get(dst)!);
+      const z = this.zeroMaps.get(dst);
+      if (z) zeroMaps.set(src, z);
+    }
+    return new TargetGroup(g, journal, receiver, arrival, byVolume, zeroMaps, set, (tg) => this.ack(tg));
   }
 
   /** The gate readers of a target volume go through (undefined for a volume in no incoming group). */

@@ -9,7 +9,7 @@
  *   time is not above the cut's: "apply every record with time <= T", the comparison without the
  *   tie-breaker that DESIGN.md §3.1 warns about.
  * The other planted bugs are switches: release-before-durable, fua-before-sync and
- * tick-from-last-key in source.ts, cut-not-persisted in apply.ts.
+ * tick-from-last-key in source.ts, cut-not-persisted and checkpoint-without-plan in apply.ts.
  */
 import type { ArrivalView, GroupArrival, HeldRecord } from '../../core/arrival.js';
 import type { ApplyState, CyclePlan, GroupPlan, PlanLimits, PlanResult } from '../../core/apply-plan.js';

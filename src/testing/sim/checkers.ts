@@ -2,8 +2,9 @@
  * The invariants of TESTING.md, checked on every run against the source's full history
  * (history.ts). The simulator calls them at the moments they speak about:
  *
- *   a set's cycle completed (state durable)  --> prefix consistency, dependent writes, monotonic cuts
- *   the target restarted                     --> monotonic cuts (the persisted cut did not go back)
+ *   a set's cycle completed (in memory)      --> prefix consistency, dependent writes, monotonic cuts
+ *   the target restarted                     --> monotonic cuts (the persisted state pins a cut no
+ *                                                lower than the last one readers could have seen)
  *   the source releases journal records      --> release after durable (the target holds them)
  *   the source crashed                       --> no loss where promised (FUA / FLUSH)
  *   the liveness phase ended                 --> convergence
@@ -72,7 +73,11 @@ export class Checkers {
     if (n <= MESSAGES_PER_CHECKER_MAX) this.violations.push({ checker, atUs: this.nowUs(), message });
   }
 
-  /** A cycle of `set` completed at `cut`: its volumes must show the source exactly at the cut. */
+  /**
+   * A cycle of `set` completed at `cut`, in memory: readers of the target volumes see it from now
+   * on (nothing need be durable yet). Its volumes must show the source exactly at the cut, and the
+   * cut must not be below the last one readers could have seen, also across target restarts.
+   */
   onCutCompleted(set: SetSpec, cut: OrderKey, read: BlockReader): void {
     this.cutsChecked++;
     const last = this.lastCut.get(set.name);
@@ -85,12 +90,17 @@ export class Checkers {
     this.checkBank(set, cut, read);
   }
 
-  onTargetRestart(set: string, persisted: OrderKey | undefined): void {
+  /**
+   * The target restarted with `pinned`: the cut its persisted apply state makes it reach (the cut
+   * planned last, which the redo re-applies, else the checkpoint). Nothing lower may follow a cut
+   * readers saw before the crash.
+   */
+  onTargetRestart(set: string, pinned: OrderKey | undefined): void {
     const last = this.lastCut.get(set);
-    if (last !== undefined && (persisted === undefined || compareKeys(persisted, last) < 0)) {
+    if (last !== undefined && (pinned === undefined || compareKeys(pinned, last) < 0)) {
       this.report(
         'monotonic-cuts',
-        `${set}: restarted at cut ${fmtKey(persisted)}, had completed ${fmtKey(last)}`,
+        `${set}: restarted with cut ${fmtKey(pinned)} pinned, readers had seen ${fmtKey(last)}`,
       );
     }
   }

@@ -23,7 +23,10 @@ export const ACCOUNT_OPENING_BALANCE = 100;
  * - release-before-durable: the source releases journal records when it sends them, not when the
  *   target reports them durable.
  * - fua-before-sync: the source acknowledges a FUA write before the journal sync that covers it.
- * - cut-not-persisted: the target completes a cycle without persisting the completed cut.
+ * - cut-not-persisted: a target checkpoint releases the records without persisting itself (the
+ *   state file keeps the previous checkpoint).
+ * - checkpoint-without-plan: a target cycle persists only the last checkpoint, not its cutPlanned,
+ *   before applying (nothing pins the cut readers saw until the next checkpoint).
  * - tick-from-last-key: the source ticks when a group has nothing appended left to send, with the
  *   group's seqSent and Sequencer.lastKey() (the latest key assigned, durable or not).
  */
@@ -34,6 +37,7 @@ export const BUG_NAMES = [
   'fua-before-sync',
   'cut-not-persisted',
   'tick-from-last-key',
+  'checkpoint-without-plan',
 ] as const;
 export type BugName = (typeof BUG_NAMES)[number];
 
@@ -96,6 +100,19 @@ export interface DiskConfig {
   readonly dirtySurvivesChance: number;
 }
 
+/**
+ * When the target makes its cuts durable (src/node/replication/apply.ts: every 500 ms while cycles
+ * run, 500 ms after the last one, when a target journal is over 25% full).
+ */
+export interface CheckpointConfig {
+  /** After a cycle, a checkpoint when the last one is at least this old (0: after every cycle). */
+  readonly everyUs: number;
+  /** When no cycle could be planned, a checkpoint this much later (unless one runs then). */
+  readonly idleUs: number;
+  /** After a cycle, a checkpoint when a group's target journal holds more records (none: no limit). */
+  readonly journalRecordsMax: number | undefined;
+}
+
 export interface WorkloadConfig {
   readonly hosts: number;
   readonly writesMax: number;
@@ -136,6 +153,7 @@ export interface SimConfig {
   /** planCycle's PlanLimits.recordsPerGroupMax: caps how far one cycle goes (none: no cap). */
   readonly applyRecordsPerGroupMax: number | undefined;
   readonly applyStepUs: readonly [number, number];
+  readonly checkpoint: CheckpointConfig;
   /** Faults and writes happen in [0, safetyUs); then the liveness phase, at most livenessUs. */
   readonly safetyUs: number;
   readonly livenessUs: number;
@@ -192,6 +210,12 @@ export function configFor(rng: Rng): SimConfig {
     applyStepUs: [0, rng.int(100, 2000)],
     safetyUs,
     livenessUs: 20_000 * MS,
+    // Drawn last: the draws above keep the values they had before checkpoints were modelled.
+    checkpoint: {
+      everyUs: rng.pick([0, 20, 100, 500]) * MS,
+      idleUs: rng.pick([1, 20, 100, 500]) * MS,
+      journalRecordsMax: rng.pick([undefined, undefined, 8, 64]),
+    },
   };
 }
 

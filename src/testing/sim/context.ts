@@ -23,6 +23,12 @@ export interface SimStats {
   ticksSent: number;
   cycles: number;
   cyclesRedone: number;
+  /** Records re-applied by redo cycles (those after the checkpoint, up to the cut planned). */
+  recordsRedone: number;
+  /** Target checkpoints: volumes synced, the completed cut persisted, records released. */
+  checkpoints: number;
+  /** Unsynced target volume block writes a crash lost. */
+  volumeWritesLost: number;
 }
 
 export const newStats = (): SimStats => ({
@@ -37,6 +43,9 @@ export const newStats = (): SimStats => ({
   ticksSent: 0,
   cycles: 0,
   cyclesRedone: 0,
+  recordsRedone: 0,
+  checkpoints: 0,
+  volumeWritesLost: 0,
 });
 
 export function countDrop(stats: SimStats, reason: string): void {

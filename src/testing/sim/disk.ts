@@ -270,10 +270,15 @@ export class SimVolumes {
     });
   }
 
-  /** Power loss: each unsynced block write survives with chance `survives`. */
-  crash(survives: number): void {
+  /** Power loss: each unsynced block write survives with chance `survives`. Returns how many were lost. */
+  crash(survives: number): number {
     this.generation++;
-    for (const [k, v] of this.dirty) if (this.rng.chance(survives)) this.durable.set(k, v);
+    let lost = 0;
+    for (const [k, v] of this.dirty) {
+      if (this.rng.chance(survives)) this.durable.set(k, v);
+      else if (this.durable.get(k) !== v) lost++;
+    }
     this.dirty = new Map();
+    return lost;
   }
 }

@@ -65,7 +65,7 @@ export class TargetDisk implements ApplyDisk {
 
   crash(): void {
     for (const j of this.journals.values()) j.crash(this.ctx.cfg.disk.tornChance);
-    this.volumes.crash(this.ctx.cfg.disk.dirtySurvivesChance);
+    this.ctx.stats.volumeWritesLost += this.volumes.crash(this.ctx.cfg.disk.dirtySurvivesChance);
   }
 }
 
