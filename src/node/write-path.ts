@@ -69,7 +69,13 @@ export interface WritePathOptions {
    * Called after records were appended (the replication sender wakes up and notes the batch for
    * lag figures); `arrivedMs` is when the batch's oldest write arrived (nowMs clock).
    */
-  readonly onAppended?: (records: readonly RecordHeader[], arrivedMs: number) => void;
+  readonly onAppended?: (records: readonly AppendedRecord[], arrivedMs: number) => void;
+}
+
+/** A record just appended; `payload` is the caller's buffer, valid only during the call. */
+export interface AppendedRecord {
+  readonly header: RecordHeader;
+  readonly payload?: Buffer | undefined;
 }
 
 /** What copyChunk journalled: a copy record with the bytes, or a zero record for a zero range. */
@@ -172,7 +178,7 @@ export class WritePath {
       throw e;
     }
     this.stats.recordsAppended++;
-    this.o.onAppended?.([header], this.o.nowMs());
+    this.o.onAppended?.([{ header, payload: zero ? undefined : data }], this.o.nowMs());
     return { seq: header.seq, zero };
   }
 
@@ -248,10 +254,7 @@ export class WritePath {
     }
     this.stats.batches++;
     this.applyAndAck(batch);
-    this.o.onAppended?.(
-      records.map((r) => r.header),
-      batch[0]!.arrivedMs,
-    );
+    this.o.onAppended?.(records, batch[0]!.arrivedMs);
     return batch.length;
   }
 
@@ -271,7 +274,7 @@ export class WritePath {
         continue;
       }
       this.applyAndAck([p]);
-      this.o.onAppended?.([header], p.arrivedMs);
+      this.o.onAppended?.([{ header, payload: p.payload }], p.arrivedMs);
     }
     this.stats.batches++;
     return i;

@@ -32,6 +32,7 @@ import type { Journal } from '../../storage/journal.js';
 import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
 import type { Log } from '../log.js';
 import { applyToDevice, isAllZero } from '../write-path.js';
+import type { KeptRecord, RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
 
 /** Cycles start at most this often (see loop()). */
@@ -54,6 +55,8 @@ export interface ApplyGroup {
   readonly devices: ReadonlyMap<string, BlockDevice>;
   /** Source volume name -> what is known zero on its target device (volumes created now). */
   readonly zeroMaps: ReadonlyMap<string, ZeroMap>;
+  /** Records received since the last apply, kept to apply without reading the journal. */
+  readonly recent: RecentRecords;
   /** Called after a cycle raised the group's applied seq. */
   onApplied(seqApplied: Seq): void;
 }
@@ -382,7 +385,8 @@ export class ApplyCoordinator {
     const g = this.groups.find((x) => x.name === gp.group)!;
     let next: number = gp.seqFirst;
     while (next <= gp.seqLast) {
-      const recs = g.journal.readRetained(g.name, seq(next), APPLY_READ_BYTES);
+      let recs: readonly KeptRecord[] = g.recent.take(seq(next), gp.seqLast, APPLY_READ_BYTES, Infinity);
+      if (recs.length === 0) recs = g.journal.readRetained(g.name, seq(next), APPLY_READ_BYTES);
       if (recs.length === 0) {
         throw new RemcopyError(
           'RC_ERR_JOURNAL_IO',
@@ -420,6 +424,7 @@ export class ApplyCoordinator {
       if (gp.seqLast < gp.seqFirst) continue;
       const g = this.groups.find((x) => x.name === gp.group)!;
       this.keyApplied.set(gp.group, g.arrival.heldAt(gp.seqLast)!.key);
+      g.recent.dropUpTo(gp.seqLast);
       g.onApplied(gp.seqLast);
     }
   }

@@ -19,7 +19,7 @@ import * as tls from 'node:tls';
 import { RemcopyError } from '../../core/errors.js';
 import type { Sequencer } from '../../core/sequencer.js';
 import { GroupSender, SENDER_LIMITS_DEFAULT } from '../../core/sender.js';
-import type { OrderKey, RecordHeader, Seq } from '../../core/types.js';
+import type { OrderKey, Seq } from '../../core/types.js';
 import { kindCarriesData, seq } from '../../core/types.js';
 import type { Frame } from '../../link/frames.js';
 import { FrameType, LINK_BATCH_RECORDS_MAX } from '../../link/frames.js';
@@ -29,7 +29,9 @@ import type { Journal } from '../../storage/journal.js';
 import type { GroupConfig, NodeConfig, Topology } from '../config.js';
 import type { Log } from '../log.js';
 import type { WritePath } from '../write-path.js';
+import type { AppendedRecord } from '../write-path.js';
 import type { GroupStateStore } from './group-state.js';
+import { RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
 
 export interface LinkTiming {
@@ -60,6 +62,8 @@ const SHIP_SYNC_INTERVAL_MS = Number(process.env.REMCOPY_SHIP_SYNC_MS ?? 10);
 const RELEASE_DELAY_MS = 1000;
 const RELEASE_URGENT_DELAY_MS = 20;
 const RELEASE_URGENT_FRACTION = 0.25;
+/** Bytes of records per group kept in memory for shipping (see recent.ts). */
+const SHIP_CACHE_BYTES = 64 * 1024 * 1024;
 /** Initial copy: bytes per copy record. */
 export const COPY_CHUNK_BYTES = 1024 * 1024;
 /** Initial copy waits while the journal is fuller than this fraction (host writes come first). */
@@ -106,6 +110,8 @@ class SourceGroup {
   releaseTimer: NodeJS.Timeout | undefined;
   releasing: Promise<void> | undefined;
   lastError: string | undefined;
+  /** Records appended and not yet acknowledged, kept to ship without reading the journal. */
+  readonly recent = new RecentRecords(SHIP_CACHE_BYTES);
 
   constructor(
     readonly cfg: GroupConfig,
@@ -306,7 +312,10 @@ class TargetPeer {
           return;
         }
         g.noteApplied(f.appliedSeq);
-        if (r.advanced) this.owner.scheduleRelease(g);
+        if (r.advanced) {
+          g.recent.dropUpTo(g.sender.seqAcked);
+          this.owner.scheduleRelease(g);
+        }
         this.pump();
         return;
       }
@@ -343,10 +352,13 @@ class TargetPeer {
           }
           const w = g.sender.want({ seqReleased: j.releasedSeq(g.name), seqLast: seq(g.seqDurable) });
           if (!w) break;
-          const recs = j
-            .readRetained(g.name, w.fromSeq, w.maxBytes)
-            .filter((r) => r.header.seq <= g.seqDurable)
-            .slice(0, LINK_BATCH_RECORDS_MAX);
+          let recs = g.recent.take(w.fromSeq, g.seqDurable, w.maxBytes, LINK_BATCH_RECORDS_MAX);
+          if (recs.length === 0) {
+            recs = j
+              .readRetained(g.name, w.fromSeq, w.maxBytes)
+              .filter((r) => r.header.seq <= g.seqDurable)
+              .slice(0, LINK_BATCH_RECORDS_MAX);
+          }
           if (recs.length === 0) break;
           s.send({ type: FrameType.records, group: g.name, epoch: g.sender.epoch, records: recs });
           let bytes = 0;
@@ -481,12 +493,14 @@ export class SourceReplicator {
   }
 
   /** The write path appended records: note them and get them durable, then ship them. */
-  onAppended(records: readonly RecordHeader[], arrivedMs: number): void {
+  onAppended(records: readonly AppendedRecord[], arrivedMs: number): void {
     const per = new Map<SourceGroup, { last: number; bytes: number }>();
-    for (const h of records) {
+    for (const { header: h, payload } of records) {
       this.o.zeroMaps?.get(h.volume)?.touch(h.offset, h.length);
       const g = this.groups.get(h.group);
       if (!g) continue;
+      // Kept for shipping; a copy, as the front end may reuse its buffer once the write is answered.
+      g.recent.add(h, payload === undefined ? undefined : Buffer.from(payload));
       const e = per.get(g) ?? { last: 0, bytes: 0 };
       e.last = h.seq;
       if (kindCarriesData(h.kind)) e.bytes += h.length;

@@ -29,10 +29,13 @@ import type { Log } from '../log.js';
 import type { ApplyGroup } from './apply.js';
 import { ApplyCoordinator, applyStateFile, loadApplyState } from './apply.js';
 import type { GroupStateStore } from './group-state.js';
+import { RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
 
 /** Records held unapplied per group, at most (the arrival window). */
 const ARRIVAL_HELD_MAX = 1 << 20;
+/** Bytes of received records per group kept in memory until applied (see recent.ts). */
+const APPLY_CACHE_BYTES = 64 * 1024 * 1024;
 /** Journal syncs of an incoming group start at most this often (see makeDurable). */
 const TARGET_SYNC_INTERVAL_MS = 5;
 /** Stop reading a session while a target journal is fuller than this fraction. */
@@ -61,6 +64,7 @@ class TargetGroup implements ApplyGroup {
   private unfed: RecordHeader[] = [];
   coordinator!: ApplyCoordinator;
   refusedFrames = 0;
+  readonly recent = new RecentRecords(APPLY_CACHE_BYTES);
   /**
    * Highest seq the current session carried or resumed from: an ACK never reports more, since a
    * sync begun in an earlier session can complete after this session's RESUME, and the source
@@ -342,6 +346,7 @@ export class TargetReplicator {
       );
       return;
     }
+    for (const r of recs) tg.recent.add(r.header, r.payload);
     const last = recs[recs.length - 1]!.header;
     tg.receiver.appended(last);
     tg.sessionSeq = last.seq;
