@@ -13,3 +13,19 @@ export function mulberry32(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** Runs `run` for each seed from `base`; a failure names its seed and the command that replays it. */
+export function forEachSeed(
+  base: number,
+  count: number,
+  replay: (seed: number) => string,
+  run: (seed: number) => void,
+): void {
+  for (let seed = base; seed < base + count; seed++) {
+    try {
+      run(seed);
+    } catch (e) {
+      throw new Error(`seed ${seed} failed; replay: ${replay(seed)}\n${String(e)}`, { cause: e });
+    }
+  }
+}

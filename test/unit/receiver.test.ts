@@ -26,7 +26,7 @@ import {
   seq,
   timeUs,
 } from '../../src/core/types.js';
-import { mulberry32 } from '../../src/testing/random.js';
+import { forEachSeed, mulberry32 } from '../../src/testing/random.js';
 
 const NODE = nodeIdFromNumber(7);
 
@@ -504,13 +504,7 @@ const SEEDS = seedEnv !== undefined ? 1 : 300;
 
 test(`property: the journal is always the source history's prefix (seeds ${SEED_BASE}..${SEED_BASE + SEEDS - 1})`, (t) => {
   const stats: RunStats = { appends: 0, duplicates: 0, gaps: 0, keyErrors: 0, foreign: 0, stale: 0 };
-  for (let seed = SEED_BASE; seed < SEED_BASE + SEEDS; seed++) {
-    try {
-      runSeed(seed, stats);
-    } catch (e) {
-      throw new Error(`seed ${seed} failed; replay: ${REPLAY(seed)}\n${String(e)}`, { cause: e });
-    }
-  }
+  forEachSeed(SEED_BASE, SEEDS, REPLAY, (seed) => runSeed(seed, stats));
   t.diagnostic(JSON.stringify(stats));
   if (seedEnv === undefined) {
     for (const [k, v] of Object.entries(stats))
