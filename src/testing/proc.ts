@@ -100,6 +100,11 @@ export interface NodeProcess {
   kill9(): Promise<void>;
 }
 
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
 /** Start `remcopy node` and wait for its ready line; rejects with its stderr if it exits first. */
 export function startNodeProcess(configFile: string, node: string, timeoutMs = 15000): Promise<NodeProcess> {
   const child = spawn(process.execPath, [CLI_MAIN, 'node', '--config', configFile, '--node', node], {
@@ -107,6 +112,10 @@ export function startNodeProcess(configFile: string, node: string, timeoutMs = 1
   });
   const stderr: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (l) => stderr.push(l));
+  // A test that fails half-way must not leave nodes running after its file's process ends.
+  live.add(child);
+  child.on('exit', () => live.delete(child));
+
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on('exit', (code, signal) => resolve({ code, signal })),
   );
