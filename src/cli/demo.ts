@@ -51,14 +51,14 @@ nodes:
     native: 127.0.0.1:${port + 3}
     writeTime: host-last
     volumes: { debits: 64MiB, credits: 64MiB }
-    journal: { size: 256MiB }
+    journal: { size: 1GiB }
   siteB:
     dataDir: ./siteB
     nbd: 127.0.0.1:${port + 10}
     link: 127.0.0.1:${port + 11}
     api: 127.0.0.1:${port + 12}
     volumes: { debits: 64MiB, credits: 64MiB }
-    journal: { size: 256MiB }
+    journal: { size: 1GiB }
 groups:
   g-debits:  { source: siteA, target: siteB, pairs: { debits: debits } }
   g-credits: { source: siteA, target: siteB, pairs: { credits: credits } }
