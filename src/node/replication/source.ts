@@ -320,7 +320,18 @@ class TargetPeer {
         return;
       }
       case FrameType.epoch:
-        if (g.sender.onEpoch(f.epoch)) void this.owner.fence(g, f.epoch, this.target.name);
+        if (g.sender.onEpoch(f.epoch)) {
+          this.owner.fence(g, f.epoch, this.target.name).catch((e) =>
+            this.owner.log(
+              'error',
+              'cannot persist the fencing epoch; volumes stay read-only until restart',
+              {
+                group: g.name,
+                error: String(e),
+              },
+            ),
+          );
+        }
         return;
       default:
         s.close(`unexpected frame type ${f.type} from a target`);
@@ -334,7 +345,13 @@ class TargetPeer {
       return;
     }
     this.pumping = true;
-    void this.pumpLoop().finally(() => (this.pumping = false));
+    this.pumpLoop()
+      .catch((e) => {
+        // A journal read failed: drop the session; the next one resumes from the target's word.
+        this.owner.log('error', 'sending records failed', { target: this.target.name, error: String(e) });
+        this.session?.close(`source cannot read its journal: ${String(e)}`, true, 'RC_ERR_JOURNAL_IO');
+      })
+      .finally(() => (this.pumping = false));
   }
 
   private async pumpLoop(): Promise<void> {

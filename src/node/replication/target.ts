@@ -435,16 +435,18 @@ export class TargetReplicator {
     if (!tg) return;
     const cur = this.state.get(f.group).copy;
     if (cur && cur.state === f.state && cur.copyEndSeq === f.copyEndSeq) return;
-    void this.state.update(f.group, {
-      copy: {
-        state: f.state,
-        pairIndex: 0,
-        offset: 0,
-        copyEndSeq: f.copyEndSeq,
-        bytesDone: 0,
-        bytesTotal: 0,
-      },
-    });
+    this.state
+      .update(f.group, {
+        copy: {
+          state: f.state,
+          pairIndex: 0,
+          offset: 0,
+          copyEndSeq: f.copyEndSeq,
+          bytesDone: 0,
+          bytesTotal: 0,
+        },
+      })
+      .catch((e) => this.log('error', 'cannot persist the pair state', { group: f.group, error: String(e) }));
   }
 
   private ack(tg: TargetGroup): void {
