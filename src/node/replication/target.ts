@@ -115,6 +115,7 @@ export class TargetReplicator {
   private readonly groups = new Map<string, TargetGroup>();
   private readonly coordinators_ = new Map<string, ApplyCoordinator>();
   private readonly paused = new Set<LinkSession>();
+  private closing = false;
 
   private constructor(
     private readonly topo: Topology,
@@ -361,7 +362,15 @@ export class TargetReplicator {
    * and the coordinator a kick. Back-to-back syncs would keep the disk in constant writeback.
    */
   private makeDurable(tg: TargetGroup): void {
-    if (tg.syncing || tg.syncTimer || tg.receiver.seqAppended <= tg.receiver.seqDurable) return;
+    // A group taken over has its journal closed: nothing more to make durable.
+    if (
+      this.closing ||
+      tg.takenOver ||
+      tg.syncing ||
+      tg.syncTimer ||
+      tg.receiver.seqAppended <= tg.receiver.seqDurable
+    )
+      return;
     const wait = tg.lastSyncMs + TARGET_SYNC_INTERVAL_MS - performance.now();
     if (wait > 0) {
       tg.syncTimer = setTimeout(() => {
@@ -582,6 +591,8 @@ export class TargetReplicator {
     }
     for (const tg of tgs) {
       tg.takenOver = true;
+      clearTimeout(tg.syncTimer);
+      tg.syncTimer = undefined;
       tg.session?.close('takeover at the target', true, 'RC_ERR_FENCED');
       tg.session = undefined;
       this.groups.delete(tg.name);
@@ -607,6 +618,7 @@ export class TargetReplicator {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     for (const c of this.coordinators_.values()) await c.stop();
     for (const tg of this.groups.values()) {
       clearTimeout(tg.syncTimer);
