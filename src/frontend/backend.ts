@@ -31,6 +31,13 @@ export interface Extent {
   readonly flags: number;
 }
 
+/** Appends a run to a BLOCK_STATUS answer, merging it into the last extent when the flags match. */
+export function appendExtent(extents: Extent[], length: number, flags: number): void {
+  const last = extents[extents.length - 1];
+  if (last && last.flags === flags) extents[extents.length - 1] = { length: last.length + length, flags };
+  else extents.push({ length, flags });
+}
+
 export interface WriteOptions {
   /** Durable before the promise resolves. */
   readonly fua?: boolean;

@@ -11,8 +11,8 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { RemcopyError } from '../core/errors.js';
 import { Sequencer } from '../core/sequencer.js';
-import type { Seq, TimeUs } from '../core/types.js';
-import { kindCarriesData, RecordKind, recordKindName, timeUs } from '../core/types.js';
+import type { Seq } from '../core/types.js';
+import { kindCarriesData, RecordKind, recordKindName } from '../core/types.js';
 import type { ExportCatalog } from '../frontend/backend.js';
 import { NativeServer } from '../frontend/native/server.js';
 import { NbdServer } from '../frontend/nbd/server.js';
@@ -33,6 +33,7 @@ import { LINK_TIMING_DEFAULT, SourceReplicator } from './replication/source.js';
 import { TargetReplicator } from './replication/target.js';
 import { ZeroMap } from './replication/zero-map.js';
 import { applyToDevice, WritePath } from './write-path.js';
+import { nowUs } from './clock.js';
 
 /** Bytes of records one records request reads from the journal, at most. */
 const RECORD_HEADERS_READ_BYTES_MAX = 8 * 1024 * 1024;
@@ -47,10 +48,6 @@ export interface NodePorts {
 export interface NodeStartOptions {
   /** Link heartbeat, timeout and reconnect timing (tests shorten them). */
   readonly timing?: LinkTiming;
-}
-
-export function nowUs(): TimeUs {
-  return timeUs(Math.floor((performance.timeOrigin + performance.now()) * 1000));
 }
 
 export class RemcopyNode {

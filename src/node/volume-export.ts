@@ -5,8 +5,9 @@
  */
 import { RecordKind } from '../core/types.js';
 import type { Extent, VolumeExport, WriteOptions, ZeroOptions } from '../frontend/backend.js';
-import { BackendError } from '../frontend/backend.js';
+import { appendExtent, BackendError } from '../frontend/backend.js';
 import type { BlockDevice } from '../storage/blockdev.js';
+import { isZero } from '../storage/zeroes.js';
 import type { WritePath } from './write-path.js';
 
 /**
@@ -106,11 +107,7 @@ export class NodeVolume implements VolumeExport {
     const extents: Extent[] = [];
     for (let at = 0; at < scan;) {
       const end = Math.min(scan, at + BLOCK_STATUS_GRAIN_BYTES - ((offset + at) % BLOCK_STATUS_GRAIN_BYTES));
-      const flags = isZero(buf, at, end) ? STATE_ZERO : 0;
-      const last = extents[extents.length - 1];
-      if (last && last.flags === flags)
-        extents[extents.length - 1] = { length: last.length + end - at, flags };
-      else extents.push({ length: end - at, flags });
+      appendExtent(extents, end - at, isZero(buf, at, end) ? STATE_ZERO : 0);
       at = end;
     }
     return extents;
@@ -169,11 +166,4 @@ export class NodeVolume implements VolumeExport {
     }
     return undefined;
   }
-}
-
-function isZero(buf: Buffer, from: number, to: number): boolean {
-  let i = from;
-  for (; i + 8 <= to; i += 8) if (buf.readBigUInt64LE(i) !== 0n) return false;
-  for (; i < to; i++) if (buf[i] !== 0) return false;
-  return true;
 }

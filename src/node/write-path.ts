@@ -26,6 +26,7 @@ import type { RecordHeader, RecordKind, Seq, TimeUs } from '../core/types.js';
 import { byteOffset, RecordKind as Kind } from '../core/types.js';
 import { BackendError } from '../frontend/backend.js';
 import type { BlockDevice } from '../storage/blockdev.js';
+import { isZero } from '../storage/zeroes.js';
 
 /** What the write path needs of a journal (src/storage/journal.ts implements it). */
 export interface JournalPort {
@@ -161,7 +162,7 @@ export class WritePath {
     while (ranges.overlaps(offset, offset + length)) await ranges.drain();
     // knownZero is asked in the same synchronous step as the append: no write can slip between.
     const data = knownZero() ? undefined : device.readSync(offset, length);
-    const zero = data === undefined || isAllZero(data);
+    const zero = data === undefined || isZero(data);
     const snap = this.o.sequencer.snapshot();
     const header = this.headerOf({
       group,
@@ -471,15 +472,4 @@ export function applyToDevice(
   } else if (kind === Kind.zero) {
     device.zeroSync(offset, length);
   }
-}
-
-const ZEROES = Buffer.alloc(64 * 1024);
-
-/** Compares against a zero buffer slice by slice (native memcmp, not a JS loop). */
-export function isAllZero(b: Buffer): boolean {
-  for (let at = 0; at < b.length; at += ZEROES.length) {
-    const n = Math.min(ZEROES.length, b.length - at);
-    if (!b.subarray(at, at + n).equals(ZEROES.subarray(0, n))) return false;
-  }
-  return true;
 }

@@ -35,6 +35,7 @@ import * as path from 'node:path';
 import { RemcopyError } from '../core/errors.js';
 import type { RecordHeader } from '../core/types.js';
 import { decodeRecord, RECORD_MAGIC_BYTES } from './record.js';
+import { isZero } from './zeroes.js';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
 
@@ -121,7 +122,7 @@ export function recoverSegments(
       segments.push({ no, size: pos });
       continue;
     }
-    if (i < nos.length - 1 && isAllZero(buf, pos)) {
+    if (i < nos.length - 1 && isZero(buf, pos)) {
       trimZeroTail(file, pos);
       segments.push({ no, size: pos });
       continue;
@@ -192,14 +193,14 @@ function dropTornTail(
 ): number {
   const file = path.join(dir, segmentFileName(nos[0]!));
   let dropped = buf.length - pos;
-  let allZero = isAllZero(buf, pos);
+  let allZero = isZero(buf, pos);
   const deleted: string[] = [];
   try {
     for (const no of nos.slice(1)) {
       const later = path.join(dir, segmentFileName(no));
       const b = readSegment(later);
       dropped += b.length;
-      allZero &&= isAllZero(b, 0);
+      allZero &&= isZero(b);
       fs.unlinkSync(later);
       deleted.push(later);
     }
@@ -234,9 +235,4 @@ function trimZeroTail(file: string, size: number): void {
       `${file}: cannot trim the unused tail: ${(e as Error).message}`,
     );
   }
-}
-
-function isAllZero(buf: Buffer, from: number): boolean {
-  for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
-  return true;
 }

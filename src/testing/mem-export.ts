@@ -7,7 +7,7 @@
  * let tests see what reached the backend.
  */
 import type { ExportCatalog, Extent, VolumeExport, WriteOptions, ZeroOptions } from '../frontend/backend.js';
-import { BackendError } from '../frontend/backend.js';
+import { appendExtent, BackendError } from '../frontend/backend.js';
 
 export interface MemExportOptions {
   readonly name: string;
@@ -86,11 +86,7 @@ export class MemExport implements VolumeExport {
     for (let at = offset; at < end;) {
       const block = Math.floor(at / MEM_BLOCK_BYTES);
       const next = Math.min(end, (block + 1) * MEM_BLOCK_BYTES);
-      const flags = STATE_FLAGS[this.blocks[block] ?? BLOCK_DATA] ?? 0;
-      const last = extents[extents.length - 1];
-      if (last && last.flags === flags)
-        extents[extents.length - 1] = { length: last.length + next - at, flags };
-      else extents.push({ length: next - at, flags });
+      appendExtent(extents, next - at, STATE_FLAGS[this.blocks[block] ?? BLOCK_DATA] ?? 0);
       at = next;
     }
     return extents;

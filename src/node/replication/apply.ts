@@ -19,6 +19,7 @@
  * ever see a completed cut. Syncing the volumes at checkpoints rather than every cycle keeps the
  * disk from constant writeback, which slows every other writer on it several times over.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import * as z from 'zod';
 import { join } from 'node:path';
 import type { ApplyState, CyclePlan, GroupPlan } from '../../core/apply-plan.js';
@@ -31,7 +32,8 @@ import type { BlockDevice } from '../../storage/blockdev.js';
 import type { Journal } from '../../storage/journal.js';
 import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
 import type { Log } from '../log.js';
-import { applyToDevice, isAllZero } from '../write-path.js';
+import { isZero } from '../../storage/zeroes.js';
+import { applyToDevice } from '../write-path.js';
 import type { KeptRecord, RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
 
@@ -346,7 +348,7 @@ export class ApplyCoordinator {
           // Cycles start at most every CYCLE_MIN_MS: each costs a durable write of the state file,
           // and a longer cycle carries more records for the same cost.
           const wait = this.lastCycleStartMs + CYCLE_MIN_MS - performance.now();
-          if (wait > 0 && !this.stopped) await new Promise((r) => setTimeout(r, wait));
+          if (wait > 0 && !this.stopped) await sleep(wait);
         }
       } while (this.again && !this.stopped);
       this.scheduleCheckpoint();
@@ -451,6 +453,6 @@ const ZERO_CHECK_BYTES = 1024 * 1024;
 function zeroWhereNeeded(dev: BlockDevice, offset: number, length: number): void {
   for (let at = offset; at < offset + length; at += ZERO_CHECK_BYTES) {
     const n = Math.min(ZERO_CHECK_BYTES, offset + length - at);
-    if (!isAllZero(dev.readSync(at, n))) dev.zeroSync(at, n);
+    if (!isZero(dev.readSync(at, n))) dev.zeroSync(at, n);
   }
 }

@@ -24,8 +24,12 @@ const groupSchema = z.object({
   epoch: z.number().int().min(1).max(0xffffffff),
   role: z.enum(['promoted', 'fenced']).optional(),
   reason: z.string().optional(),
-  /** On a source: the initial copy. On a target: the source's last PAIR_STATE. */
+  /** On a source: the initial copy. */
   copy: copySchema.optional(),
+  /** On a target: the source's last PAIR_STATE. */
+  announced: z
+    .object({ state: z.enum(['copy', 'pair']), copyEndSeq: z.number().int().nonnegative() })
+    .optional(),
 });
 
 const fileSchema = z.object({ version: z.literal(1), groups: z.record(z.string(), groupSchema) });

@@ -10,6 +10,7 @@ import * as tls from 'node:tls';
 import type { Frame } from '../../link/frames.js';
 import { LinkSession } from '../../link/session.js';
 import type { NodeConfig, Topology } from '../config.js';
+import { nowUs } from '../clock.js';
 import type { Log } from '../log.js';
 import type { LinkTiming } from './source.js';
 import type { TargetReplicator } from './target.js';
@@ -57,7 +58,7 @@ export class LinkServer {
         heartbeatMs: this.timing.heartbeatMs,
         timeoutMs: this.timing.timeoutMs,
         log: this.log,
-        nowUs: () => Math.floor((performance.timeOrigin + performance.now()) * 1000),
+        nowUs,
       },
       {
         ready: (s) => this.target.attach(s),

@@ -14,6 +14,7 @@
  * back must never reach a target, or the seq would be reused for a different write.
  */
 import * as fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { RemcopyError } from '../../core/errors.js';
@@ -27,6 +28,7 @@ import { LinkSession } from '../../link/session.js';
 import type { BlockDevice } from '../../storage/blockdev.js';
 import type { Journal } from '../../storage/journal.js';
 import type { GroupConfig, NodeConfig, Topology } from '../config.js';
+import { nowUs } from '../clock.js';
 import type { Log } from '../log.js';
 import type { WritePath } from '../write-path.js';
 import type { AppendedRecord } from '../write-path.js';
@@ -212,7 +214,7 @@ class TargetPeer {
           heartbeatMs: o.timing.heartbeatMs,
           timeoutMs: o.timing.timeoutMs,
           log: o.log,
-          nowUs: () => Math.floor((performance.timeOrigin + performance.now()) * 1000),
+          nowUs,
         },
         {
           ready: (s) => this.onReady(s),
@@ -758,8 +760,4 @@ export class SourceReplicator {
     await Promise.all(this.copies.map((c) => c.catch(() => {})));
     await Promise.all([...this.groups.values()].map((g) => g.releasing));
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

@@ -25,6 +25,7 @@ import type { LinkSession } from '../../link/session.js';
 import type { BlockDevice } from '../../storage/blockdev.js';
 import { Journal } from '../../storage/journal.js';
 import type { GroupConfig, NodeConfig, Topology } from '../config.js';
+import { consistencySetOf } from '../config.js';
 import type { Log } from '../log.js';
 import type { ApplyGroup } from './apply.js';
 import { ApplyCoordinator, applyStateFile, loadApplyState } from './apply.js';
@@ -442,19 +443,10 @@ export class TargetReplicator {
   private onPairState(session: LinkSession, f: PairStateFrame): void {
     const tg = this.groupFor(session, f.group);
     if (!tg) return;
-    const cur = this.state.get(f.group).copy;
+    const cur = this.state.get(f.group).announced;
     if (cur && cur.state === f.state && cur.copyEndSeq === f.copyEndSeq) return;
     this.state
-      .update(f.group, {
-        copy: {
-          state: f.state,
-          pairIndex: 0,
-          offset: 0,
-          copyEndSeq: f.copyEndSeq,
-          bytesDone: 0,
-          bytesTotal: 0,
-        },
-      })
+      .update(f.group, { announced: { state: f.state, copyEndSeq: f.copyEndSeq } })
       .catch((e) => this.log('error', 'cannot persist the pair state', { group: f.group, error: String(e) }));
   }
 
@@ -499,7 +491,7 @@ export class TargetReplicator {
 
   /** Pair state as the source announced it: 'copy' until the copy is applied, else 'pair'. */
   private pairState(tg: TargetGroup): string {
-    const c = this.state.get(tg.name).copy;
+    const c = this.state.get(tg.name).announced;
     if (c === undefined) return 'copy';
     if (c.state === 'copy' || tg.coordinator.seqApplied(tg.name) < c.copyEndSeq) return 'copy';
     return 'pair';
@@ -525,7 +517,7 @@ export class TargetReplicator {
           recordsUnapplied: 0,
           journal: { usedBytes: 0, bytesMax: 0, segments: 0, records: 0 },
           cut: undefined,
-          copyEndSeq: st.copy?.copyEndSeq ?? 0,
+          copyEndSeq: st.announced?.copyEndSeq ?? 0,
           refusedFrames: 0,
         });
         continue;
@@ -544,7 +536,7 @@ export class TargetReplicator {
         recordsUnapplied: tg.arrival.seqContiguous - applied,
         journal: tg.journal.usage(),
         cut: tg.coordinator.cutCompleted,
-        copyEndSeq: this.state.get(g.name).copy?.copyEndSeq ?? 0,
+        copyEndSeq: this.state.get(g.name).announced?.copyEndSeq ?? 0,
         refusedFrames: tg.refusedFrames,
       });
     }
@@ -630,6 +622,5 @@ export class TargetReplicator {
 
 /** The consistency set of a group; a group in no set forms a set of its own, named after it. */
 export function setOf(topo: Topology, group: string): string {
-  for (const [set, groups] of topo.consistencySets) if (groups.includes(group)) return set;
-  return group;
+  return consistencySetOf(topo, group) ?? group;
 }
