@@ -6,8 +6,8 @@
 import { Command, CommanderError } from 'commander';
 import { ExitCode, RemcopyError } from '../core/errors.js';
 import { runDemo } from './demo.js';
-import type { TakeoverOptions, VerifyOptions } from './manage.js';
-import { runTakeover, runVerify } from './manage.js';
+import type { PairOptions, TakeoverOptions, VerifyOptions } from './manage.js';
+import { runPairCommand, runTakeover, runVerify } from './manage.js';
 import { runNode, runUp } from './run.js';
 import { runStatus } from './status.js';
 
@@ -46,6 +46,21 @@ function program(setCode: (code: number) => void): Command {
     .option('--force', 'take over even while the initial copy is incomplete (the image is not consistent)')
     .option('--json', 'print JSON')
     .action(run((o: TakeoverOptions & { config: string }) => runTakeover(o.config, o)));
+  p.command('suspend')
+    .description(
+      'suspend a group: its writes are tracked in a dirty bitmap at the source, nothing is shipped',
+    )
+    .requiredOption('--config <file>', 'topology YAML file')
+    .requiredOption('--group <name>', 'the group to suspend')
+    .option('--json', 'print JSON')
+    .action(run((o: PairOptions & { config: string }) => runPairCommand(o.config, 'suspend', o)));
+  p.command('resume')
+    .description('resume a suspended group: a delta resync copies the dirty chunks, then it is a pair again')
+    .requiredOption('--config <file>', 'topology YAML file')
+    .requiredOption('--group <name>', 'the group to resume')
+    .option('--force', 'resume even while the link to the target is down')
+    .option('--json', 'print JSON')
+    .action(run((o: PairOptions & { config: string }) => runPairCommand(o.config, 'resume', o)));
   p.command('verify')
     .description('compare source and target of a group at one consistent point; exit 1 on a mismatch')
     .requiredOption('--config <file>', 'topology YAML file')

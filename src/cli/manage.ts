@@ -4,6 +4,8 @@
  *
  * takeover: asks the target node of the group (or of every group of the set) to finish the
  *   current cut, bump the epoch and make its volumes writable; prints what it reached.
+ * suspend / resume: ask the source node of the group to track writes in its dirty bitmap instead
+ *   of shipping them, and to go back to shipping with a delta resync (DESIGN.md §3.6).
  * verify: holds the group's new host writes at the source (bounded), waits until the target has
  *   applied everything written so far, compares per-chunk checksums of every pair at that one
  *   point, releases the hold, and names any range that differs (exit 1).
@@ -46,6 +48,41 @@ export async function runTakeover(configFile: string, o: TakeoverOptions): Promi
           '\n',
       );
     }
+  }
+  return ExitCode.ok;
+}
+
+export interface PairOptions {
+  group: string;
+  force?: boolean;
+  json?: boolean;
+}
+
+/** `remcopy suspend` / `remcopy resume` at the group's source node. */
+export async function runPairCommand(
+  configFile: string,
+  action: 'suspend' | 'resume',
+  o: PairOptions,
+): Promise<number> {
+  const topo = loadConfig(configFile);
+  const g = topo.groups.get(o.group);
+  if (!g) throw new RemcopyError('RC_ERR_USAGE', `no group ${o.group} in ${topo.file}`);
+  const path = `/v1/groups/${encodeURIComponent(o.group)}/${action}`;
+  const body = action === 'resume' ? { force: o.force === true } : {};
+  const res = (await callNode(topo, g.source, 'POST', path, body)) as {
+    already?: boolean;
+    since?: string;
+    dirtyBytes?: number;
+  };
+  if (o.json) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+  else if (action === 'suspend') {
+    process.stdout.write(
+      `suspend ${o.group}: ${res.already ? 'was suspended already' : 'suspended'} since ${res.since}; writes at ${g.source} are tracked in the dirty bitmap\n`,
+    );
+  } else {
+    process.stdout.write(
+      `resume ${o.group}: resync of ${res.dirtyBytes} dirty bytes started; \`remcopy status\` shows its progress\n`,
+    );
   }
   return ExitCode.ok;
 }

@@ -22,6 +22,8 @@ export interface GroupLine {
   lagMs?: number;
   recordsUnapplied?: number;
   copy?: { bytesDone: number; bytesTotal: number };
+  dirtyBytes?: number;
+  resync?: { bytesDone: number; bytesTotal: number; rateBytesPerSec: number; etaSeconds?: number };
   lastError?: string;
   reason?: string;
 }
@@ -99,6 +101,12 @@ export function groupLine(g: GroupLine): string {
     if (g.copy && g.state === 'copy') {
       parts.push(`copy ${Math.floor((100 * g.copy.bytesDone) / Math.max(1, g.copy.bytesTotal))}%`);
     }
+    if (g.resync) {
+      const r = g.resync;
+      const pct = r.bytesTotal === 0 ? 100 : Math.floor((100 * r.bytesDone) / r.bytesTotal);
+      const eta = r.etaSeconds === undefined ? '?' : `${r.etaSeconds} s`;
+      parts.push(`resync ${pct}% of ${mib(r.bytesTotal)} at ${mib(r.rateBytesPerSec)}/s eta ${eta}`);
+    } else if (g.dirtyBytes) parts.push(`dirty ${mib(g.dirtyBytes)}`);
   } else {
     parts.push(`seq arrived ${g.seqArrived} applied ${g.seqApplied} (${g.recordsUnapplied ?? 0} to apply)`);
   }

@@ -247,11 +247,13 @@ export interface EpochFrame {
 }
 
 /** Pair states a source announces (DESIGN.md §3.6). */
-export const PAIR_STATES = ['copy', 'pair'] as const;
+export const PAIR_STATES = ['copy', 'pair', 'resync', 'suspended'] as const;
 export type PairStateName = (typeof PAIR_STATES)[number];
 /**
- * The source's pair state for a group: `copy` while the initial copy runs (the target image is
- * not consistent), `pair` once the copy's last record (`copyEndSeq`, 0 if none) is journalled.
+ * The source's pair state for a group: `copy` while the initial copy runs and `resync` while a delta
+ * resync runs (the target image is not consistent in either), `pair` once the copy's last record
+ * (`copyEndSeq`, 0 if none) is journalled, `suspended` while writes are tracked in the source's
+ * dirty bitmap (the target stays at its last cut).
  */
 export interface PairStateFrame {
   readonly type: typeof FrameType.pairState;

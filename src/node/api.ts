@@ -6,6 +6,8 @@
  *   GET  /v1/groups/:group/records?fromSeq=N&max=M   headers of retained journal records (no data)
  *   POST /v1/groups/:group/takeover {force?} takeover at this (target) node: DESIGN.md §3.7
  *   POST /v1/sets/:set/takeover {force?}     every group of the set at one cut
+ *   POST /v1/groups/:group/suspend           suspend a source group: writes tracked in the dirty bitmap
+ *   POST /v1/groups/:group/resume {force?}   resume it: delta resync of the dirty chunks
  *   POST /v1/groups/:group/hold {ms}         hold new host writes of a source group (verify), bounded
  *   POST /v1/groups/:group/unhold
  *   POST /v1/groups/:group/wait-applied {timeoutMs}  until the target applied all written so far
@@ -26,6 +28,8 @@ export interface ApiHandlers {
   metrics(): Promise<string>;
   records(group: string, fromSeq: number, max: number): unknown;
   takeover(kind: 'group' | 'set', name: string, force: boolean): Promise<unknown>;
+  suspend(group: string): Promise<unknown>;
+  resume(group: string, force: boolean): Promise<unknown>;
   hold(group: string, ms: number): unknown;
   unhold(group: string): unknown;
   waitApplied(group: string, timeoutMs: number): Promise<unknown>;
@@ -121,6 +125,15 @@ export class ApiServer {
           200,
           await h.takeover(kind === 'sets' ? 'set' : 'group', name, body.force === true),
         );
+      }
+      case 'POST groups/suspend':
+        await readJson(req);
+        return this.reply(res, 200, await h.suspend(name));
+      case 'POST groups/resume': {
+        const body = (await readJson(req)) as { force?: unknown };
+        if (body.force !== undefined && typeof body.force !== 'boolean')
+          throw new ApiError(400, 'force must be a boolean');
+        return this.reply(res, 200, await h.resume(name, body.force === true));
       }
       case 'POST groups/hold': {
         const ms = numberField(await readJson(req), 'ms', 1, HOLD_MS_MAX);

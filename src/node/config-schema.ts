@@ -32,6 +32,12 @@ export const DEFAULT_JOURNAL = {
   throttleMaxDelay: 2000,
 } as const;
 export const DEFAULT_TICK_MS = 100;
+/** Dirty bitmap chunk: the unit a suspension tracks and a resync copies (issue 4). */
+export const DEFAULT_BITMAP_CHUNK_BYTES = 64 * 1024;
+export const BITMAP_CHUNK_BYTES_MAX = 64 * MiB;
+/** A pair whose link stays down this long is suspended (its writes tracked in the bitmap). */
+export const DEFAULT_SUSPEND_AFTER_MS = 60_000;
+export const SUSPEND_AFTER_MS_MAX = 7 * 24 * 3600_000;
 
 export interface Address {
   host: string;
@@ -108,6 +114,18 @@ function size(min: number, max: number, blockBytes = 1) {
       return { ok: false, error: `${describeValue(v)} is too large (at most ${formatBytes(max)})` };
     if (r.value % blockBytes !== 0) {
       return { ok: false, error: `${describeValue(v)} is not a multiple of ${blockBytes} bytes` };
+    }
+    return r;
+  });
+}
+
+function powerOfTwoSize(min: number, max: number) {
+  return scalar('a size such as 64KiB', isQuantity, (v) => {
+    const r = parseSize(v);
+    if (!r.ok) return r;
+    if (r.value < min || r.value > max || (r.value & (r.value - 1)) !== 0) {
+      const error = `${describeValue(v)} must be a power of two from ${formatBytes(min)} to ${formatBytes(max)}`;
+      return { ok: false, error };
     }
     return r;
   });
@@ -224,6 +242,10 @@ const groupSchema = z.strictObject({
   transfer: oneOf(['push', 'pull']).default('push'),
   pairs: z.record(nameOf('volume'), nameRef('volume')),
   tickMs: durationMs(1, TICK_MS_MAX).default(DEFAULT_TICK_MS),
+  bitmapChunk: powerOfTwoSize(VOLUME_BLOCK_BYTES, BITMAP_CHUNK_BYTES_MAX).default(DEFAULT_BITMAP_CHUNK_BYTES),
+  suspendAfter: durationMs(1, SUSPEND_AFTER_MS_MAX).default(DEFAULT_SUSPEND_AFTER_MS),
+  /** Bytes per second a resync journals at most; unset: as fast as the journal takes them. */
+  resyncRate: size(64 * 1024, Number.MAX_SAFE_INTEGER).optional(),
 });
 
 export const configSchema = z.strictObject({

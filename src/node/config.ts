@@ -81,6 +81,12 @@ export interface GroupConfig {
   /** Source volume -> target volume, in file order. */
   pairs: Map<string, string>;
   tickMs: number;
+  /** Dirty bitmap chunk size in bytes (power of two). */
+  bitmapChunkBytes: number;
+  /** A link down this long suspends the pair. */
+  suspendAfterMs: number;
+  /** Resync journalling rate limit in bytes per second; undefined: unlimited. */
+  resyncRateBps: number | undefined;
 }
 
 export interface Topology {
@@ -357,7 +363,18 @@ function assembleGroup(
   }
   if (problems.length > before) return undefined;
   const { mode, transfer, tickMs } = raw;
-  return { name, source: raw.source, target: raw.target, mode, transfer, pairs, tickMs };
+  return {
+    name,
+    source: raw.source,
+    target: raw.target,
+    mode,
+    transfer,
+    pairs,
+    tickMs,
+    bitmapChunkBytes: raw.bitmapChunk,
+    suspendAfterMs: raw.suspendAfter,
+    resyncRateBps: raw.resyncRate,
+  };
 }
 
 function findNode(

@@ -84,12 +84,6 @@ export class RemcopyNode {
   ): Promise<RemcopyNode> {
     const cfg = topo.nodes.get(nodeName);
     if (!cfg) throw new RemcopyError('RC_ERR_UNKNOWN_NODE', `no node "${nodeName}" in ${topo.file}`);
-    if (cfg.journal.fullPolicy === 'suspend') {
-      throw new RemcopyError(
-        'RC_ERR_CONFIG',
-        `nodes.${nodeName}.journal.full: "suspend" needs dirty bitmaps, which this version does not have yet; use "throttle"`,
-      );
-    }
     for (const g of topo.groups.values()) {
       if ((g.source === nodeName || g.target === nodeName) && (g.mode !== 'async' || g.transfer !== 'push')) {
         throw new RemcopyError(
@@ -110,8 +104,8 @@ export class RemcopyNode {
         segmentBytes: cfg.journal.segmentBytes,
         log,
       });
-      const redone = await redo(journal, devices, log);
       const groupState = new GroupStateStore(cfg.dataDir);
+      const redone = await redo(journal, devices, log, (g) => groupState.get(g).delta?.redoFloor ?? 0);
       const sourceGroups = [...topo.groups.values()].filter((g) => g.source === nodeName).map((g) => g.name);
       const sequencer = new Sequencer(cfg.nodeId, cfg.writeTime, {
         lastOrdinal: journal.lastOrdinal(),
@@ -119,11 +113,13 @@ export class RemcopyNode {
         lastSeq: new Map(sourceGroups.map((g) => [g, journal.lastSeq(g)])),
       });
       let onAppended: SourceReplicator['onAppended'] | undefined;
+      let onJournalFull: SourceReplicator['onJournalFull'] | undefined;
       const writePath = new WritePath({
         sequencer,
         journal,
         epochOf: (g) => groupState.epoch(g),
         onAppended: (recs, at) => onAppended?.(recs, at),
+        onJournalFull: cfg.journal.fullPolicy === 'suspend' ? (gs) => onJournalFull?.(gs) : undefined,
         nowUs,
         nowMs: () => performance.now(),
         throttleMaxDelayMs: cfg.journal.throttleMaxDelayMs,
@@ -158,7 +154,10 @@ export class RemcopyNode {
         }
         node.target = await TargetReplicator.open(topo, cfg, groupState, devices, log, zeroMaps);
         for (const v of volumes.values()) {
-          if (v.role.kind === 'target') v.gate = node.target.gateOf(v.role.group);
+          if (v.role.kind !== 'target') continue;
+          const group = v.role.group;
+          v.gate = node.target.gateOf(group);
+          v.halfSynced = () => node.target?.halfSynced(group);
         }
         node.source = new SourceReplicator({
           topo,
@@ -174,6 +173,7 @@ export class RemcopyNode {
           zeroMaps,
         });
         onAppended = (recs, at) => node.source!.onAppended(recs, at);
+        onJournalFull = (gs) => node.source!.onJournalFull(gs);
         await node.listen();
         await node.source.start();
       } catch (e) {
@@ -221,6 +221,8 @@ export class RemcopyNode {
         metrics: () => this.ops.metrics(),
         records: (g, from, max) => this.records(g, from, max),
         takeover: (kind, name, force) => this.ops.takeover(kind, name, force),
+        suspend: (g) => this.ops.suspend(g),
+        resume: (g, force) => this.ops.resume(g, force),
         hold: (g, ms) => this.ops.hold(g, ms),
         unhold: (g) => this.ops.unhold(g),
         waitApplied: (g, ms) => this.ops.waitApplied(g, ms),
@@ -332,13 +334,23 @@ function roleOf(topo: Topology, node: string, volume: string, state: GroupStateS
   return { kind: r.role, group: r.group };
 }
 
-/** Replay every retained record into the volumes: the journal is their redo log. */
-async function redo(journal: Journal, devices: Map<string, BlockDevice>, log: Log): Promise<number> {
+/**
+ * Replay every retained record into the volumes: the journal is their redo log. Not the records of
+ * a group up to its `redoFloor`: they were durable in the volumes when the group was suspended, and
+ * writes tracked in the bitmap since may have overwritten them.
+ */
+async function redo(
+  journal: Journal,
+  devices: Map<string, BlockDevice>,
+  log: Log,
+  redoFloor: (group: string) => number,
+): Promise<number> {
   let n = 0;
   const skipped = new Set<string>();
   for (const { header, payload } of journal.retained()) {
     if (header.kind !== RecordKind.data && header.kind !== RecordKind.zero && header.kind !== RecordKind.copy)
       continue;
+    if (header.seq <= redoFloor(header.group)) continue;
     const dev = devices.get(header.volume);
     if (!dev || header.offset + header.length > dev.sizeBytes) {
       skipped.add(header.volume);

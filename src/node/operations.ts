@@ -50,6 +50,30 @@ export class NodeOperations {
     }
   }
 
+  /** Suspends a source group (operator): its writes go to the dirty bitmap, nothing is shipped. */
+  async suspend(group: string): Promise<unknown> {
+    this.sourceGroup(group);
+    try {
+      const r = await this.node.source!.suspend(group, 'operator');
+      return { group, state: 'suspended', already: r.already, since: r.delta.since, reason: r.delta.reason };
+    } catch (e) {
+      if (e instanceof RemcopyError) throw new ApiError(409, `${e.code}: ${e.message}`);
+      throw e;
+    }
+  }
+
+  /** Resumes a suspended source group: the delta resync starts. */
+  async resume(group: string, force: boolean): Promise<unknown> {
+    this.sourceGroup(group);
+    try {
+      const r = await this.node.source!.resume(group, force);
+      return { group, state: 'resync', dirtyBytes: r.dirtyBytes };
+    } catch (e) {
+      if (e instanceof RemcopyError) throw new ApiError(409, `${e.code}: ${e.message}`);
+      throw e;
+    }
+  }
+
   hold(group: string, ms: number): unknown {
     this.sourceGroup(group);
     clearTimeout(this.holds.get(group));
@@ -121,6 +145,10 @@ export class NodeOperations {
         409,
         `RC_ERR_STATE: ${cfg.name} is not applying ${set} (not its target, or taken over)`,
       );
+    }
+    for (const g of groups) {
+      const why = this.node.target?.halfSynced(g);
+      if (why !== undefined) throw new ApiError(409, `RC_ERR_STATE: ${why}`);
     }
     const vols = reads.map((r) => {
       const v = this.node.volume(r.volume);
@@ -243,6 +271,27 @@ export class NodeOperations {
           g.set({ group: s.name, what: 'total' }, s.copy.bytesTotal);
         }
       },
+    );
+    new prom.Counter({
+      name: 'remcopy_resync_bytes_total',
+      help: 'Bytes journalled as delta resync copy records, per group, since the node started',
+      labelNames: ['group'],
+      registers: [r],
+      collect(this: prom.Counter) {
+        this.reset();
+        for (const d of node.source?.deltaFigures() ?? []) this.inc({ group: d.group }, d.resyncBytesTotal);
+      },
+    });
+    gauge('remcopy_dirty_bytes', 'Bytes of source volumes marked in the dirty bitmaps', ['group'], (g) => {
+      for (const d of node.source?.deltaFigures() ?? []) g.set({ group: d.group }, d.dirtyBytes);
+    });
+    gauge('remcopy_pair_suspended', '1 while the group is suspended at this source', ['group'], (g) => {
+      for (const d of node.source?.deltaFigures() ?? []) g.set({ group: d.group }, d.suspended ? 1 : 0);
+    });
+    counter(
+      'remcopy_writes_tracked_total',
+      'Host writes of suspended groups tracked in the dirty bitmap instead of the journal',
+      () => node.writePath.stats.trackedWrites,
     );
     gauge('remcopy_journal_bytes', 'Journal bytes used and the limit', ['journal', 'what'], (g) => {
       const u = node.journal.usage();

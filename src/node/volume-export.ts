@@ -36,6 +36,8 @@ export class NodeVolume implements VolumeExport {
   private roleNow: VolumeRole;
   /** Set on a target volume by the node: reads wait for the apply cycle in progress. */
   gate: ReadGate | undefined;
+  /** Set on a target volume by the node: why its image is half-synced now (reads refused), if it is. */
+  halfSynced: (() => string | undefined) | undefined;
 
   constructor(
     readonly name: string,
@@ -72,6 +74,8 @@ export class NodeVolume implements VolumeExport {
   read(offset: number, length: number): Promise<Buffer> {
     const bad = this.rangeError(offset, length, 'EINVAL');
     if (bad) return Promise.reject(bad);
+    const half = this.roleNow.kind === 'target' ? this.halfSynced?.() : undefined;
+    if (half !== undefined) return Promise.reject(new BackendError('EIO', half));
     const read = (): Promise<Buffer> =>
       this.device.read(offset, length).catch((e) => {
         throw new BackendError('EIO', `read failed: ${String(e)}`);
@@ -92,7 +96,7 @@ export class NodeVolume implements VolumeExport {
   }
 
   flush(): Promise<void> {
-    if (this.roleNow.kind === 'source') return this.writePath.flush();
+    if (this.roleNow.kind === 'source') return this.writePath.flushGroup(this.roleNow.group, this.device);
     return this.device.sync().catch((e) => {
       throw new BackendError('EIO', `flush failed: ${String(e)}`);
     });

@@ -18,6 +18,13 @@
  * Journal full (policy `throttle`): a batch that does not fit waits for space (records to be
  * released), at most `throttleMaxDelayMs` per write; past that the write fails with ENOSPC and
  * nothing is changed: the volume and the journal stay as they were, the seq is not consumed.
+ * Policy `suspend`: the owner is told (onJournalFull) and suspends the groups, which track().
+ *
+ * Suspended groups (track()): their writes are not journalled and take no seq. Each waits until the
+ * suspension is in force (the volumes hold every journalled record durably), marks its chunks in the
+ * group's dirty bitmap durably, then goes to the volume, and only then is acknowledged (a FUA write
+ * after the volume's sync). It holds its range in InflightRanges meanwhile, so a later write or a
+ * resync copy of the same bytes comes after it.
  */
 import { assert } from '../core/assert.js';
 import { RemcopyError } from '../core/errors.js';
@@ -37,6 +44,11 @@ export interface JournalPort {
 
 /** Volume writes at least this large are applied on the thread pool. */
 export const ASYNC_APPLY_BYTES_MIN = 64 * 1024;
+
+/** Where a suspended group's writes are tracked: resolves once the range's bits are durable. */
+export interface TrackPort {
+  mark(volume: string, offset: number, length: number): Promise<void>;
+}
 
 export interface WriteRequest {
   readonly group: string;
@@ -71,6 +83,11 @@ export interface WritePathOptions {
    * lag figures); `arrivedMs` is when the batch's oldest write arrived (nowMs clock).
    */
   readonly onAppended?: (records: readonly AppendedRecord[], arrivedMs: number) => void;
+  /**
+   * The journal is full and the policy is `suspend`: the owner suspends what it can of `groups`
+   * (calling track() before it returns); writes of groups it did not suspend are throttled.
+   */
+  readonly onJournalFull?: (groups: ReadonlySet<string>) => void;
 }
 
 /** A record just appended; `payload` is the caller's buffer, valid only during the call. */
@@ -91,11 +108,21 @@ export interface WritePathStats {
   throttledWrites: number;
   throttleDelayMsTotal: number;
   rejectedJournalFull: number;
+  /** Writes of suspended groups: tracked in the dirty bitmap, not journalled. */
+  trackedWrites: number;
+}
+
+interface Tracking {
+  readonly port: TrackPort;
+  readonly ready: Promise<void>;
+  readonly devices: Set<BlockDevice>;
+  readonly inflight: Set<Promise<void>>;
 }
 
 export class WritePath {
   private pending: Pending[] = [];
   private readonly held = new Set<string>();
+  private readonly tracked = new Map<string, Tracking>();
   private heldWrites: Pending[] = [];
   private scheduled = false;
   private readonly inflight = new Map<BlockDevice, InflightRanges>();
@@ -107,6 +134,7 @@ export class WritePath {
     throttledWrites: 0,
     throttleDelayMsTotal: 0,
     rejectedJournalFull: 0,
+    trackedWrites: 0,
   };
 
   constructor(private readonly o: WritePathOptions) {}
@@ -115,6 +143,7 @@ export class WritePath {
     if (this.closed) return Promise.reject(new BackendError('ESHUTDOWN', 'node is shutting down'));
     return new Promise((resolve, reject) => {
       const p = { ...req, arrivedMs: this.o.nowMs(), resolve, reject };
+      if (this.tracked.has(req.group)) return this.trackedWrite(p);
       if (this.held.has(req.group)) {
         this.heldWrites.push(p);
         return;
@@ -122,6 +151,72 @@ export class WritePath {
       this.pending.push(p);
       this.schedule();
     });
+  }
+
+  /**
+   * From now on writes of `group` are tracked in its dirty bitmap (`port`) instead of the journal;
+   * they wait for `ready` (the owner has made the journalled ones durable in the volumes). Writes of
+   * the group submitted but not yet journalled follow the new rule too.
+   */
+  track(group: string, port: TrackPort, ready: Promise<void>): void {
+    assert(!this.tracked.has(group), `${group} is tracked already`);
+    // A failed suspension fails the writes waiting on it, not the process.
+    ready.catch(() => {});
+    this.tracked.set(group, { port, ready, devices: new Set(), inflight: new Set() });
+    const mine = this.pending.filter((p) => p.group === group);
+    if (mine.length === 0) return;
+    this.pending = this.pending.filter((p) => p.group !== group);
+    for (const p of mine) this.trackedWrite(p);
+  }
+
+  isTracked(group: string): boolean {
+    return this.tracked.has(group);
+  }
+
+  /**
+   * Writes of `group` are journalled again from now on. Resolves once every tracked write is on its
+   * volume and the volumes are synced, so a resync that starts then reads all of them, and a later
+   * FLUSH (a journal sync) covers them.
+   */
+  async untrack(group: string): Promise<void> {
+    const t = this.tracked.get(group);
+    if (t === undefined) return;
+    this.tracked.delete(group);
+    await Promise.allSettled([...t.inflight]);
+    await Promise.all([...t.devices].map((d) => d.sync()));
+  }
+
+  /** FLUSH of a volume of `group`: the journal, and the volume itself while writes bypass the journal. */
+  async flushGroup(group: string, device: BlockDevice): Promise<void> {
+    await this.flush();
+    if (!this.tracked.has(group)) return;
+    await device.sync().catch((e) => {
+      throw new BackendError('EIO', `volume sync failed: ${(e as Error).message}`);
+    });
+  }
+
+  private trackedWrite(p: Pending): void {
+    const t = this.tracked.get(p.group)!;
+    t.devices.add(p.device);
+    this.stats.trackedWrites++;
+    const done = this.inflightOf(p.device).run(p.offset, p.offset + p.length, async () => {
+      await t.ready;
+      await t.port.mark(p.volume, p.offset, p.length);
+      await applyToDeviceAsync(p.device, p.kind, p.offset, p.length, p.payload);
+      if (p.fua) await p.device.sync();
+    });
+    t.inflight.add(done);
+    done.then(
+      () => {
+        t.inflight.delete(done);
+        p.resolve();
+      },
+      (e) => {
+        t.inflight.delete(done);
+        this.o.log('error', 'write of a suspended group failed', { volume: p.volume, error: String(e) });
+        p.reject(new BackendError('EIO', `write failed: ${String(e)}`));
+      },
+    );
   }
 
   /**
@@ -137,7 +232,10 @@ export class WritePath {
     const mine = this.heldWrites.filter((p) => p.group === group);
     this.heldWrites = this.heldWrites.filter((p) => p.group !== group);
     if (mine.length === 0) return;
-    this.pending.push(...mine);
+    for (const p of mine) {
+      if (this.tracked.has(group)) this.trackedWrite(p);
+      else this.pending.push(p);
+    }
     this.schedule();
   }
 
@@ -160,6 +258,9 @@ export class WritePath {
     assert(!this.closed, 'copyChunk on a closed write path');
     const ranges = this.inflightOf(device);
     while (ranges.overlaps(offset, offset + length)) await ranges.drain();
+    if (this.tracked.has(group)) {
+      throw new RemcopyError('RC_ERR_STATE', `${group} is suspended: no copy records are journalled`);
+    }
     // knownZero is asked in the same synchronous step as the append: no write can slip between.
     const data = knownZero() ? undefined : device.readSync(offset, length);
     const zero = data === undefined || isZero(data);
@@ -190,6 +291,12 @@ export class WritePath {
     });
   }
 
+  /** Every volume write issued so far on `devices` is done and synced. */
+  async settle(devices: readonly BlockDevice[]): Promise<void> {
+    await this.drain(devices);
+    await Promise.all(devices.map((d) => d.sync()));
+  }
+
   /** Records of `group` up to `uptoSeq` are no longer needed: sync their volumes, then release. */
   async release(group: string, uptoSeq: Seq, devices: readonly BlockDevice[]): Promise<void> {
     assert(uptoSeq <= this.o.sequencer.seqOf(group), 'release beyond the last appended seq');
@@ -211,7 +318,10 @@ export class WritePath {
     this.closed = true;
     if (this.throttleTimer) clearTimeout(this.throttleTimer);
     this.throttleTimer = undefined;
-    this.pending.push(...this.heldWrites.splice(0));
+    for (const p of this.heldWrites.splice(0)) {
+      if (this.tracked.has(p.group)) this.trackedWrite(p);
+      else this.pending.push(p);
+    }
     this.held.clear();
     if (this.pending.length > 0) this.runBatch();
     for (const p of this.pending.splice(0)) p.reject(new BackendError('ESHUTDOWN', 'node is shutting down'));
@@ -234,8 +344,15 @@ export class WritePath {
     if (batch.length === 0) return;
     const appended = this.appendAll(batch);
     if (appended < batch.length) {
+      let rest = batch.slice(appended);
+      if (this.o.onJournalFull) {
+        this.o.onJournalFull(new Set(rest.map((p) => p.group)));
+        for (const p of rest) if (this.tracked.has(p.group)) this.trackedWrite(p);
+        rest = rest.filter((p) => !this.tracked.has(p.group));
+        if (rest.length === 0) return;
+      }
       // Journal full: keep the rest, oldest first, and wait for space.
-      this.pending = batch.slice(appended).concat(this.pending);
+      this.pending = rest.concat(this.pending);
       this.startThrottle();
     }
   }

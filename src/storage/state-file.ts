@@ -13,7 +13,11 @@ const chains = new Map<string, Promise<void>>();
 
 /** Resolves once `value` is durable in `file`. Concurrent writes of one file happen in call order. */
 export function writeJsonDurable(file: string, value: unknown): Promise<void> {
-  const text = JSON.stringify(value, null, 1) + '\n';
+  return writeFileDurable(file, JSON.stringify(value, null, 1) + '\n');
+}
+
+/** Resolves once `data` is durable in `file` (atomically replaced); writes to one file in call order. */
+export function writeFileDurable(file: string, text: string | Uint8Array): Promise<void> {
   const prev = chains.get(file) ?? Promise.resolve();
   const next = prev.catch(() => {}).then(() => writeNow(file, text));
   chains.set(file, next);
@@ -23,13 +27,13 @@ export function writeJsonDurable(file: string, value: unknown): Promise<void> {
   return next;
 }
 
-async function writeNow(file: string, text: string): Promise<void> {
+async function writeNow(file: string, text: string | Uint8Array): Promise<void> {
   const dir = path.dirname(file);
   await fsp.mkdir(dir, { recursive: true });
   const tmp = `${file}.tmp`;
   const fh = await fsp.open(tmp, 'w');
   try {
-    await fh.writeFile(text, 'utf8');
+    await fh.writeFile(text);
     await fh.sync();
   } finally {
     await fh.close();

@@ -24,6 +24,21 @@ export interface GroupStatus {
   lagRecords: number;
   lagMs: number;
   copy?: { bytesDone: number; bytesTotal: number; copyEndSeq: number };
+  reason?: string;
+  dirtyBytes?: number;
+  resync?: { bytesDone: number; bytesTotal: number; rateBytesPerSec: number; etaSeconds?: number };
+}
+
+/** The value of a metric sample (`name{labels}`) in GET /metrics, or undefined when absent. */
+export async function metricValue(api: Api, secret: string, sample: string): Promise<number | undefined> {
+  const res = await fetch(`http://${api.host}:${api.port}/metrics`, {
+    headers: { authorization: `Bearer ${secret}` },
+  });
+  const text = await res.text();
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${sample} `)) return Number(line.slice(sample.length + 1));
+  }
+  return undefined;
 }
 
 export async function groupStatus(api: Api, secret: string, group: string): Promise<GroupStatus> {

@@ -46,13 +46,14 @@ export interface TestTopology {
 }
 
 /**
- * Write a topology with the given nodes; `groups` maps group name to [source, target, volume].
- * Each pair uses the same volume name on both nodes.
+ * Write a topology with the given nodes; `groups` maps group name to [source, target, volume] and
+ * optionally more group keys as YAML flow text (`suspendAfter: 1s, resyncRate: 8MiB`). Each pair
+ * uses the same volume name on both nodes.
  */
 export async function writeTopology(
   dir: string,
   nodes: Record<string, TestNodeSpec>,
-  groups: Record<string, [string, string, string]> = {},
+  groups: Record<string, [string, string, string] | [string, string, string, string]> = {},
   sets: Record<string, string[]> = {},
 ): Promise<TestTopology> {
   const secret = 'test-secret-0123456789';
@@ -77,8 +78,9 @@ export async function writeTopology(
   }
   if (Object.keys(groups).length > 0) {
     lines.push('groups:');
-    for (const [g, [source, target, vol]] of Object.entries(groups)) {
-      lines.push(`  ${g}: { source: ${source}, target: ${target}, pairs: { ${vol}: ${vol} } }`);
+    for (const [g, [source, target, vol, extra]] of Object.entries(groups)) {
+      const more = extra === undefined ? '' : `, ${extra}`;
+      lines.push(`  ${g}: { source: ${source}, target: ${target}, pairs: { ${vol}: ${vol} }${more} }`);
     }
   }
   if (Object.keys(sets).length > 0) {

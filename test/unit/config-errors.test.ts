@@ -497,6 +497,29 @@ describe('groups', () => {
     );
   });
 
+  test('bitmapChunk, suspendAfter, resyncRate', () => {
+    rejectsEdit(
+      g((x) => (x.bitmapChunk = '48KiB')),
+      'groups.g-db.bitmapChunk',
+      /must be a power of two from 4 KiB to 64 MiB/,
+    );
+    rejectsEdit(
+      g((x) => (x.bitmapChunk = '2KiB')),
+      'groups.g-db.bitmapChunk',
+      /must be a power of two/,
+    );
+    rejectsEdit(
+      g((x) => (x.suspendAfter = 0)),
+      'groups.g-db.suspendAfter',
+      /out of range/,
+    );
+    rejectsEdit(
+      g((x) => (x.resyncRate = '1KiB')),
+      'groups.g-db.resyncRate',
+      /too small/,
+    );
+  });
+
   test('pairs: present, not empty, existing volumes of equal size', () => {
     rejectsEdit(
       g((x) => delete x.pairs),

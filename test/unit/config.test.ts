@@ -82,6 +82,9 @@ describe('defaults and normalisation', () => {
     assert.equal(g.mode, 'async');
     assert.equal(g.transfer, 'push');
     assert.equal(g.tickMs, 100);
+    assert.equal(g.bitmapChunkBytes, 64 * 1024);
+    assert.equal(g.suspendAfterMs, 60_000);
+    assert.equal(g.resyncRateBps, undefined);
   });
 
   test('groups, consistencySets and volumes may be left out', () => {
@@ -110,6 +113,9 @@ describe('defaults and normalisation', () => {
       transfer: 'push',
       pairs: { db: 'db' },
       tickMs: '250ms',
+      bitmapChunk: '1MiB',
+      suspendAfter: '5m',
+      resyncRate: '100MiB',
     };
     cfg.groups['g-log'].transfer = 'pull';
     cfg.groups['g-log'].tickMs = 50;
@@ -139,6 +145,9 @@ describe('defaults and normalisation', () => {
         transfer: 'push',
         pairs: undefined,
         tickMs: 250,
+        bitmapChunkBytes: MiB,
+        suspendAfterMs: 300_000,
+        resyncRateBps: 100 * MiB,
       },
     );
     assert.equal(t.groups.get('g-log')!.transfer, 'pull');

@@ -20,21 +20,47 @@ const copySchema = z.object({
   bytesTotal: z.number().int().nonnegative(),
 });
 
+/**
+ * On a source: a suspension (DESIGN.md §3.6) and the delta resync after it. `suspended` while
+ * writes are tracked in the dirty bitmap; `resync` while the dirty chunks are being journalled as
+ * copy records; `pair` once all are (the target is consistent again when it has applied
+ * `resyncEndSeq`). `redoFloor`: the group's records up to this seq were durable in the volumes when
+ * the suspension began, so a restart does not redo them (they would overwrite tracked writes).
+ */
+const deltaSchema = z.object({
+  state: z.enum(['suspended', 'resync', 'pair']),
+  reason: z.string(),
+  since: z.string(),
+  redoFloor: z.number().int().nonnegative(),
+  resyncEndSeq: z.number().int().nonnegative(),
+  resyncs: z.number().int().nonnegative(),
+});
+
 const groupSchema = z.object({
   epoch: z.number().int().min(1).max(0xffffffff),
   role: z.enum(['promoted', 'fenced']).optional(),
   reason: z.string().optional(),
   /** On a source: the initial copy. */
   copy: copySchema.optional(),
-  /** On a target: the source's last PAIR_STATE. */
+  /** On a source: suspension and resync. */
+  delta: deltaSchema.optional(),
+  /**
+   * On a target: the source's last PAIR_STATE. `after` names what the copy up to copyEndSeq was
+   * (the initial copy or a resync), for status.
+   */
   announced: z
-    .object({ state: z.enum(['copy', 'pair']), copyEndSeq: z.number().int().nonnegative() })
+    .object({
+      state: z.enum(['copy', 'pair', 'resync', 'suspended']),
+      copyEndSeq: z.number().int().nonnegative(),
+      after: z.enum(['copy', 'resync']).optional(),
+    })
     .optional(),
 });
 
 const fileSchema = z.object({ version: z.literal(1), groups: z.record(z.string(), groupSchema) });
 
 export type CopyProgress = z.infer<typeof copySchema>;
+export type DeltaState = z.infer<typeof deltaSchema>;
 export type GroupRecord = z.infer<typeof groupSchema>;
 
 export const GROUP_STATE_FILE = 'groups.json';

@@ -12,6 +12,15 @@
  *
  * Only records durable in this node's journal are shipped: a record that a power loss could take
  * back must never reach a target, or the seq would be reused for a different write.
+ *
+ * Suspension and delta resync (DESIGN.md §3.6, issue 4), per group:
+ *   suspend (operator, link down for suspendAfter, journal full under policy `suspend`)
+ *     --> write path tracks the group's writes in its dirty bitmap (not journalled, no seq)
+ *     --> volumes and journal synced, {suspended, redoFloor} persisted --> tracked writes go on
+ *     --> nothing of the group is shipped or ticked; records already journalled stay
+ *   resume --> tracked writes settled, volumes synced --> {resync} persisted --> shipping goes on
+ *     --> every dirty chunk journalled as a copy record (it takes a seq, so it cannot overwrite a
+ *         newer write at the target) --> {pair, resyncEndSeq} --> bits cleared as ACKs cover them
  */
 import * as fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -32,7 +41,8 @@ import { nowUs } from '../clock.js';
 import type { Log } from '../log.js';
 import type { WritePath } from '../write-path.js';
 import type { AppendedRecord } from '../write-path.js';
-import type { GroupStateStore } from './group-state.js';
+import { GroupBitmaps } from './bitmaps.js';
+import type { DeltaState, GroupStateStore } from './group-state.js';
 import { RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
 
@@ -72,12 +82,26 @@ export const COPY_CHUNK_BYTES = 1024 * 1024;
 const COPY_JOURNAL_FRACTION_MAX = 0.5;
 /** Initial copy progress is persisted at least this often. */
 const COPY_PERSIST_MS = 1000;
+/** Cleared dirty bits are persisted at most this often (a bit found set again costs one chunk). */
+const BITMAP_CLEAR_PERSIST_MS = 200;
+
+export type SourcePairState = 'copy' | 'pair' | 'suspended' | 'resync' | 'fenced';
+
+export interface ResyncProgress {
+  readonly bytesDone: number;
+  readonly bytesTotal: number;
+  readonly rateBytesPerSec: number;
+  readonly etaSeconds: number | undefined;
+}
 
 export interface SourceGroupStatus {
   readonly name: string;
   readonly role: 'source';
-  readonly state: 'copy' | 'pair' | 'fenced';
+  readonly state: SourcePairState;
   readonly reason?: string;
+  /** Bytes of the source volumes the dirty bitmaps mark (what a resync would copy). */
+  readonly dirtyBytes: number;
+  readonly resync?: ResyncProgress;
   readonly epoch: number;
   readonly target: string;
   readonly linkUp: boolean;
@@ -114,12 +138,20 @@ class SourceGroup {
   lastError: string | undefined;
   /** Records appended and not yet acknowledged, kept to ship without reading the journal. */
   readonly recent = new RecentRecords(SHIP_CACHE_BYTES);
+  /** Writes are tracked in the bitmaps, nothing is shipped (suspended). */
+  suspended = false;
+  resyncing: Promise<void> | undefined;
+  resyncStartedMs = 0;
+  /** Bytes journalled as resync copy records since the start (metric). */
+  resyncBytesTotal = 0;
+  clearPersistTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly cfg: GroupConfig,
     readonly devices: readonly { readonly name: string; readonly device: BlockDevice }[],
     journal: Journal,
     epoch: number,
+    readonly bitmaps: GroupBitmaps,
   ) {
     const released = journal.releasedSeq(cfg.name);
     this.sender = new GroupSender(
@@ -176,6 +208,8 @@ class TargetPeer {
   private pumpAgain = false;
   closed = false;
   lastError: string | undefined;
+  /** When the session went down (or the peer was created); undefined while it is up. */
+  downSinceMs: number | undefined = performance.now();
 
   constructor(
     readonly target: NodeConfig,
@@ -242,27 +276,39 @@ class TargetPeer {
     this.timer.unref();
   }
 
-  private onReady(s: LinkSession): void {
+  private onReady(_s: LinkSession): void {
     this.backoffMs = this.owner.timing.reconnectMinMs;
     this.lastError = undefined;
     this.owner.log('info', 'link up', { target: this.target.name, groups: this.groups.map((g) => g.name) });
+    this.downSinceMs = undefined;
     for (const g of this.groups) {
       g.sender.connected();
       if (g.sender.state === 'fenced') continue;
-      const copy = this.owner.state.get(g.name).copy;
-      s.send({
-        type: FrameType.pairState,
-        group: g.name,
-        epoch: g.sender.epoch,
-        state: copy?.state ?? 'pair',
-        copyEndSeq: seq(copy?.copyEndSeq ?? 0),
-      });
+      this.announce(g);
     }
+  }
+
+  /** Tells the target the group's pair state (PAIR_STATE), when the session is up. */
+  announce(g: SourceGroup): void {
+    const s = this.session;
+    if (!s || !s.isReady || g.sender.state === 'fenced') return;
+    const st = this.owner.state.get(g.name);
+    const delta = st.delta;
+    const state = st.copy?.state === 'copy' ? 'copy' : delta && delta.state !== 'pair' ? delta.state : 'pair';
+    const copyEndSeq = Math.max(st.copy?.copyEndSeq ?? 0, delta?.resyncEndSeq ?? 0);
+    s.send({
+      type: FrameType.pairState,
+      group: g.name,
+      epoch: g.sender.epoch,
+      state,
+      copyEndSeq: seq(copyEndSeq),
+    });
   }
 
   private onClosed(reason: string, s: LinkSession): void {
     if (this.session !== s) return;
     this.session = undefined;
+    this.downSinceMs = performance.now();
     for (const g of this.groups) g.sender.disconnected();
     this.lastError = reason;
     this.owner.log(this.closed ? 'info' : 'warn', 'link down', { target: this.target.name, reason });
@@ -317,6 +363,7 @@ class TargetPeer {
         if (r.advanced) {
           g.recent.dropUpTo(g.sender.seqAcked);
           this.owner.scheduleRelease(g);
+          if (g.bitmaps.tracker.acked(g.sender.seqAcked) > 0) this.owner.persistClears(g);
         }
         this.pump();
         return;
@@ -361,6 +408,7 @@ class TargetPeer {
     do {
       this.pumpAgain = false;
       for (const g of this.groups) {
+        if (g.suspended) continue;
         for (;;) {
           const s = this.session;
           if (!s || !s.isReady) return;
@@ -390,10 +438,14 @@ class TargetPeer {
 
   private tick(): void {
     const s = this.session;
-    if (!s || !s.isReady) return;
-    const j = this.owner.journal;
     const now = performance.now();
+    if (!s || !s.isReady) {
+      this.suspendIfDownTooLong(now);
+      return;
+    }
+    const j = this.owner.journal;
     for (const g of this.groups) {
+      if (g.suspended) continue;
       // Everything durable of the group is sent: promise that no key at or below the latest
       // durable key of the node follows. Not the latest assigned key: a power loss can take back
       // records that are not durable, and the restarted sequencer reuses their keys (found by the
@@ -404,6 +456,21 @@ class TargetPeer {
         continue;
       s.send({ type: FrameType.tick, group: g.name, epoch: g.sender.epoch, seq: g.sender.seqSent, key });
       g.sender.onTickSent(now);
+    }
+  }
+
+  /** A link down longer than a group's suspendAfter suspends the group (its writes go to the bitmap). */
+  private suspendIfDownTooLong(now: number): void {
+    if (this.downSinceMs === undefined || this.closed) return;
+    const downMs = now - this.downSinceMs;
+    for (const g of this.groups) {
+      if (downMs < g.cfg.suspendAfterMs || !this.owner.canSuspend(g)) continue;
+      const reason = `link to ${this.target.name} down for ${Math.round(downMs / 1000)} s`;
+      this.owner
+        .suspendGroup(g, reason)
+        .catch((e) =>
+          this.owner.log('error', 'automatic suspension failed', { group: g.name, error: String(e) }),
+        );
     }
   }
 
@@ -463,7 +530,18 @@ export class SourceReplicator {
       const st = o.state.get(g.name);
       if (st.role !== undefined) continue;
       const devices = [...g.pairs.keys()].map((name) => ({ name, device: o.devices.get(name)! }));
-      const sg = new SourceGroup(g, devices, o.journal, st.epoch);
+      const bitmaps = new GroupBitmaps(
+        o.cfg.dataDir,
+        g.name,
+        g.bitmapChunkBytes,
+        devices.map((d) => ({ name: d.name, sizeBytes: d.device.sizeBytes })),
+      );
+      const sg = new SourceGroup(g, devices, o.journal, st.epoch, bitmaps);
+      if (st.delta?.state === 'suspended') {
+        // Before any front end listens: the group's writes go to the bitmap from the first one.
+        sg.suspended = true;
+        o.writePath.track(g.name, bitmaps, Promise.resolve());
+      }
       this.groups.set(g.name, sg);
       byTarget.set(g.target, [...(byTarget.get(g.target) ?? []), sg]);
     }
@@ -507,8 +585,204 @@ export class SourceReplicator {
         );
       }
     }
+    for (const g of this.groups.values()) {
+      if (this.state.get(g.name).delta?.state === 'resync') this.startResync(g);
+    }
     for (const p of this.peers) p.start();
     this.makeDurable();
+  }
+
+  private peerOf(g: SourceGroup): TargetPeer {
+    return this.peers.find((p) => p.groups.includes(g))!;
+  }
+
+  private groupOrThrow(group: string): SourceGroup {
+    const g = this.groups.get(group);
+    if (!g) throw new RemcopyError('RC_ERR_STATE', `${group} is not replicated from this node`);
+    if (g.sender.state === 'fenced') {
+      throw new RemcopyError('RC_ERR_FENCED', `${group} is fenced on this node (taken over elsewhere)`);
+    }
+    return g;
+  }
+
+  /** Whether an automatic suspension may take the group now. */
+  canSuspend(g: SourceGroup): boolean {
+    return (
+      !g.suspended &&
+      !this.closed &&
+      g.sender.state !== 'fenced' &&
+      this.state.get(g.name).copy?.state !== 'copy'
+    );
+  }
+
+  /**
+   * Suspends `group` (DESIGN.md §3.6): from the moment of the call its writes are tracked in the
+   * dirty bitmap; they proceed once the journalled records are durable in the volumes and the
+   * suspension is persisted. Resolves with the persisted state.
+   */
+  async suspend(group: string, reason: string): Promise<{ delta: DeltaState; already: boolean }> {
+    const g = this.groupOrThrow(group);
+    if (g.suspended) return { delta: this.state.get(group).delta!, already: true };
+    if (this.state.get(group).copy?.state === 'copy') {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${group}: the initial copy is running; a suspension would have nothing consistent to fall back on`,
+      );
+    }
+    return { delta: await this.suspendGroup(g, reason), already: false };
+  }
+
+  /** The journal is full under policy `suspend`: suspend every group of `groups` that can be. */
+  onJournalFull(groups: ReadonlySet<string>): void {
+    for (const name of groups) {
+      const g = this.groups.get(name);
+      if (!g || !this.canSuspend(g)) continue;
+      this.suspendGroup(g, 'journal full').catch((e) =>
+        this.log('error', 'suspension on a full journal failed', { group: name, error: String(e) }),
+      );
+    }
+  }
+
+  /** The synchronous part (tracking starts) happens before the first await. */
+  suspendGroup(g: SourceGroup, reason: string): Promise<DeltaState> {
+    let settle!: { ok: () => void; fail: (e: unknown) => void };
+    const ready = new Promise<void>((ok, fail) => (settle = { ok, fail }));
+    g.suspended = true;
+    this.o.writePath.track(g.name, g.bitmaps, ready);
+    // No record of the group is appended after this: everything up to it is redone no more once
+    // the volumes hold it durably.
+    const redoFloor = this.journal.lastSeq(g.name);
+    this.log('warn', 'pair suspended: writes are tracked in the dirty bitmap', { group: g.name, reason });
+    const done = (async () => {
+      await this.o.writePath.settle(g.devices.map((d) => d.device));
+      await this.journal.sync();
+      const prev = this.state.get(g.name).delta;
+      const delta: DeltaState = {
+        state: 'suspended',
+        reason,
+        since: new Date().toISOString(),
+        redoFloor: Math.max(redoFloor, prev?.redoFloor ?? 0),
+        resyncEndSeq: prev?.resyncEndSeq ?? 0,
+        resyncs: prev?.resyncs ?? 0,
+      };
+      await this.state.update(g.name, { delta });
+      return delta;
+    })();
+    done.then(
+      () => {
+        settle.ok();
+        this.peerOf(g).announce(g);
+      },
+      (e) => settle.fail(e),
+    );
+    return done;
+  }
+
+  /**
+   * Resumes a suspended group: its writes are journalled again, and a delta resync journals every
+   * dirty chunk as a copy record. Resolves once the resync has started (not finished).
+   */
+  async resume(group: string, force = false): Promise<{ dirtyBytes: number }> {
+    const g = this.groupOrThrow(group);
+    const delta = this.state.get(group).delta;
+    if (!g.suspended || delta?.state !== 'suspended') {
+      const what = delta?.state === 'resync' ? 'a resync is running already' : 'it is not suspended';
+      throw new RemcopyError('RC_ERR_STATE', `${group}: cannot resume, ${what}`);
+    }
+    const peer = this.peerOf(g);
+    if (!force && peer.session?.isReady !== true) {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${group}: the link to ${peer.target.name} is down (${peer.lastError ?? 'no session'}); resume once it is up, or use --force`,
+      );
+    }
+    await this.o.writePath.untrack(group);
+    g.suspended = false;
+    await this.state.update(group, { delta: { ...delta, state: 'resync', resyncs: delta.resyncs + 1 } });
+    this.log('info', 'pair resumed: delta resync starts', { group, dirtyBytes: g.bitmaps.dirtyBytes });
+    peer.announce(g);
+    peer.pump();
+    this.makeDurable();
+    this.startResync(g);
+    return { dirtyBytes: g.bitmaps.dirtyBytes };
+  }
+
+  private startResync(g: SourceGroup): void {
+    if (g.resyncing) return;
+    g.resyncing = this.runResync(g)
+      .catch((e) => {
+        g.lastError = `resync stopped: ${String(e)}`;
+        this.log('error', 'resync stopped; it starts over at the next resume or restart', {
+          group: g.name,
+          error: String(e),
+        });
+      })
+      .finally(() => (g.resyncing = undefined));
+  }
+
+  /** One pass over the dirty chunks, each journalled as a copy record; then back to `pair`. */
+  private async runResync(g: SourceGroup): Promise<void> {
+    const t = g.bitmaps.tracker;
+    t.start();
+    g.resyncStartedMs = performance.now();
+    const rate = g.cfg.resyncRateBps;
+    const started = performance.now();
+    let chunk = t.next();
+    while (chunk !== undefined) {
+      if (this.closed || g.suspended || g.sender.state === 'fenced') return;
+      const u = this.journal.usage();
+      if (u.usedBytes > COPY_JOURNAL_FRACTION_MAX * u.bytesMax) {
+        await sleep(20);
+        continue;
+      }
+      if (rate !== undefined) {
+        const aheadMs = (t.bytesDone / rate) * 1000 - (performance.now() - started);
+        if (aheadMs > 0) await sleep(Math.min(aheadMs, 200));
+        if (aheadMs > 200) continue;
+      }
+      const device = g.devices.find((d) => d.name === chunk!.volume)!.device;
+      let copied;
+      try {
+        copied = await this.o.writePath.copyChunk(g.name, chunk.volume, device, chunk.offset, chunk.length);
+      } catch (e) {
+        if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') {
+          await sleep(20);
+          continue;
+        }
+        if (this.closed || g.suspended) return;
+        throw e;
+      }
+      t.copied(chunk.volume, chunk.chunk, copied.seq);
+      g.resyncBytesTotal += chunk.length;
+      chunk = t.next();
+    }
+    if (this.closed || g.suspended) return;
+    // Everything after this seq is journalled as written: the target is consistent once it has
+    // applied it.
+    const resyncEndSeq = this.journal.lastSeq(g.name);
+    const delta = this.state.get(g.name).delta!;
+    await this.state.update(g.name, { delta: { ...delta, state: 'pair', resyncEndSeq } });
+    this.log('info', 'resync journalled: the target is consistent once it applies it', {
+      group: g.name,
+      bytes: t.bytesDone,
+      resyncEndSeq,
+      seconds: Math.round((performance.now() - started) / 100) / 10,
+    });
+    this.peerOf(g).announce(g);
+  }
+
+  /** Cleared bits reach the file lazily (a bit found set after a crash costs one chunk copied again). */
+  persistClears(g: SourceGroup): void {
+    if (g.clearPersistTimer || this.closed) return;
+    g.clearPersistTimer = setTimeout(() => {
+      g.clearPersistTimer = undefined;
+      g.bitmaps
+        .durable()
+        .catch((e) =>
+          this.log('warn', 'cannot persist cleared dirty bits', { group: g.name, error: String(e) }),
+        );
+    }, BITMAP_CLEAR_PERSIST_MS);
+    g.clearPersistTimer.unref();
   }
 
   /** The write path appended records: note them and get them durable, then ship them. */
@@ -660,14 +934,7 @@ export class SourceReplicator {
       lastSeq,
       seconds: Math.round((performance.now() - started) / 100) / 10,
     });
-    const peer = this.peers.find((p) => p.groups.includes(g));
-    peer?.session?.send({
-      type: FrameType.pairState,
-      group: g.name,
-      epoch: g.sender.epoch,
-      state: 'pair',
-      copyEndSeq: seq(lastSeq),
-    });
+    this.peerOf(g).announce(g);
   }
 
   hasGroup(group: string): boolean {
@@ -701,17 +968,30 @@ export class SourceReplicator {
           lagBytes: 0,
           lagMs: 0,
           rttMs: Number.NaN,
+          dirtyBytes: sg?.bitmaps.dirtyBytes ?? 0,
         });
         continue;
       }
-      const peer = this.peers.find((p) => p.groups.includes(sg))!;
+      const peer = this.peerOf(sg);
       const copy = st.copy;
       const copying = copy !== undefined && (copy.state === 'copy' || sg.seqApplied < copy.copyEndSeq);
+      const delta = st.delta;
+      const state: SourcePairState =
+        delta?.state === 'suspended'
+          ? 'suspended'
+          : copying
+            ? 'copy'
+            : delta?.state === 'resync' || (delta !== undefined && sg.seqApplied < delta.resyncEndSeq)
+              ? 'resync'
+              : 'pair';
       const lag = sg.lag(now);
       out.push({
         name: g.name,
         role: 'source',
-        state: copying ? 'copy' : 'pair',
+        state,
+        reason: state === 'suspended' ? delta?.reason : undefined,
+        dirtyBytes: sg.bitmaps.dirtyBytes,
+        resync: state === 'resync' ? this.resyncProgress(sg, now) : undefined,
         epoch: sg.sender.epoch,
         target: g.target,
         linkUp: peer.session?.isReady === true,
@@ -734,10 +1014,38 @@ export class SourceReplicator {
     return out;
   }
 
+  private resyncProgress(g: SourceGroup, now: number): ResyncProgress {
+    const t = g.bitmaps.tracker;
+    const secs = (now - g.resyncStartedMs) / 1000;
+    const rate = secs > 0 ? t.bytesDone / secs : 0;
+    const left = Math.max(0, t.bytesTotal - t.bytesDone);
+    return {
+      bytesDone: t.bytesDone,
+      bytesTotal: t.bytesTotal,
+      rateBytesPerSec: Math.round(rate),
+      etaSeconds: left === 0 ? 0 : rate > 0 ? Math.ceil(left / rate) : undefined,
+    };
+  }
+
+  /** Per group: bytes journalled as resync copy records since start, and bytes marked dirty. */
+  deltaFigures(): { group: string; resyncBytesTotal: number; dirtyBytes: number; suspended: boolean }[] {
+    return [...this.groups.values()].map((g) => ({
+      group: g.name,
+      resyncBytesTotal: g.resyncBytesTotal,
+      dirtyBytes: g.bitmaps.dirtyBytes,
+      suspended: g.suspended,
+    }));
+  }
+
   /** Waits until the target has applied everything written to `group` so far (verify). */
   async waitApplied(group: string, timeoutMs: number): Promise<Seq> {
-    const g = this.groups.get(group);
-    if (!g) throw new RemcopyError('RC_ERR_STATE', `${group} is not replicated from this node`);
+    const g = this.groupOrThrow(group);
+    if (g.suspended || this.state.get(group).delta?.state === 'resync') {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${group} is ${g.suspended ? 'suspended' : 'resyncing'}: the target cannot catch up to this point now`,
+      );
+    }
     const want = this.journal.lastSeq(group);
     const deadline = performance.now() + timeoutMs;
     while (g.seqApplied < want) {
@@ -755,9 +1063,14 @@ export class SourceReplicator {
   async close(): Promise<void> {
     this.closed = true;
     for (const p of this.peers) p.close();
-    for (const g of this.groups.values()) clearTimeout(g.releaseTimer);
+    for (const g of this.groups.values()) {
+      clearTimeout(g.releaseTimer);
+      clearTimeout(g.clearPersistTimer);
+    }
     clearTimeout(this.syncTimer);
     await Promise.all(this.copies.map((c) => c.catch(() => {})));
     await Promise.all([...this.groups.values()].map((g) => g.releasing));
+    await Promise.all([...this.groups.values()].map((g) => g.resyncing));
+    await Promise.all([...this.groups.values()].map((g) => g.bitmaps.durable().catch(() => {})));
   }
 }

@@ -445,8 +445,20 @@ export class TargetReplicator {
     if (!tg) return;
     const cur = this.state.get(f.group).announced;
     if (cur && cur.state === f.state && cur.copyEndSeq === f.copyEndSeq) return;
+    // What the copy that ends at copyEndSeq was: the initial copy or a resync (for status).
+    const after =
+      f.state === 'copy' || f.state === 'resync'
+        ? f.state
+        : cur?.state === 'copy' || cur?.state === 'resync'
+          ? cur.state
+          : cur?.after;
+    if (f.state === 'resync' && cur?.state !== 'resync') {
+      this.log('warn', 'resync announced: the target image is not consistent until it completes', {
+        group: f.group,
+      });
+    }
     this.state
-      .update(f.group, { announced: { state: f.state, copyEndSeq: f.copyEndSeq } })
+      .update(f.group, { announced: { state: f.state, copyEndSeq: f.copyEndSeq, after } })
       .catch((e) => this.log('error', 'cannot persist the pair state', { group: f.group, error: String(e) }));
   }
 
@@ -489,12 +501,23 @@ export class TargetReplicator {
     }
   }
 
-  /** Pair state as the source announced it: 'copy' until the copy is applied, else 'pair'. */
-  private pairState(tg: TargetGroup): string {
+  /**
+   * Pair state as the source announced it: 'copy' or 'resync' until that copy is applied (the image
+   * is not consistent), 'suspended' while the source tracks writes in its bitmap, else 'pair'.
+   */
+  private pairState(tg: TargetGroup): 'copy' | 'resync' | 'suspended' | 'pair' {
     const c = this.state.get(tg.name).announced;
     if (c === undefined) return 'copy';
-    if (c.state === 'copy' || tg.coordinator.seqApplied(tg.name) < c.copyEndSeq) return 'copy';
+    if (c.state !== 'pair') return c.state;
+    if (tg.coordinator.seqApplied(tg.name) < c.copyEndSeq) return c.after ?? 'copy';
     return 'pair';
+  }
+
+  /** Why the group's target image cannot be read as consistent now, or undefined when it can. */
+  halfSynced(group: string): string | undefined {
+    const tg = this.groups.get(group);
+    if (tg === undefined || this.pairState(tg) !== 'resync') return undefined;
+    return `${group} is resyncing: its target image is half-synced until the resync completes`;
   }
 
   status(): TargetGroupStatus[] {
@@ -579,6 +602,13 @@ export class TargetReplicator {
       throw new RemcopyError(
         'RC_ERR_STATE',
         `${copying.join(', ')}: the initial copy has not completed, the target image is not consistent (use --force to take over anyway)`,
+      );
+    }
+    const resyncing = tgs.filter((tg) => this.pairState(tg) === 'resync').map((tg) => tg.name);
+    if (resyncing.length > 0 && !force) {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${resyncing.join(', ')}: a resync is running, the target image is half-synced (use --force to take over anyway)`,
       );
     }
     for (const tg of tgs) {

@@ -1,0 +1,73 @@
+/**
+ * A group's dirty bitmaps on a node, with their file (storage/bitmap-file.ts) and the resync
+ * tracker over them (core/resync.ts). Persisting is a group commit: every caller of durable() waits
+ * for one file write that holds its change, and one write serves all that were waiting.
+ *
+ * The rule (issue 4): a bit is durable before the write it covers is acknowledged (mark()), and
+ * cleared only once the target holds the chunk durably (the tracker's acked()); clearing is
+ * persisted lazily, since a bit found set after a crash costs one chunk copied again, nothing more.
+ */
+import { join } from 'node:path';
+import type { DirtyBitmap } from '../../core/dirty-bitmap.js';
+import { ResyncTracker } from '../../core/resync.js';
+import type { VolumeGeometry } from '../../storage/bitmap-file.js';
+import { readBitmapFile, writeBitmapFile } from '../../storage/bitmap-file.js';
+
+export class GroupBitmaps {
+  readonly maps: Map<string, DirtyBitmap>;
+  readonly tracker: ResyncTracker;
+  readonly file: string;
+  private persistedGeneration: number;
+  private persisting: Promise<void> | undefined;
+
+  constructor(
+    dataDir: string,
+    readonly group: string,
+    readonly chunkBytes: number,
+    volumes: readonly VolumeGeometry[],
+  ) {
+    this.file = join(dataDir, 'bitmaps', `${group}.bmp`);
+    this.maps = readBitmapFile(this.file, group, chunkBytes, volumes);
+    this.tracker = new ResyncTracker([...this.maps].map(([volume, bitmap]) => ({ volume, bitmap })));
+    this.persistedGeneration = this.generation;
+  }
+
+  /** Grows with every bit set or cleared in any of the group's bitmaps. */
+  get generation(): number {
+    let n = 0;
+    for (const bm of this.maps.values()) n += bm.generation;
+    return n;
+  }
+
+  get dirtyBytes(): number {
+    return this.tracker.dirtyBytes;
+  }
+
+  /** A write that is not journalled changed the range: resolves once its bits are durable. */
+  mark(volume: string, offset: number, length: number): Promise<void> {
+    this.tracker.markWrite(volume, offset, length);
+    return this.durable();
+  }
+
+  /** Marks whole ranges at once (failback: chunks that differ from the peer); durable on return. */
+  markAll(ranges: Iterable<{ volume: string; offset: number; length: number }>): Promise<void> {
+    for (const r of ranges) if (this.maps.has(r.volume)) this.tracker.markWrite(r.volume, r.offset, r.length);
+    return this.durable();
+  }
+
+  /** Resolves once the file holds every change made before the call. */
+  async durable(): Promise<void> {
+    const want = this.generation;
+    while (this.persistedGeneration < want) {
+      if (this.persisting === undefined) {
+        const gen = this.generation;
+        this.persisting = writeBitmapFile(this.file, this.group, this.chunkBytes, this.maps)
+          .then(() => {
+            this.persistedGeneration = Math.max(this.persistedGeneration, gen);
+          })
+          .finally(() => (this.persisting = undefined));
+      }
+      await this.persisting;
+    }
+  }
+}
