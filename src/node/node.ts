@@ -30,7 +30,8 @@ import { GroupStateStore } from './replication/group-state.js';
 import { LinkServer } from './replication/link-server.js';
 import type { LinkTiming } from './replication/source.js';
 import { LINK_TIMING_DEFAULT, SourceReplicator } from './replication/source.js';
-import { TargetReplicator } from './replication/target.js';
+import { promotedBitmaps, TargetReplicator } from './replication/target.js';
+import type { GroupBitmaps } from './replication/bitmaps.js';
 import { ZeroMap } from './replication/zero-map.js';
 import { applyToDevice, WritePath } from './write-path.js';
 import { nowUs } from './clock.js';
@@ -56,6 +57,8 @@ export class RemcopyNode {
   private api?: ApiServer;
   private linkServer?: LinkServer;
   private readonly ops = new NodeOperations(this);
+  /** Dirty bitmaps of the groups taken over at this node, since their takeover. */
+  readonly promoted = new Map<string, GroupBitmaps>();
   source?: SourceReplicator;
   target?: TargetReplicator;
   private stopping?: Promise<void>;
@@ -153,6 +156,11 @@ export class RemcopyNode {
           }
         }
         node.target = await TargetReplicator.open(topo, cfg, groupState, devices, log, zeroMaps);
+        for (const g of topo.groups.values()) {
+          if (g.target === cfg.name && groupState.get(g.name).role === 'promoted') {
+            node.setGroupRole(g.name, 'promoted', promotedBitmaps(cfg, g));
+          }
+        }
         for (const v of volumes.values()) {
           if (v.role.kind !== 'target') continue;
           const group = v.role.group;
@@ -247,7 +255,9 @@ export class RemcopyNode {
   }
 
   status(): object {
-    const groups = [...(this.source?.status() ?? []), ...(this.target?.status() ?? [])];
+    const groups = [...(this.source?.status() ?? []), ...(this.target?.status() ?? [])].map((g) =>
+      g.role === 'promoted' ? { ...g, dirtyBytes: this.promoted.get(g.name)?.dirtyBytes ?? 0 } : g,
+    );
     return {
       node: this.cfg.name,
       pid: process.pid,
@@ -287,10 +297,16 @@ export class RemcopyNode {
     return this.stopping;
   }
 
-  /** Volumes of `group` on this node take `kind` (takeover, fencing); exports follow at once. */
-  setGroupRole(group: string, kind: 'promoted' | 'fenced'): void {
+  /**
+   * Volumes of `group` on this node take `kind` (takeover, fencing); exports follow at once. A
+   * promoted group's writes are tracked in `bitmaps` (set before the volumes become writable).
+   */
+  setGroupRole(group: string, kind: 'promoted' | 'fenced', bitmaps?: GroupBitmaps): void {
+    if (bitmaps) this.promoted.set(group, bitmaps);
     for (const v of this.volumes.values()) {
-      if (v.role.kind !== 'none' && v.role.group === group) v.setRole({ kind, group });
+      if (v.role.kind === 'none' || v.role.group !== group) continue;
+      if (kind === 'promoted') v.tracked = bitmaps;
+      v.setRole({ kind, group });
     }
   }
 

@@ -40,8 +40,9 @@ export class NodeOperations {
       groups = [name];
     }
     try {
-      const done = await this.node.target!.takeover(groups, force);
-      for (const d of done) this.node.setGroupRole(d.group, 'promoted');
+      const taken = await this.node.target!.takeover(groups, force);
+      for (const d of taken) this.node.setGroupRole(d.group, 'promoted', d.bitmaps);
+      const done = taken.map(({ bitmaps, ...d }) => ({ ...d, dirtyBytes: bitmaps.dirtyBytes }));
       this.node.log('warn', 'takeover: target volumes are writable, the epoch is bumped', { groups: done });
       return { node: cfg.name, groups: done };
     } catch (e) {

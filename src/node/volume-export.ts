@@ -8,7 +8,7 @@ import type { Extent, VolumeExport, WriteOptions, ZeroOptions } from '../fronten
 import { appendExtent, BackendError } from '../frontend/backend.js';
 import type { BlockDevice } from '../storage/blockdev.js';
 import { isZero } from '../storage/zeroes.js';
-import type { WritePath } from './write-path.js';
+import type { TrackPort, WritePath } from './write-path.js';
 
 /**
  * none: in no group, written directly. source: journalled. target: read-only, shows the last
@@ -38,6 +38,11 @@ export class NodeVolume implements VolumeExport {
   gate: ReadGate | undefined;
   /** Set on a target volume by the node: why its image is half-synced now (reads refused), if it is. */
   halfSynced: (() => string | undefined) | undefined;
+  /**
+   * Set on a promoted volume by the node: its group's dirty bitmap since the takeover (DESIGN.md
+   * §3.7). Each write's bits are durable before the write is applied and acknowledged.
+   */
+  tracked: TrackPort | undefined;
 
   constructor(
     readonly name: string,
@@ -143,6 +148,7 @@ export class NodeVolume implements VolumeExport {
       });
     }
     try {
+      if (this.roleNow.kind === 'promoted' && this.tracked) await this.tracked.mark(this.name, offset, length);
       if (payload) this.device.writeSync(offset, payload);
       else this.device.zeroSync(offset, length);
       if (opts.fua) await this.device.sync();

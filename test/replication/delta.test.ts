@@ -249,3 +249,40 @@ test('a full journal under policy suspend suspends the pair instead of failing w
     await Promise.all([A.stop(), B.stop()]);
   }
 });
+
+test('after a takeover the promoted side tracks its writes in a dirty bitmap that survives kill -9', async () => {
+  const dir = mkdtempSync(join(root, 'promoted-'));
+  const topo = await writeTopology(
+    dir,
+    { a: { volumes: { d: '16MiB' } }, b: { volumes: { d: '16MiB' } } },
+    { gd: ['a', 'b', 'd'] },
+  );
+  const pa = topo.ports.get('a')!;
+  const pb = topo.ports.get('b')!;
+  const [A, B0] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
+  let B = B0;
+  try {
+    await copyJournalled(apiOf(pa.api), topo.secret, 'gd');
+    await waitState(apiOf(pb.api), topo.secret, 'gd', 'pair');
+    await A.stop();
+    const t = await cli('takeover', '--config', topo.file, '--group', 'gd');
+    assert.equal(t.code, 0, t.out);
+    const tgtUri = `nbd://127.0.0.1:${pb.nbd}/d`;
+    // Three chunks: two writes in chunk 0, one across the boundary of chunks 4 and 5.
+    await qemuIo(tgtUri, [
+      'write -P 0x61 0 4k',
+      'write -P 0x62 8k 4k',
+      `write -P 0x63 ${5 * CHUNK - 2048} 4k`,
+    ]);
+    const g = await groupStatus(apiOf(pb.api), topo.secret, 'gd');
+    assert.equal(g.role, 'promoted');
+    assert.equal(g.dirtyBytes, 3 * CHUNK);
+    await B.kill9();
+    B = await startNodeProcess(topo.file, 'b');
+    assert.equal((await groupStatus(apiOf(pb.api), topo.secret, 'gd')).dirtyBytes, 3 * CHUNK);
+    await qemuIo(tgtUri, [`write -P 0x64 ${10 * CHUNK} 4k`]);
+    assert.equal((await groupStatus(apiOf(pb.api), topo.secret, 'gd')).dirtyBytes, 4 * CHUNK);
+  } finally {
+    await B.stop();
+  }
+});

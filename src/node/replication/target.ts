@@ -29,6 +29,7 @@ import { consistencySetOf } from '../config.js';
 import type { Log } from '../log.js';
 import type { ApplyGroup } from './apply.js';
 import { ApplyCoordinator, applyStateFile, loadApplyState } from './apply.js';
+import { GroupBitmaps } from './bitmaps.js';
 import type { GroupStateStore } from './group-state.js';
 import { RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
@@ -587,7 +588,15 @@ export class TargetReplicator {
   async takeover(
     names: readonly string[],
     force: boolean,
-  ): Promise<{ group: string; epoch: number; seqApplied: number; cut: OrderKey | undefined }[]> {
+  ): Promise<
+    {
+      group: string;
+      epoch: number;
+      seqApplied: number;
+      cut: OrderKey | undefined;
+      bitmaps: GroupBitmaps;
+    }[]
+  > {
     const tgs = names.map((n) => {
       const tg = this.groups.get(n);
       if (!tg)
@@ -626,6 +635,10 @@ export class TargetReplicator {
     for (const tg of tgs) ends.push({ tg, ...(await tg.coordinator.remove(tg.name)) });
     const out = [];
     for (const { tg, seqApplied, cut } of ends) {
+      // DESIGN.md §3.7: the promoted side starts a dirty bitmap. Records that arrived beyond the
+      // cut are written at the old source and not here: their chunks differ from the start.
+      const bitmaps = promotedBitmaps(this.cfg, tg.cfg);
+      await bitmaps.markAll(beyondCut(tg, seqApplied));
       const epoch = tg.receiver.epoch + 1;
       tg.receiver.setEpoch(epoch);
       await this.state.update(tg.name, {
@@ -634,7 +647,7 @@ export class TargetReplicator {
         reason: `takeover at ${new Date().toISOString()}`,
       });
       await tg.journal.close();
-      out.push({ group: tg.name, epoch, seqApplied, cut });
+      out.push({ group: tg.name, epoch, seqApplied, cut, bitmaps });
     }
     return out;
   }
@@ -647,6 +660,30 @@ export class TargetReplicator {
       tg.session?.close('node stopping', true, 'RC_ERR_SHUTDOWN');
       await tg.journal.close().catch(() => {});
     }
+  }
+}
+
+/** The dirty bitmaps of a group's volumes on its (promoted) target node. */
+export function promotedBitmaps(node: NodeConfig, g: GroupConfig): GroupBitmaps {
+  const volumes = [...g.pairs.values()].map((name) => ({ name, sizeBytes: node.volumes.get(name)!.sizeBytes }));
+  return new GroupBitmaps(node.dataDir, g.name, g.bitmapChunkBytes, volumes);
+}
+
+/** Ranges (in target volume names) of the records a group's journal holds beyond `seqApplied`. */
+function* beyondCut(
+  tg: TargetGroup,
+  seqApplied: number,
+): Generator<{ volume: string; offset: number; length: number }> {
+  let from = seqApplied + 1;
+  for (;;) {
+    if (from > tg.journal.lastSeq(tg.name)) return;
+    const recs = tg.journal.readRetained(tg.name, seq(from), 8 * 1024 * 1024);
+    if (recs.length === 0) return;
+    for (const { header: h } of recs) {
+      const volume = tg.cfg.pairs.get(h.volume);
+      if (volume !== undefined && h.length > 0) yield { volume, offset: h.offset, length: h.length };
+    }
+    from = recs[recs.length - 1]!.header.seq + 1;
   }
 }
 
