@@ -294,3 +294,100 @@ test('records are released only after the volume sync completes (the redo log ne
   assert.equal(journal.releasedSeq('g1'), 2, 'released once the volume is durable');
   await journal.close();
 });
+
+test('tracked (suspended) writes: no record, no seq; bit durable before the volume; pending writes follow', async () => {
+  const { journal, sequencer, wp, dev, write } = await setup();
+  await write('g1', 0, 1);
+  const order: string[] = [];
+  let releaseMark!: () => void;
+  const markGate = new Promise<void>((r) => (releaseMark = r));
+  const port = {
+    async mark(volume: string, offset: number, length: number) {
+      order.push(`mark ${volume} ${offset}+${length}`);
+      await markGate;
+    },
+  };
+  let ready!: () => void;
+  // A write submitted before track() but not yet journalled follows the new rule too.
+  const early = write('g1', 8192, 7);
+  wp.track('g1', port, new Promise<void>((r) => (ready = r)));
+  const w = write('g1', 4096, 9);
+  const other = write('g2', 0, 5);
+  await other;
+  assert.deepEqual(order, [], 'nothing of g1 proceeds before the suspension is in force');
+  assert.equal(dev.bytes[4096], 0);
+  ready();
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(order.sort(), ['mark v1 4096+4096', 'mark v1 8192+4096']);
+  assert.equal(dev.bytes[4096], 0, 'the volume waits for the bit to be durable');
+  // A copy of the range waits for the tracked write, then refuses: no copy record while suspended.
+  const copy = wp.copyChunk('g1', 'v1', dev, 4096, 4096);
+  releaseMark();
+  await Promise.all([w, early]);
+  await assert.rejects(copy, /suspended/);
+  assert.equal(dev.bytes[4096], 9);
+  assert.equal(dev.bytes[8192], 7);
+  assert.equal(sequencer.seqOf('g1'), 1, 'tracked writes take no seq');
+  assert.deepEqual(
+    [...journal.retained()].map((r) => `${r.header.group}:${r.header.seq}`),
+    ['g1:1', 'g2:1'],
+  );
+  await wp.untrack('g1');
+  await write('g1', 4096, 10);
+  assert.equal(sequencer.seqOf('g1'), 2, 'journalled again after untrack');
+  await journal.close();
+});
+
+test('journal full under policy suspend: the owner suspends, the writes are tracked, none fails', async () => {
+  const journal = await Journal.open({
+    dir: join(root, `j${n++}`),
+    bytesMax: 2 * SEGMENT,
+    segmentBytes: SEGMENT,
+    limits: { recordPayloadBytesMax: PAYLOAD_MAX },
+  });
+  const sequencer = new Sequencer(nodeIdOf('a'), 'host-last', {
+    lastOrdinal: ordinal(0),
+    lastWriteTimeUs: timeUs(0),
+    lastSeq: new Map(),
+  });
+  const marked: number[] = [];
+  const full: string[][] = [];
+  let clock = 1;
+  const wp: WritePath = new WritePath({
+    sequencer,
+    journal,
+    epochOf: () => 1,
+    nowUs: () => timeUs(clock++),
+    nowMs: () => performance.now(),
+    throttleMaxDelayMs: 50,
+    throttleRetryMs: 2,
+    log: () => {},
+    onJournalFull: (groups) => {
+      full.push([...groups]);
+      wp.track('g1', { mark: async (_v, offset) => void marked.push(offset) }, Promise.resolve());
+    },
+  });
+  const dev = new MemBlockDevice(1 << 20);
+  const writes = [];
+  for (let i = 0; i < 12; i++) {
+    writes.push(
+      wp.submit({
+        group: 'g1',
+        kind: RecordKind.data,
+        volume: 'v1',
+        device: dev,
+        offset: i * 32768,
+        length: 32768,
+        payload: Buffer.alloc(32768, i + 1),
+        fua: false,
+      }),
+    );
+  }
+  await Promise.all(writes);
+  assert.deepEqual(full, [['g1']]);
+  assert.ok(marked.length > 0, 'the writes that did not fit were tracked');
+  assert.equal(sequencer.seqOf('g1') + marked.length, 12, 'every write journalled or tracked, once');
+  for (let i = 0; i < 12; i++) assert.equal(dev.bytes[i * 32768], i + 1);
+  assert.equal(wp.stats.rejectedJournalFull, 0);
+  await journal.close();
+});

@@ -141,6 +141,8 @@ class SourceGroup {
   /** Writes are tracked in the bitmaps, nothing is shipped (suspended). */
   suspended = false;
   resyncing: Promise<void> | undefined;
+  /** Bumped by every resume: a pass of an earlier resume stops (it may have missed new bits). */
+  resyncPass = 0;
   resyncStartedMs = 0;
   /** Bytes journalled as resync copy records since the start (metric). */
   resyncBytesTotal = 0;
@@ -708,8 +710,13 @@ export class SourceReplicator {
   }
 
   private startResync(g: SourceGroup): void {
-    if (g.resyncing) return;
-    g.resyncing = this.runResync(g)
+    const pass = ++g.resyncPass;
+    const previous = g.resyncing;
+    g.resyncing = (async () => {
+      // A pass of an earlier resume may still be in a copy: it stops at its next step.
+      await previous;
+      await this.runResync(g, pass);
+    })()
       .catch((e) => {
         g.lastError = `resync stopped: ${String(e)}`;
         this.log('error', 'resync stopped; it starts over at the next resume or restart', {
@@ -717,11 +724,15 @@ export class SourceReplicator {
           error: String(e),
         });
       })
-      .finally(() => (g.resyncing = undefined));
+      .finally(() => {
+        if (g.resyncPass === pass) g.resyncing = undefined;
+      });
   }
 
   /** One pass over the dirty chunks, each journalled as a copy record; then back to `pair`. */
-  private async runResync(g: SourceGroup): Promise<void> {
+  private async runResync(g: SourceGroup, pass: number): Promise<void> {
+    const stale = (): boolean => this.closed || g.suspended || g.resyncPass !== pass;
+    if (stale()) return;
     const t = g.bitmaps.tracker;
     t.start();
     g.resyncStartedMs = performance.now();
@@ -729,7 +740,7 @@ export class SourceReplicator {
     const started = performance.now();
     let chunk = t.next();
     while (chunk !== undefined) {
-      if (this.closed || g.suspended || g.sender.state === 'fenced') return;
+      if (stale() || g.sender.state === 'fenced') return;
       const u = this.journal.usage();
       if (u.usedBytes > COPY_JOURNAL_FRACTION_MAX * u.bytesMax) {
         await sleep(20);
@@ -749,14 +760,14 @@ export class SourceReplicator {
           await sleep(20);
           continue;
         }
-        if (this.closed || g.suspended) return;
+        if (stale()) return;
         throw e;
       }
       t.copied(chunk.volume, chunk.chunk, copied.seq);
       g.resyncBytesTotal += chunk.length;
       chunk = t.next();
     }
-    if (this.closed || g.suspended) return;
+    if (stale()) return;
     // Everything after this seq is journalled as written: the target is consistent once it has
     // applied it.
     const resyncEndSeq = this.journal.lastSeq(g.name);
