@@ -73,15 +73,18 @@ export async function runPairCommand(
     already?: boolean;
     since?: string;
     dirtyBytes?: number;
+    groups?: string[];
   };
+  const others = (res.groups ?? []).filter((n) => n !== o.group);
+  const withSet = others.length > 0 ? ` (with ${others.join(', ')} of its consistency set)` : '';
   if (o.json) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
   else if (action === 'suspend') {
     process.stdout.write(
-      `suspend ${o.group}: ${res.already ? 'was suspended already' : 'suspended'} since ${res.since}; writes at ${g.source} are tracked in the dirty bitmap\n`,
+      `suspend ${o.group}: ${res.already ? 'was suspended already' : 'suspended'}${withSet} since ${res.since}; writes at ${g.source} are tracked in the dirty bitmap\n`,
     );
   } else {
     process.stdout.write(
-      `resume ${o.group}: resync of ${res.dirtyBytes} dirty bytes started; \`remcopy status\` shows its progress\n`,
+      `resume ${o.group}${withSet}: resync of ${res.dirtyBytes} dirty bytes started; \`remcopy status\` shows its progress\n`,
     );
   }
   return ExitCode.ok;

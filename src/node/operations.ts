@@ -56,7 +56,14 @@ export class NodeOperations {
     this.sourceGroup(group);
     try {
       const r = await this.node.source!.suspend(group, 'operator');
-      return { group, state: 'suspended', already: r.already, since: r.delta.since, reason: r.delta.reason };
+      return {
+        group,
+        groups: r.groups,
+        state: 'suspended',
+        already: r.already,
+        since: r.delta.since,
+        reason: r.delta.reason,
+      };
     } catch (e) {
       if (e instanceof RemcopyError) throw new ApiError(409, `${e.code}: ${e.message}`);
       throw e;
@@ -68,7 +75,7 @@ export class NodeOperations {
     this.sourceGroup(group);
     try {
       const r = await this.node.source!.resume(group, force);
-      return { group, state: 'resync', dirtyBytes: r.dirtyBytes };
+      return { group, groups: r.groups, state: 'resync', dirtyBytes: r.dirtyBytes };
     } catch (e) {
       if (e instanceof RemcopyError) throw new ApiError(409, `${e.code}: ${e.message}`);
       throw e;

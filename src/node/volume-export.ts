@@ -148,7 +148,8 @@ export class NodeVolume implements VolumeExport {
       });
     }
     try {
-      if (this.roleNow.kind === 'promoted' && this.tracked) await this.tracked.mark(this.name, offset, length);
+      if (this.roleNow.kind === 'promoted' && this.tracked)
+        await this.tracked.mark(this.name, offset, length);
       if (payload) this.device.writeSync(offset, payload);
       else this.device.zeroSync(offset, length);
       if (opts.fua) await this.device.sync();

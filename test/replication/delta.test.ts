@@ -286,3 +286,40 @@ test('after a takeover the promoted side tracks its writes in a dirty bitmap tha
     await B.stop();
   }
 });
+
+test('the groups of a consistency set are suspended and resumed together', async () => {
+  const dir = mkdtempSync(join(root, 'set-'));
+  const topo = await writeTopology(
+    dir,
+    { a: { volumes: { d: '8MiB', l: '8MiB' } }, b: { volumes: { d: '8MiB', l: '8MiB' } } },
+    { gd: ['a', 'b', 'd'], gl: ['a', 'b', 'l'] },
+    { bank: ['gd', 'gl'] },
+  );
+  const pa = topo.ports.get('a')!;
+  const pb = topo.ports.get('b')!;
+  const [A, B] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
+  try {
+    for (const g of ['gd', 'gl']) {
+      await copyJournalled(apiOf(pa.api), topo.secret, g);
+      await waitState(apiOf(pb.api), topo.secret, g, 'pair');
+    }
+    const s = await cli('suspend', '--config', topo.file, '--group', 'gd');
+    assert.equal(s.code, 0, s.out);
+    assert.match(s.out, /with gl of its consistency set/);
+    const gl = await waitState(apiOf(pa.api), topo.secret, 'gl', 'suspended');
+    assert.match(gl.reason ?? '', /with gd, same consistency set/);
+    await qemuIo(`nbd://127.0.0.1:${pa.nbd}/d`, ['write -P 0x71 0 1M']);
+    await qemuIo(`nbd://127.0.0.1:${pa.nbd}/l`, ['write -P 0x72 4M 64k']);
+    assert.equal((await groupStatus(apiOf(pa.api), topo.secret, 'gl')).dirtyBytes, CHUNK);
+    const r = await cli('resume', '--config', topo.file, '--group', 'gd');
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, new RegExp(`resync of ${1024 * 1024 + CHUNK} dirty bytes`));
+    for (const g of ['gd', 'gl']) {
+      await waitState(apiOf(pa.api), topo.secret, g, 'pair');
+      const v = await cli('verify', '--config', topo.file, '--group', g);
+      assert.equal(v.code, 0, v.out);
+    }
+  } finally {
+    await Promise.all([A.stop(), B.stop()]);
+  }
+});

@@ -37,6 +37,7 @@ import { LinkSession } from '../../link/session.js';
 import type { BlockDevice } from '../../storage/blockdev.js';
 import type { Journal } from '../../storage/journal.js';
 import type { GroupConfig, NodeConfig, Topology } from '../config.js';
+import { consistencySetOf } from '../config.js';
 import { nowUs } from '../clock.js';
 import type { Log } from '../log.js';
 import type { WritePath } from '../write-path.js';
@@ -622,16 +623,21 @@ export class SourceReplicator {
    * dirty bitmap; they proceed once the journalled records are durable in the volumes and the
    * suspension is persisted. Resolves with the persisted state.
    */
-  async suspend(group: string, reason: string): Promise<{ delta: DeltaState; already: boolean }> {
+  async suspend(
+    group: string,
+    reason: string,
+  ): Promise<{ delta: DeltaState; already: boolean; groups: string[] }> {
     const g = this.groupOrThrow(group);
-    if (g.suspended) return { delta: this.state.get(group).delta!, already: true };
+    const groups = this.setMembers(g).map((m) => m.name);
+    if (g.suspended) return { delta: this.state.get(group).delta!, already: true, groups };
     if (this.state.get(group).copy?.state === 'copy') {
       throw new RemcopyError(
         'RC_ERR_STATE',
         `${group}: the initial copy is running; a suspension would have nothing consistent to fall back on`,
       );
     }
-    return { delta: await this.suspendGroup(g, reason), already: false };
+    const delta = await this.suspendGroup(g, reason);
+    return { delta, already: false, groups: groups.filter((n) => this.groups.get(n)!.suspended) };
   }
 
   /** The journal is full under policy `suspend`: suspend every group of `groups` that can be. */
@@ -645,8 +651,33 @@ export class SourceReplicator {
     }
   }
 
-  /** The synchronous part (tracking starts) happens before the first await. */
+  /**
+   * The groups of g's consistency set replicated from this node, g first. They are suspended and
+   * resumed together: a suspended group holds back its set's cut at the target, so the others
+   * would only fill the target's journal meanwhile.
+   */
+  setMembers(g: SourceGroup): SourceGroup[] {
+    const set = consistencySetOf(this.topo, g.name);
+    const names = set === undefined ? [] : (this.topo.consistencySets.get(set) ?? []);
+    const others = names.filter((n) => n !== g.name).map((n) => this.groups.get(n));
+    return [g, ...others.filter((x): x is SourceGroup => x !== undefined)];
+  }
+
+  /**
+   * Suspends g and the other groups of its set on this node that can be; resolves with g's
+   * persisted state. The synchronous part (tracking starts) happens before the first await.
+   */
   suspendGroup(g: SourceGroup, reason: string): Promise<DeltaState> {
+    for (const m of this.setMembers(g).slice(1)) {
+      if (!this.canSuspend(m)) continue;
+      this.suspendOne(m, `${reason} (with ${g.name}, same consistency set)`).catch((e) =>
+        this.log('error', 'suspension failed', { group: m.name, error: String(e) }),
+      );
+    }
+    return this.suspendOne(g, reason);
+  }
+
+  private suspendOne(g: SourceGroup, reason: string): Promise<DeltaState> {
     let settle!: { ok: () => void; fail: (e: unknown) => void };
     const ready = new Promise<void>((ok, fail) => (settle = { ok, fail }));
     g.suspended = true;
@@ -681,10 +712,11 @@ export class SourceReplicator {
   }
 
   /**
-   * Resumes a suspended group: its writes are journalled again, and a delta resync journals every
-   * dirty chunk as a copy record. Resolves once the resync has started (not finished).
+   * Resumes a suspended group and the suspended groups of its set on this node: their writes are
+   * journalled again, and a delta resync journals every dirty chunk as a copy record. Resolves once
+   * the resyncs have started (not finished); `dirtyBytes` is their total.
    */
-  async resume(group: string, force = false): Promise<{ dirtyBytes: number }> {
+  async resume(group: string, force = false): Promise<{ dirtyBytes: number; groups: string[] }> {
     const g = this.groupOrThrow(group);
     const delta = this.state.get(group).delta;
     if (!g.suspended || delta?.state !== 'suspended') {
@@ -698,15 +730,27 @@ export class SourceReplicator {
         `${group}: the link to ${peer.target.name} is down (${peer.lastError ?? 'no session'}); resume once it is up, or use --force`,
       );
     }
-    await this.o.writePath.untrack(group);
-    g.suspended = false;
-    await this.state.update(group, { delta: { ...delta, state: 'resync', resyncs: delta.resyncs + 1 } });
-    this.log('info', 'pair resumed: delta resync starts', { group, dirtyBytes: g.bitmaps.dirtyBytes });
-    peer.announce(g);
-    peer.pump();
+    const members = this.setMembers(g).filter(
+      (m) => m.suspended && this.state.get(m.name).delta?.state === 'suspended',
+    );
+    let dirtyBytes = 0;
+    for (const m of members) {
+      const d = this.state.get(m.name).delta!;
+      await this.o.writePath.untrack(m.name);
+      m.suspended = false;
+      await this.state.update(m.name, { delta: { ...d, state: 'resync', resyncs: d.resyncs + 1 } });
+      this.log('info', 'pair resumed: delta resync starts', {
+        group: m.name,
+        dirtyBytes: m.bitmaps.dirtyBytes,
+      });
+      dirtyBytes += m.bitmaps.dirtyBytes;
+      const p = this.peerOf(m);
+      p.announce(m);
+      p.pump();
+      this.startResync(m);
+    }
     this.makeDurable();
-    this.startResync(g);
-    return { dirtyBytes: g.bitmaps.dirtyBytes };
+    return { dirtyBytes, groups: members.map((m) => m.name) };
   }
 
   private startResync(g: SourceGroup): void {

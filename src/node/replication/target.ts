@@ -665,7 +665,10 @@ export class TargetReplicator {
 
 /** The dirty bitmaps of a group's volumes on its (promoted) target node. */
 export function promotedBitmaps(node: NodeConfig, g: GroupConfig): GroupBitmaps {
-  const volumes = [...g.pairs.values()].map((name) => ({ name, sizeBytes: node.volumes.get(name)!.sizeBytes }));
+  const volumes = [...g.pairs.values()].map((name) => ({
+    name,
+    sizeBytes: node.volumes.get(name)!.sizeBytes,
+  }));
   return new GroupBitmaps(node.dataDir, g.name, g.bitmapChunkBytes, volumes);
 }
 
