@@ -3,7 +3,7 @@
  * process that can be stopped cleanly (SIGTERM) or killed (SIGKILL). Used by the crash and
  * interop tests and the benchmarks; everything binds to 127.0.0.1.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { join } from 'node:path';
@@ -150,6 +150,16 @@ export function startNodeProcess(configFile: string, node: string, timeoutMs = 1
       reject(
         new Error(`node ${node} exited (${code ?? signal}) before ready: ${stderr.slice(-5).join('\n')}`),
       );
+    });
+  });
+}
+
+/** Runs the remcopy CLI; resolves with its exit code and its stdout and stderr together. */
+export function runCli(...args: string[]): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI_MAIN, ...args], (e, stdout, stderr) => {
+      const code = e === null ? 0 : typeof e.code === 'number' ? e.code : -1;
+      resolve({ code, out: `${stdout}${stderr}` });
     });
   });
 }

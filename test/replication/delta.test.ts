@@ -17,21 +17,15 @@ import { promisify } from 'node:util';
 import { apiCall } from '../../src/node/api.js';
 import type { Api } from '../../src/testing/cluster.js';
 import { apiOf, copyJournalled, groupStatus, metricValue, waitFor } from '../../src/testing/cluster.js';
-import { CLI_MAIN, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
+import type { TestNodeSpec, TestTopology } from '../../src/testing/proc.js';
+import { runCli, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
 import { mulberry32 } from '../../src/testing/random.js';
 
 const run = promisify(execFile);
 const root = mkdtempSync(join(tmpdir(), 'rc-delta-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
-const cli = (...args: string[]) =>
-  run(process.execPath, [CLI_MAIN, ...args]).then(
-    (r) => ({ code: 0, out: r.stdout + r.stderr }),
-    (e: { code?: number; stdout?: string; stderr?: string }) => ({
-      code: e.code ?? -1,
-      out: `${e.stdout ?? ''}${e.stderr ?? ''}`,
-    }),
-  );
+const cli = runCli;
 
 const CHUNK = 64 * 1024;
 const VOLUME = 64 * 1024 * 1024;
@@ -42,6 +36,36 @@ async function qemuIo(uri: string, cmds: string[], readOnly = false): Promise<st
     maxBuffer: 64 * 1024 * 1024,
   });
   return r.stdout + r.stderr;
+}
+
+/** Nodes a and b started from a fresh topology, every group past its initial copy. */
+async function pairedSites(
+  prefix: string,
+  nodes: { a: TestNodeSpec; b: TestNodeSpec },
+  groups: Record<string, [string, string, string] | [string, string, string, string]>,
+  sets: Record<string, string[]> = {},
+) {
+  const topo = await writeTopology(mkdtempSync(join(root, prefix)), nodes, groups, sets);
+  const pa = topo.ports.get('a')!;
+  const pb = topo.ports.get('b')!;
+  const [A, B] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
+  for (const g of Object.keys(groups)) {
+    await copyJournalled(apiOf(pa.api), topo.secret, g);
+    await waitState(apiOf(pb.api), topo.secret, g, 'pair', 60_000);
+  }
+  return { topo, pa, pb, A, B };
+}
+
+/** Once the link is up, `remcopy resume`, wait for `pair` again, and `remcopy verify` passes. */
+async function resumeAndVerify(topo: TestTopology, api: Api, group: string): Promise<void> {
+  await waitFor('the link up again', async () =>
+    (await groupStatus(api, topo.secret, group)).linkUp ? true : undefined,
+  );
+  const r = await cli('resume', '--config', topo.file, '--group', group);
+  assert.equal(r.code, 0, r.out);
+  await waitState(api, topo.secret, group, 'pair', 90_000);
+  const v = await cli('verify', '--config', topo.file, '--group', group);
+  assert.equal(v.code, 0, v.out);
 }
 
 async function waitState(api: Api, secret: string, group: string, state: string, timeoutMs = 30_000) {
@@ -56,21 +80,15 @@ async function waitState(api: Api, secret: string, group: string, state: string,
 }
 
 test('suspend, writes tracked across a kill -9, resume resyncs only the dirty chunks; verify passes', async () => {
-  const dir = mkdtempSync(join(root, 'suspend-'));
-  const topo = await writeTopology(
-    dir,
+  const sites = await pairedSites(
+    'suspend-',
     { a: { volumes: { d: '64MiB' } }, b: { volumes: { d: '64MiB' } } },
     { gd: ['a', 'b', 'd', 'resyncRate: 4MiB'] },
   );
-  const pa = topo.ports.get('a')!;
-  const pb = topo.ports.get('b')!;
-  const [A0, B] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
-  let A = A0;
+  const { topo, pa, pb, B } = sites;
+  let A = sites.A;
   const srcUri = `nbd://127.0.0.1:${pa.nbd}/d`;
   try {
-    await copyJournalled(apiOf(pa.api), topo.secret, 'gd');
-    await waitState(apiOf(pb.api), topo.secret, 'gd', 'pair');
-
     // 1 MiB as 256 writes of 4 KiB at random 4 KiB-aligned places; first as pattern 0x11, journalled
     // and retained (records are released a second after the target's ACK), then again as 0x22
     // while suspended: a redo of the retained records after the kill would put 0x11 back.
@@ -166,20 +184,15 @@ test('suspend, writes tracked across a kill -9, resume resyncs only the dirty ch
 });
 
 test('a link down longer than suspendAfter suspends the pair; after resume the copy is whole', async () => {
-  const dir = mkdtempSync(join(root, 'linkdown-'));
-  const topo = await writeTopology(
-    dir,
+  const sites = await pairedSites(
+    'linkdown-',
     { a: { volumes: { d: '16MiB' } }, b: { volumes: { d: '16MiB' } } },
     { gd: ['a', 'b', 'd', 'suspendAfter: 1s'] },
   );
-  const pa = topo.ports.get('a')!;
-  const pb = topo.ports.get('b')!;
-  const [A, B0] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
-  let B = B0;
+  const { topo, pa, A } = sites;
+  let B = sites.B;
   const srcUri = `nbd://127.0.0.1:${pa.nbd}/d`;
   try {
-    await copyJournalled(apiOf(pa.api), topo.secret, 'gd');
-    await waitState(apiOf(pb.api), topo.secret, 'gd', 'pair');
     await B.kill9();
     const g = await waitState(apiOf(pa.api), topo.secret, 'gd', 'suspended', 15_000);
     assert.match(g.reason ?? '', /link to b down/);
@@ -188,37 +201,25 @@ test('a link down longer than suspendAfter suspends the pair; after resume the c
     assert.notEqual(refused.code, 0, 'resume with the link down is refused');
     assert.match(refused.out, /link to b is down/);
     B = await startNodeProcess(topo.file, 'b');
-    await waitFor('the link up again', async () =>
-      (await groupStatus(apiOf(pa.api), topo.secret, 'gd')).linkUp ? true : undefined,
-    );
-    const r = await cli('resume', '--config', topo.file, '--group', 'gd');
-    assert.equal(r.code, 0, r.out);
-    await waitState(apiOf(pa.api), topo.secret, 'gd', 'pair', 60_000);
-    const v = await cli('verify', '--config', topo.file, '--group', 'gd');
-    assert.equal(v.code, 0, v.out);
+    await resumeAndVerify(topo, apiOf(pa.api), 'gd');
   } finally {
     await Promise.all([A.stop(), B.stop()]);
   }
 });
 
 test('a full journal under policy suspend suspends the pair instead of failing writes', async () => {
-  const dir = mkdtempSync(join(root, 'full-'));
-  const topo = await writeTopology(
-    dir,
+  const sites = await pairedSites(
+    'full-',
     {
       a: { volumes: { d: '128MiB' }, journal: '{ size: 80MiB, segmentSize: 40MiB, full: suspend }' },
       b: { volumes: { d: '128MiB' } },
     },
     { gd: ['a', 'b', 'd'] },
   );
-  const pa = topo.ports.get('a')!;
-  const pb = topo.ports.get('b')!;
-  const [A, B0] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
-  let B = B0;
+  const { topo, pa, A } = sites;
+  let B = sites.B;
   const srcUri = `nbd://127.0.0.1:${pa.nbd}/d`;
   try {
-    await copyJournalled(apiOf(pa.api), topo.secret, 'gd');
-    await waitState(apiOf(pb.api), topo.secret, 'gd', 'pair', 60_000);
     await B.stop();
     // 96 MiB with the target away: more than the 80 MiB journal holds.
     const out = await qemuIo(srcUri, [
@@ -237,33 +238,21 @@ test('a full journal under policy suspend suspends the pair instead of failing w
     assert.equal(st.writePath.rejectedJournalFull, 0);
     assert.ok(st.writePath.trackedWrites > 0);
     B = await startNodeProcess(topo.file, 'b');
-    await waitFor('the link up again', async () =>
-      (await groupStatus(apiOf(pa.api), topo.secret, 'gd')).linkUp ? true : undefined,
-    );
-    const r = await cli('resume', '--config', topo.file, '--group', 'gd');
-    assert.equal(r.code, 0, r.out);
-    await waitState(apiOf(pa.api), topo.secret, 'gd', 'pair', 90_000);
-    const v = await cli('verify', '--config', topo.file, '--group', 'gd');
-    assert.equal(v.code, 0, v.out);
+    await resumeAndVerify(topo, apiOf(pa.api), 'gd');
   } finally {
     await Promise.all([A.stop(), B.stop()]);
   }
 });
 
 test('after a takeover the promoted side tracks its writes in a dirty bitmap that survives kill -9', async () => {
-  const dir = mkdtempSync(join(root, 'promoted-'));
-  const topo = await writeTopology(
-    dir,
+  const sites = await pairedSites(
+    'promoted-',
     { a: { volumes: { d: '16MiB' } }, b: { volumes: { d: '16MiB' } } },
     { gd: ['a', 'b', 'd'] },
   );
-  const pa = topo.ports.get('a')!;
-  const pb = topo.ports.get('b')!;
-  const [A, B0] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
-  let B = B0;
+  const { topo, pb, A } = sites;
+  let B = sites.B;
   try {
-    await copyJournalled(apiOf(pa.api), topo.secret, 'gd');
-    await waitState(apiOf(pb.api), topo.secret, 'gd', 'pair');
     await A.stop();
     const t = await cli('takeover', '--config', topo.file, '--group', 'gd');
     assert.equal(t.code, 0, t.out);
@@ -288,21 +277,13 @@ test('after a takeover the promoted side tracks its writes in a dirty bitmap tha
 });
 
 test('the groups of a consistency set are suspended and resumed together', async () => {
-  const dir = mkdtempSync(join(root, 'set-'));
-  const topo = await writeTopology(
-    dir,
+  const { topo, pa, A, B } = await pairedSites(
+    'set-',
     { a: { volumes: { d: '8MiB', l: '8MiB' } }, b: { volumes: { d: '8MiB', l: '8MiB' } } },
     { gd: ['a', 'b', 'd'], gl: ['a', 'b', 'l'] },
     { bank: ['gd', 'gl'] },
   );
-  const pa = topo.ports.get('a')!;
-  const pb = topo.ports.get('b')!;
-  const [A, B] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
   try {
-    for (const g of ['gd', 'gl']) {
-      await copyJournalled(apiOf(pa.api), topo.secret, g);
-      await waitState(apiOf(pb.api), topo.secret, g, 'pair');
-    }
     const s = await cli('suspend', '--config', topo.file, '--group', 'gd');
     assert.equal(s.code, 0, s.out);
     assert.match(s.out, /with gl of its consistency set/);

@@ -23,21 +23,14 @@ import type { BankLayout, BankProgress } from '../../src/testing/bank.js';
 import { BANK_BLOCK_BYTES, checkBank, runBank } from '../../src/testing/bank.js';
 import { apiOf, copyJournalled, groupStatus, waitFor } from '../../src/testing/cluster.js';
 import { nbdWriter } from '../../src/testing/nbd-writer.js';
-import { CLI_MAIN, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
+import { runCli, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
 import { mulberry32 } from '../../src/testing/random.js';
 
 const run = promisify(execFile);
 const root = mkdtempSync(join(tmpdir(), 'rc-repl-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
-const cli = (...args: string[]) =>
-  run(process.execPath, [CLI_MAIN, ...args]).then(
-    (r) => ({ code: 0, out: r.stdout + r.stderr }),
-    (e: { code?: number; stdout?: string; stderr?: string }) => ({
-      code: e.code ?? -1,
-      out: `${e.stdout ?? ''}${e.stderr ?? ''}`,
-    }),
-  );
+const cli = runCli;
 
 async function twoSites(dir: string) {
   const topo = await writeTopology(

@@ -27,7 +27,13 @@ let n = 0;
 const PAYLOAD_MAX = 64 * 1024;
 const SEGMENT = 80 * 1024;
 
-async function setup(opts: { bytesMax?: number; throttleMaxDelayMs?: number } = {}) {
+async function setup(
+  opts: {
+    bytesMax?: number;
+    throttleMaxDelayMs?: number;
+    onJournalFull?: (wp: WritePath, groups: ReadonlySet<string>) => void;
+  } = {},
+) {
   const journal = await Journal.open({
     dir: join(root, `j${n++}`),
     bytesMax: opts.bytesMax ?? 64 * SEGMENT,
@@ -49,6 +55,7 @@ async function setup(opts: { bytesMax?: number; throttleMaxDelayMs?: number } = 
     throttleMaxDelayMs: opts.throttleMaxDelayMs ?? 2000,
     throttleRetryMs: 2,
     log: () => {},
+    onJournalFull: opts.onJournalFull && ((groups) => opts.onJournalFull!(wp, groups)),
   });
   const dev = new MemBlockDevice(1 << 20);
   const write = (group: string, offset: number, byte: number, length = 4096, fua = false) =>
@@ -339,32 +346,14 @@ test('tracked (suspended) writes: no record, no seq; bit durable before the volu
 });
 
 test('journal full under policy suspend: the owner suspends, the writes are tracked, none fails', async () => {
-  const journal = await Journal.open({
-    dir: join(root, `j${n++}`),
-    bytesMax: 2 * SEGMENT,
-    segmentBytes: SEGMENT,
-    limits: { recordPayloadBytesMax: PAYLOAD_MAX },
-  });
-  const sequencer = new Sequencer(nodeIdOf('a'), 'host-last', {
-    lastOrdinal: ordinal(0),
-    lastWriteTimeUs: timeUs(0),
-    lastSeq: new Map(),
-  });
   const marked: number[] = [];
   const full: string[][] = [];
-  let clock = 1;
-  const wp: WritePath = new WritePath({
-    sequencer,
-    journal,
-    epochOf: () => 1,
-    nowUs: () => timeUs(clock++),
-    nowMs: () => performance.now(),
+  const { journal, sequencer, wp } = await setup({
+    bytesMax: 2 * SEGMENT,
     throttleMaxDelayMs: 50,
-    throttleRetryMs: 2,
-    log: () => {},
-    onJournalFull: (groups) => {
+    onJournalFull: (w, groups) => {
       full.push([...groups]);
-      wp.track('g1', { mark: async (_v, offset) => void marked.push(offset) }, Promise.resolve());
+      w.track('g1', { mark: async (_v, offset) => void marked.push(offset) }, Promise.resolve());
     },
   });
   const dev = new MemBlockDevice(1 << 20);
