@@ -2,7 +2,7 @@
  * `npm run bench`: fio against remcopy, nbdkit's file plugin and qemu-nbd, each serving the same
  * kind of file on this machine, in one run; results printed as ratios to nbdkit. Then the async
  * replication cases (bench/replication.ts): replication on vs off, lag at half load, catch-up after
- * an outage of the target.
+ * an outage of the target. Last, the delta resync rate vs a plain nbdcopy (bench/resync.ts).
  *
  * Workloads (fio's nbd engine, one connection each):
  *   rand4k   4 KiB random write, QD32        (IOPS)
@@ -17,7 +17,9 @@
  *   BENCH_SECONDS              per fio run (default 8)
  *   BENCH_SIZE_MIB             file / volume size (default 1024)
  *   BENCH_WORKLOADS            comma list of the workloads above (server table only)
- *   BENCH_ONLY                 comma list of servers: nbdkit,qemu-nbd,remcopy; empty skips the table
+ *   BENCH_ONLY                 comma list of servers: nbdkit,qemu-nbd,remcopy, and of resync (the
+ *                              resync case); empty skips the table and resync. BENCH_REPL still picks
+ *                              the replication cases (BENCH_ONLY=resync BENCH_REPL=0: resync alone)
  *   BENCH_DIR                  where temporary directories go (default: the system temp dir)
  *   BENCH_JOURNAL              remcopy journal size per node (default 4GiB)
  *   BENCH_REPL                 replication cases: 1/all (default), 0 (none), or a comma list of
@@ -25,8 +27,9 @@
  *   BENCH_HALF_IOPS            the "half load" rate for lag/outage (default: half the "on" IOPS)
  *   BENCH_OUTAGE_SECONDS       how long node b stays down (default 30)
  *   BENCH_OUTAGE_SIGNAL        SIGTERM (default) or SIGKILL, how node b is stopped
- *   BENCH_CATCHUP_MAX_SECONDS  give up waiting for the catch-up (and each drain) after (default 300)
+ *   BENCH_CATCHUP_MAX_SECONDS  give up waiting for the catch-up (each drain, the resync) after (default 300)
  *   BENCH_LAG_SAMPLE_MS        status sampling interval (default 100)
+ *   BENCH_RESYNC_MIB           volume size of the resync case (default 512)
  * Node logs go to their stderr at REMCOPY_LOG_LEVEL (default here: warn), kept in memory.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -45,6 +48,7 @@ import {
   workloads,
 } from './common.js';
 import { replCases, reportReplication, runReplication, startCluster } from './replication.js';
+import { reportResync, runResync } from './resync.js';
 
 interface Server {
   name: string;
@@ -135,8 +139,10 @@ async function startRemcopy(): Promise<Server> {
   return { name: 'remcopy', uri: c.uri, stop: () => c.stop() };
 }
 
+const ONLY = (process.env.BENCH_ONLY ?? 'nbdkit,qemu-nbd,remcopy,resync').split(',').filter((s) => s !== '');
+
 async function serverTable(): Promise<string> {
-  const only = (process.env.BENCH_ONLY ?? 'nbdkit,qemu-nbd,remcopy').split(',').filter((s) => s !== '');
+  const only = ONLY.filter((s) => s !== 'resync');
   const chosen = process.env.BENCH_WORKLOADS?.split(',');
   if (chosen) workloads.splice(0, workloads.length, ...workloads.filter((w) => chosen.includes(w.name)));
   const starters: Record<string, () => Promise<Server>> = {
@@ -144,7 +150,8 @@ async function serverTable(): Promise<string> {
     'qemu-nbd': startQemuNbd,
     remcopy: startRemcopy,
   };
-  for (const name of only) if (!starters[name]) throw new Error(`BENCH_ONLY: unknown server ${name}`);
+  for (const name of only)
+    if (!starters[name]) throw new Error(`BENCH_ONLY: unknown server ${name} (or resync)`);
   if (only.length === 0 || workloads.length === 0) return '';
   const results = new Map<string, Map<string, number>>();
   for (const name of only) {
@@ -170,9 +177,10 @@ async function main(): Promise<void> {
   const cases = replCases(); // bad BENCH_REPL fails before anything runs
   const table = await serverTable();
   const repl = cases.size > 0 ? await runReplication(cases) : undefined;
-  const out = [table, repl ? reportReplication(repl) : ''].filter((s) => s !== '');
-  process.stdout.write(`\n${out.join('\n')}`);
-  if (repl && repl.errors.length > 0) process.exitCode = 1;
+  const resync = ONLY.includes('resync') ? await runResync() : undefined;
+  const out = [table, repl ? reportReplication(repl) : '', resync ? reportResync(resync) : ''];
+  process.stdout.write(`\n${out.filter((s) => s !== '').join('\n')}`);
+  if ((repl && repl.errors.length > 0) || (resync && resync.errors.length > 0)) process.exitCode = 1;
 }
 
 function report(results: Map<string, Map<string, number>>): string {
