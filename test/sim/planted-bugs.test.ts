@@ -19,6 +19,17 @@
  * - tick-from-last-key (a tick keyed with the latest key assigned, durable or not): after a source
  *   crash loses that key's record, new records come in below the tick; the target refuses them
  *   (protocol) or has completed a cut that should have held them (prefix consistency).
+ * - resync-clear-on-copy (a dirty bit cleared when its copy is journalled, not when the target
+ *   reports it durable): bit cleared early at once; and when a source crash loses the copy after
+ *   the clear was persisted, the chunk is never copied again: the target claims a consistent image
+ *   without it (prefix consistency) and never converges;
+ * - resync-skip-chunk (each volume's last dirty chunk skipped): its bit never clears (resync
+ *   converged), the target claims consistency without it (prefix consistency), never converges;
+ * - resync-consistent-early (the target ignores the `resync` announcement): it claims a consistent
+ *   image while copy records are half applied: prefix consistency and dependent writes;
+ * - suspend-ack-before-bit (a tracked write applied and acknowledged before its bit is durable): a
+ *   source crash loses the bit of an acknowledged write (bit cleared early at the restart), the
+ *   write is never copied: the target never converges.
  * Seeds run from 1 until every named checker has caught the bug.
  */
 import assert from 'node:assert/strict';
@@ -39,6 +50,10 @@ const CAUGHT_BY: Record<BugName, readonly CheckerName[]> = {
   'cut-not-persisted': ['exception'],
   'tick-from-last-key': ['prefix-consistency', 'protocol'],
   'checkpoint-without-plan': ['monotonic-cuts', 'prefix-consistency'],
+  'resync-clear-on-copy': ['bit-cleared-early', 'prefix-consistency', 'convergence'],
+  'resync-skip-chunk': ['resync-converged', 'prefix-consistency', 'convergence'],
+  'resync-consistent-early': ['prefix-consistency', 'dependent-writes'],
+  'suspend-ack-before-bit': ['bit-cleared-early', 'convergence'],
 };
 
 for (const bug of BUG_NAMES) {

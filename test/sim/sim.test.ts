@@ -4,9 +4,12 @@
  * - many seeds (RC_SIM_SEEDS, default 500, from RC_SIM_SEED_BASE, default 1), each with a seeded
  *   network (delay, loss, duplication, reordering, partitions), seeded disks (lost unsynced writes,
  *   torn journal tails, lost unsynced volume writes, which the target's redo from its last
- *   checkpoint up to the cut it planned last must restore) and crashes and restarts of both nodes; every checker
- *   runs on every seed (prefix consistency, dependent writes, monotonic cuts, convergence, no loss
- *   where promised, release after durable); a failure names its seed and the command replaying it;
+ *   checkpoint up to the cut it planned last must restore), crashes and restarts of both nodes, and
+ *   suspensions with a delta resync after them (writes tracked in dirty bitmaps, copy records,
+ *   PAIR_STATE announcements, crashes while a resync runs); every checker runs on every seed
+ *   (prefix consistency and dependent writes whenever the target claims a consistent image,
+ *   monotonic cuts, convergence, no loss where promised, release after durable, resync converged,
+ *   copies dirty only, bit cleared early); a failure names its seed and the command replaying it;
  * - the faults do happen over those seeds (so a pass means something);
  * - same seed, same run (the trace hash); another seed, another run;
  * - the replay command exits 0 on a clean seed, and 1 with its own replay line on a violation.
@@ -53,7 +56,10 @@ test(`simulator: seeds ${SEED_BASE}..${SEED_BASE + SEEDS - 1} with faults, every
       `${totals['checkpoints']} checkpoints, ${totals['cyclesRedone']} cycles redone ` +
       `(${totals['recordsRedone']} records), ${totals['volumeWritesLost']} unsynced volume writes lost, ` +
       `${totals['writesLost']} unsynced records lost, ` +
-      `${totals['framesLost']} frames lost, ${totals['target: refused batch']} batches refused (gaps)`,
+      `${totals['framesLost']} frames lost, ${totals['target: refused batch']} batches refused (gaps); ` +
+      `${totals['suspensions']} groups suspended, ${totals['trackedWrites']} writes tracked, ` +
+      `${totals['chunksCopied']} chunks copied, ${totals['resyncsCompleted']} resyncs journalled, ` +
+      `${totals['bitsCleared']} bits cleared, ${totals['cutsInconsistent']} cuts during resyncs (not claimed consistent)`,
   );
   if (failures.length > 0) {
     const shown = failures.slice(0, FAILURES_SHOWN_MAX).map(describeFailure);
@@ -78,6 +84,13 @@ test(`simulator: seeds ${SEED_BASE}..${SEED_BASE + SEEDS - 1} with faults, every
       'mode host-last',
       'mode clock',
       'mode counter',
+      'suspensions',
+      'trackedWrites',
+      'chunksCopied',
+      'resyncsCompleted',
+      'bitsCleared',
+      'cutsInconsistent',
+      'target: announcement lost',
     ]) {
       assert.ok((totals[what] ?? 0) > 0, `the seeds exercised ${what}`);
     }

@@ -21,6 +21,10 @@
  *            up to exactly the planned cut and re-applies it (the records after the checkpoint are
  *            still in the journals), so readers never see a cut below one they saw before.
  *
+ * Readers are told whether the image is consistent (target.ts: no group of the set in a resync it
+ * has not applied to its end); the checkers check the image at every cut, and at every moment
+ * between cycles, at which the coordinator claims it consistent, and only then.
+ *
  * Planted bugs (bugs.ts, config.ts):
  * - checkpoint-without-plan: a cycle persists only the checkpoint, not its cutPlanned: after a
  *   crash nothing pins the cut readers saw, and planCycle computes a new one from what arrival
@@ -60,6 +64,12 @@ export class ApplyCoordinator {
   /** Bumped by every checkpoint: an idle checkpoint timer set before it does nothing. */
   private idleTimerGen = 0;
   private idleTimerSet = false;
+  /** A cycle is writing to the volumes: they show neither its cut nor the last one. */
+  private applying = false;
+  /** The volumes show the completed cut exactly (false after a restart until the first cycle). */
+  private shown = false;
+  /** The image was claimed consistent when last decided. */
+  private claimed = false;
 
   constructor(
     private readonly ctx: SimContext,
@@ -69,10 +79,32 @@ export class ApplyCoordinator {
     /** The set's arrivals, in the order of set.groups. */
     private readonly arrivals: readonly GroupArrival[],
     private readonly alive: () => boolean,
+    /** Whether the image at these seqApplied is consistent (the pair states announced). */
+    private readonly consistent: (seqApplied: ReadonlyMap<string, number>) => boolean,
   ) {
     this.state = disk.applyStates.get(set.name) ?? initialApplyState(set.groups);
     this.durable = { ...this.state, cutPlanned: undefined };
     this.lastCheckpointUs = ctx.sched.nowUs;
+  }
+
+  /** The last seq of `group` applied by a completed cycle. */
+  seqApplied(group: string): number {
+    return this.state.seqApplied.get(group)!;
+  }
+
+  /**
+   * An announcement changed what the set's image may be claimed to be. Between cycles an image
+   * that becomes consistent is checked at once: readers may read it from now on.
+   */
+  claimMayHaveChanged(): void {
+    if (this.applying || !this.shown) return;
+    const now = this.consistent(this.state.seqApplied);
+    if (now && !this.claimed && this.state.cutCompleted !== undefined) {
+      this.ctx.checkers.onConsistent(this.set, this.state.cutCompleted, (v, b) =>
+        this.disk.volumes.read(v, b),
+      );
+    }
+    this.claimed = now;
   }
 
   start(): void {
@@ -104,6 +136,8 @@ export class ApplyCoordinator {
       this.ctx.bug === 'checkpoint-without-plan' ? this.durable : { ...this.durable, cutPlanned: r.plan.cut };
     this.persist(pinned, () => {
       this.state = r.state;
+      this.applying = true;
+      this.shown = false;
       this.ctx.crashPoint('target');
       this.applyPlan(r.plan);
     });
@@ -131,15 +165,25 @@ export class ApplyCoordinator {
       e !== undefined && compareKeys(keyOf(e.h), r.key) === 0,
       `${group}/${r.seq} is in the target journal`,
     );
-    this.disk.volumes.write(e.h.volume, e.h.offset / BLOCK_BYTES, e.writeId);
+    const block = e.h.offset / BLOCK_BYTES;
+    if (e.copy === undefined) return this.disk.volumes.write(e.h.volume, block, e.writeId);
+    e.copy.blocks.forEach((id, i) => this.disk.volumes.write(e.h.volume, block + i, id));
   }
 
   /** The cycle's records are on the volumes (unsynced): readers see its cut from now on. */
   private complete(plan: CyclePlan): void {
     this.state = completeCycle(this.state, plan);
+    this.applying = false;
+    this.shown = true;
+    this.claimed = this.consistent(this.state.seqApplied);
     this.ctx.stats.cycles++;
     this.ctx.trace.add('cut', this.set.name, plan.cut.writeTimeUs, plan.cut.ordinal);
-    this.ctx.checkers.onCutCompleted(this.set, plan.cut, (v, b) => this.disk.volumes.read(v, b));
+    this.ctx.checkers.onCutCompleted(
+      this.set,
+      plan.cut,
+      (v, b) => this.disk.volumes.read(v, b),
+      this.claimed,
+    );
     this.ctx.crashPoint('target');
     if (this.checkpointDue()) this.checkpoint(() => (this.busy = false));
     else this.busy = false;

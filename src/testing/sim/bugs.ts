@@ -8,12 +8,15 @@
  * - no-tiebreak: after the real plan, each group goes on through every held record whose write
  *   time is not above the cut's: "apply every record with time <= T", the comparison without the
  *   tie-breaker that DESIGN.md §3.1 warns about.
- * The other planted bugs are switches: release-before-durable, fua-before-sync and
- * tick-from-last-key in source.ts, cut-not-persisted and checkpoint-without-plan in apply.ts.
+ * - resync-skip-chunk: the resync's next() passes over the last dirty chunk of each volume.
+ * The other planted bugs are switches: release-before-durable, fua-before-sync,
+ * tick-from-last-key, resync-clear-on-copy and suspend-ack-before-bit in source.ts,
+ * cut-not-persisted and checkpoint-without-plan in apply.ts, resync-consistent-early in target.ts.
  */
 import type { ArrivalView, GroupArrival, HeldRecord } from '../../core/arrival.js';
 import type { ApplyState, CyclePlan, GroupPlan, PlanLimits, PlanResult } from '../../core/apply-plan.js';
 import { planCycle } from '../../core/apply-plan.js';
+import type { ResyncChunk, ResyncTracker } from '../../core/resync.js';
 import type { OrderKey, Seq } from '../../core/types.js';
 import { compareKeys, ordinal, RecordKind, seq, timeUs } from '../../core/types.js';
 import type { BugName } from './config.js';
@@ -41,6 +44,14 @@ export function planWithBug(
 export function releasableSeq(bug: BugName | undefined, arrival: GroupArrival, seqApplied: Seq): Seq {
   // With apply-past-gap, seqApplied may lie past records that never arrived.
   return bug === 'apply-past-gap' ? seq(Math.min(seqApplied, arrival.seqContiguous)) : seqApplied;
+}
+
+/** The resync's next chunk, with the planted bug resync-skip-chunk if it is on. */
+export function nextChunkWithBug(bug: BugName | undefined, tracker: ResyncTracker): ResyncChunk | undefined {
+  const c = tracker.next();
+  if (bug !== 'resync-skip-chunk' || c === undefined) return c;
+  const bm = tracker.volumes.find((v) => v.volume === c.volume)!.bitmap;
+  return bm.nextDirty(c.chunk + 1) < 0 ? tracker.next() : c;
 }
 
 class GapBlindView implements ArrivalView {

@@ -29,6 +29,13 @@ export const ACCOUNT_OPENING_BALANCE = 100;
  *   before applying (nothing pins the cut readers saw until the next checkpoint).
  * - tick-from-last-key: the source ticks when a group has nothing appended left to send, with the
  *   group's seqSent and Sequencer.lastKey() (the latest key assigned, durable or not).
+ * - resync-clear-on-copy: the source clears a dirty bit when the chunk's copy record is journalled,
+ *   not when the target reports it durable.
+ * - resync-skip-chunk: the resync skips the last dirty chunk of each volume.
+ * - resync-consistent-early: the target ignores the source's `resync` announcement and keeps
+ *   claiming a consistent image while the copy records of a resync are applied.
+ * - suspend-ack-before-bit: a write to a suspended group is applied and acknowledged before its
+ *   dirty bit is durable.
  */
 export const BUG_NAMES = [
   'apply-past-gap',
@@ -38,6 +45,10 @@ export const BUG_NAMES = [
   'cut-not-persisted',
   'tick-from-last-key',
   'checkpoint-without-plan',
+  'resync-clear-on-copy',
+  'resync-skip-chunk',
+  'resync-consistent-early',
+  'suspend-ack-before-bit',
 ] as const;
 export type BugName = (typeof BUG_NAMES)[number];
 
@@ -138,6 +149,36 @@ export interface LinkConfig {
   readonly hostAckUs: readonly [number, number];
 }
 
+/**
+ * A suspension (DESIGN.md §3.6) of some groups: from `atUs` on, their writes are tracked in dirty
+ * bitmaps instead of journalled; at `resumeAtUs` (or when the liveness phase begins) the source
+ * resumes them with a delta resync.
+ */
+export interface SuspensionSpec {
+  readonly atUs: number;
+  /** One group, or every group of a consistency set. */
+  readonly groups: readonly string[];
+  /** Undefined: suspended until the liveness phase. */
+  readonly resumeAtUs: number | undefined;
+}
+
+export interface ResyncConfig {
+  /** Blocks per dirty-bitmap chunk (a chunk is what one copy record carries). */
+  readonly chunkBlocks: number;
+  readonly suspensions: readonly SuspensionSpec[];
+  /** Pause between two copy records of a resync. */
+  readonly copyStepUs: readonly [number, number];
+  /**
+   * A copy waits while the group has more records unreleased (not yet durable at the target): the
+   * node's copy loop waits on journal usage the same way, so a resync goes at the target's pace.
+   */
+  readonly copyBacklogMax: number;
+  /** Writing the bitmap file (write + fsync), one round at a time. */
+  readonly bitmapPersistUs: readonly [number, number];
+  /** Crashes soon after a resume: while the resync runs (on top of `crashes`). */
+  readonly crashes: readonly CrashSpec[];
+}
+
 export interface SimConfig {
   readonly writeTimeMode: WriteTimeMode;
   readonly groups: readonly GroupSpec[];
@@ -154,6 +195,8 @@ export interface SimConfig {
   readonly applyRecordsPerGroupMax: number | undefined;
   readonly applyStepUs: readonly [number, number];
   readonly checkpoint: CheckpointConfig;
+  /** Suspensions and delta resyncs (drawn after everything else). */
+  readonly resync: ResyncConfig;
   /** Faults and writes happen in [0, safetyUs); then the liveness phase, at most livenessUs. */
   readonly safetyUs: number;
   readonly livenessUs: number;
@@ -216,6 +259,42 @@ export function configFor(rng: Rng): SimConfig {
       idleUs: rng.pick([1, 20, 100, 500]) * MS,
       journalRecordsMax: rng.pick([undefined, undefined, 8, 64]),
     },
+    // Drawn after the checkpoints: a seed keeps the rest of its configuration.
+    resync: resyncFor(rng, safetyUs, sets),
+  };
+}
+
+/**
+ * In 40% of runs 1-2 suspensions of one group or of a whole set, while the hosts write; most are
+ * resumed in the safety phase (a resync under faults), the others when the liveness phase begins.
+ * Half of those resumed under faults have a crash (mostly of the source) while the resync runs.
+ */
+function resyncFor(rng: Rng, safetyUs: number, sets: readonly SetSpec[]): ResyncConfig {
+  const chunkBlocks = rng.pick([1, 2, 4]);
+  const suspensions: SuspensionSpec[] = [];
+  if (rng.chance(0.4)) {
+    for (let n = rng.int(1, 2); n > 0; n--) {
+      const set = rng.pick(sets);
+      const groups = set.groups.length > 1 && rng.chance(0.5) ? [...set.groups] : [rng.pick(set.groups)];
+      // While the hosts write: their 150-400 writes mostly end in the first fifth of the phase.
+      const atUs = rng.int(safetyUs / 50, (safetyUs * 3) / 10);
+      const resumeAtUs = rng.chance(0.25) ? undefined : atUs + rng.pick([10, 30, 100, 300]) * MS;
+      suspensions.push({ atUs, groups, resumeAtUs });
+    }
+  }
+  const crashes: CrashSpec[] = [];
+  for (const sp of suspensions) {
+    if (sp.resumeAtUs === undefined || !rng.chance(0.5)) continue;
+    const side = rng.chance(0.7) ? 'source' : 'target';
+    crashes.push({ side, atUs: sp.resumeAtUs + rng.int(1, 60) * MS, downUs: rng.int(1, 100) * MS });
+  }
+  return {
+    chunkBlocks,
+    suspensions: suspensions.sort((a, b) => a.atUs - b.atUs),
+    copyStepUs: [0, rng.pick([2000, 10_000, 30_000])],
+    bitmapPersistUs: [100, rng.pick([500, 2000, 5000])],
+    copyBacklogMax: rng.pick([2, 8, 32]),
+    crashes,
   };
 }
 

@@ -29,6 +29,16 @@ export interface SimStats {
   checkpoints: number;
   /** Unsynced target volume block writes a crash lost. */
   volumeWritesLost: number;
+  /** Groups suspended (one per group and suspension). */
+  suspensions: number;
+  /** Host writes to suspended groups: tracked in the dirty bitmap, not journalled. */
+  trackedWrites: number;
+  /** Copy records journalled by resyncs. */
+  chunksCopied: number;
+  /** Resync passes that journalled every dirty chunk (the source announced `pair`). */
+  resyncsCompleted: number;
+  /** Dirty bits cleared by the target's durable reports. */
+  bitsCleared: number;
 }
 
 export const newStats = (): SimStats => ({
@@ -46,6 +56,11 @@ export const newStats = (): SimStats => ({
   recordsRedone: 0,
   checkpoints: 0,
   volumeWritesLost: 0,
+  suspensions: 0,
+  trackedWrites: 0,
+  chunksCopied: 0,
+  resyncsCompleted: 0,
+  bitsCleared: 0,
 });
 
 export function countDrop(stats: SimStats, reason: string): void {

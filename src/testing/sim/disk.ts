@@ -17,6 +17,11 @@
  * SimVolumes owns the target volumes: block -> write id, a durable map and the unsynced writes.
  * At a crash each unsynced block write survives or not, independently (pages written back in any
  * order): the apply redo must not depend on which.
+ *
+ * SimBitmapFile is the source's dirty-bitmap file (DESIGN.md §3.6): persist() writes the node's
+ * bitmaps as they are when a round begins (write + fsync + rename: all or nothing); one round at a
+ * time, a caller waits for a round that began after its call; a crash keeps the last round
+ * completed.
  */
 import { assert } from '../../core/assert.js';
 import type { OrderKey, RecordHeader } from '../../core/types.js';
@@ -24,10 +29,24 @@ import { compareKeys, keyOf } from '../../core/types.js';
 import type { Rng } from './rng.js';
 import type { Scheduler } from './scheduler.js';
 
-/** One journal record: its header and the id of the source write it carries (its payload). */
+/** A copy record's payload: which copy it is and the write ids its chunk's blocks held. */
+export interface CopyPayload {
+  readonly copyId: number;
+  /** Per block of the chunk, the write it held at the source (undefined: never written). */
+  readonly blocks: readonly (number | undefined)[];
+}
+
+/** `writeId` of a copy record, which carries no single write. */
+export const NO_WRITE = -1;
+
+/**
+ * One journal record: its header and the id of the source write it carries (its payload); a copy
+ * record carries `copy` instead (and `writeId` NO_WRITE).
+ */
 export interface JournalEntry {
   readonly h: RecordHeader;
   readonly writeId: number;
+  readonly copy?: CopyPayload;
 }
 
 interface LoggedEntry extends JournalEntry {
@@ -229,8 +248,9 @@ export class SimJournal {
 const blockKey = (volume: string, block: number): string => `${volume}#${block}`;
 
 export class SimVolumes {
-  private readonly durable = new Map<string, number>();
-  private dirty = new Map<string, number>();
+  /** Block -> write id; undefined: written with zeroes (a copy of a block never written). */
+  private readonly durable = new Map<string, number | undefined>();
+  private dirty = new Map<string, number | undefined>();
   private generation = 0;
   /** Syncs complete in the order they began: a later one covers every earlier write too. */
   private lastSyncDoneUs = 0;
@@ -241,14 +261,15 @@ export class SimVolumes {
     private readonly syncUs: readonly [number, number],
   ) {}
 
-  write(volume: string, block: number, writeId: number): void {
+  /** Writes the block; undefined writes zeroes. */
+  write(volume: string, block: number, writeId: number | undefined): void {
     this.dirty.set(blockKey(volume, block), writeId);
   }
 
-  /** The write id a read of the block returns (undefined: never written). */
+  /** The write id a read of the block returns (undefined: never written, or zeroes). */
   read(volume: string, block: number): number | undefined {
     const k = blockKey(volume, block);
-    return this.dirty.get(k) ?? this.durable.get(k);
+    return this.dirty.has(k) ? this.dirty.get(k) : this.durable.get(k);
   }
 
   /** Calls `done` once every write made before this call is durable. */
@@ -280,5 +301,78 @@ export class SimVolumes {
     }
     this.dirty = new Map();
     return lost;
+  }
+}
+
+interface BitmapWaiter {
+  /** The request number: served by a round that began after it. */
+  readonly request: number;
+  readonly done: () => void;
+}
+
+/** The bits of every volume, as one round writes them. */
+export type BitmapSnapshot = ReadonlyMap<string, Uint8Array>;
+
+export class SimBitmapFile {
+  private durable = new Map<string, Uint8Array>();
+  private requests = 0;
+  private roundInFlight = false;
+  private waiters: BitmapWaiter[] = [];
+  private generation = 0;
+  /** What a round writes: the live node's bitmaps. Cleared by a crash. */
+  snapshot: (() => BitmapSnapshot) | undefined;
+  /** Called when a round is durable, with what it wrote and the stamp taken when it began. */
+  onPersisted: ((bits: BitmapSnapshot, stamp: number) => void) | undefined;
+
+  constructor(
+    private readonly sched: Scheduler,
+    private readonly rng: Rng,
+    private readonly persistUs: readonly [number, number],
+    private readonly stamp: () => number,
+  ) {}
+
+  /** The volume's bits as the file holds them (undefined: never written). */
+  load(volume: string): Uint8Array | undefined {
+    const b = this.durable.get(volume);
+    return b === undefined ? undefined : Uint8Array.from(b);
+  }
+
+  /** True when the file holds the chunk's bit set. */
+  durableSet(volume: string, chunk: number): boolean {
+    const b = this.durable.get(volume);
+    return b !== undefined && (b[chunk >> 3]! & (1 << (chunk & 7))) !== 0;
+  }
+
+  /** Calls `done` once a round that began after this call is durable. */
+  persist(done: () => void = () => {}): void {
+    this.waiters.push({ request: ++this.requests, done });
+    if (!this.roundInFlight) this.startRound();
+  }
+
+  crash(): void {
+    this.generation++;
+    this.roundInFlight = false;
+    this.waiters = [];
+    this.snapshot = undefined;
+  }
+
+  private startRound(): void {
+    const take = this.snapshot;
+    assert(take !== undefined, 'a bitmap round needs the node');
+    this.roundInFlight = true;
+    const covers = this.requests;
+    const bits = new Map([...take()].map(([v, b]) => [v, Uint8Array.from(b)]));
+    const stamp = this.stamp();
+    const gen = this.generation;
+    this.sched.after(this.rng.int(this.persistUs[0], this.persistUs[1]), () => {
+      if (gen !== this.generation) return;
+      this.roundInFlight = false;
+      this.durable = bits;
+      this.onPersisted?.(bits, stamp);
+      const ready = this.waiters.filter((w) => w.request <= covers);
+      this.waiters = this.waiters.filter((w) => w.request > covers);
+      if (this.waiters.length > 0) this.startRound();
+      for (const w of ready) w.done();
+    });
   }
 }

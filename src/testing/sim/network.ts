@@ -8,19 +8,30 @@
  * reordering, and the protocol must cope (GroupReceiver refuses a gap; the session is dropped and
  * resumed). Every frame carries its session number; each side ignores frames of other sessions.
  * During a partition every frame is dropped, both ways: the sides notice by their timeouts.
+ *
+ * A PAIR_STATE announcement has no seq of its own: over TCP, its place among the records is the
+ * stream's order. Here each announcement carries its number in the session (per group) and every
+ * RECORDS and TICK frame the number of announcements sent before it, so the target notices one
+ * that was lost or overtaken and drops the session (as a broken TCP stream would end it); the next
+ * session announces the state again before any record.
  */
 import type { OrderKey, RecordHeader } from '../../core/types.js';
 import type { NetConfig } from './config.js';
+import type { CopyPayload } from './disk.js';
 import type { Rng } from './rng.js';
 import type { Scheduler } from './scheduler.js';
 
 export type Side = 'source' | 'target';
 
-/** A record as it travels: the header and, as its payload, the id of the source write. */
+/** A record as it travels: the header and, as its payload, the id of the source write (or a copy). */
 export interface ShippedRecord {
   readonly h: RecordHeader;
   readonly writeId: number;
+  readonly copy?: CopyPayload;
 }
+
+/** Pair states a source announces (src/link/frames.ts PAIR_STATE, with `resync`). */
+export type AnnouncedState = 'pair' | 'resync';
 
 export type Frame =
   | { readonly type: 'connect'; readonly session: number }
@@ -32,6 +43,8 @@ export type Frame =
       readonly session: number;
       readonly group: string;
       readonly records: readonly ShippedRecord[];
+      /** Announcements of the group sent in this session before this frame. */
+      readonly pairStates: number;
     }
   | {
       readonly type: 'tick';
@@ -39,6 +52,17 @@ export type Frame =
       readonly group: string;
       readonly seq: number;
       readonly key: OrderKey;
+      readonly pairStates: number;
+    }
+  | {
+      readonly type: 'pair-state';
+      readonly session: number;
+      readonly group: string;
+      readonly state: AnnouncedState;
+      /** With `pair`: the image is consistent once the target has applied up to this seq. */
+      readonly copyEndSeq: number;
+      /** This announcement's number in the session, per group: 1, 2, ... */
+      readonly index: number;
     }
   | { readonly type: 'ack'; readonly session: number; readonly group: string; readonly durableSeq: number };
 

@@ -5,9 +5,11 @@
  * (the trace hash says so).
  *
  *   safety phase   [0, safetyUs): hosts write; the network loses, duplicates, reorders and
- *                  partitions; either node crashes (losing unsynced writes) and restarts.
- *   liveness phase: the workload stops, the network heals, no more crashes; the run ends as soon
- *                  as the target has converged, or after livenessUs.
+ *                  partitions; either node crashes (losing unsynced writes) and restarts; groups
+ *                  are suspended and resumed (a delta resync).
+ *   liveness phase: the workload stops, the network heals, no more crashes, every suspended
+ *                  group resumes; the run ends as soon as the target has converged (resyncs
+ *                  done, every bit clear, images consistent), or after livenessUs.
  *   checkers       at every completed cut, every release, every crash, and at the end
  *                  (checkers.ts). A throw inside the run is a violation too ('exception').
  *
@@ -15,18 +17,18 @@
  */
 import { AssertionError } from '../../core/assert.js';
 import { Checkers, CHECKER_NAMES } from './checkers.js';
-import type { CheckerName, Violation } from './checkers.js';
+import type { CheckerName, GroupResyncEnd, Violation } from './checkers.js';
 import type { BugName, SimConfig } from './config.js';
 import { configFor } from './config.js';
 import type { SimContext, SimStats } from './context.js';
 import { newStats, TraceHash } from './context.js';
-import { SimJournal } from './disk.js';
+import { SimBitmapFile, SimJournal } from './disk.js';
 import { History } from './history.js';
 import type { NetworkStats } from './network.js';
 import { Network } from './network.js';
 import { Rng } from './rng.js';
 import { Scheduler } from './scheduler.js';
-import { SourceNode } from './source.js';
+import { SourceDisk, SourceNode } from './source.js';
 import { TargetDisk, TargetNode } from './target.js';
 import { Workload } from './workload.js';
 
@@ -48,7 +50,12 @@ export interface SimResult {
   readonly violationCounts: ReadonlyMap<CheckerName, number>;
   readonly traceHash: string;
   readonly stats: SimStats &
-    NetworkStats & { readonly cutsChecked: number; readonly virtualMs: number; readonly events: number };
+    NetworkStats & {
+      readonly cutsChecked: number;
+      readonly cutsInconsistent: number;
+      readonly virtualMs: number;
+      readonly events: number;
+    };
   readonly config: SimConfig;
 }
 
@@ -78,6 +85,7 @@ class Simulation {
   private readonly ctx: SimContext;
   private readonly net: Network;
   private readonly sourceJournal: SimJournal;
+  private readonly sourceDisk: SourceDisk;
   private readonly targetDisk: TargetDisk;
   private readonly workload: Workload;
   private readonly rngs: { readonly source: Rng; readonly target: Rng; readonly faults: Rng };
@@ -115,6 +123,13 @@ class Simulation {
     this.targetDisk = new TargetDisk(this.ctx, root.fork());
     this.workload = new Workload(this.ctx, root.fork(), () => this.source);
     this.rngs = { source: root.fork(), target: root.fork(), faults: root.fork() };
+    const bitmaps = new SimBitmapFile(sched, root.fork(), cfg.resync.bitmapPersistUs, this.ctx.stamp);
+    bitmaps.onPersisted = (bits, stamp) => {
+      this.ctx.checkers.onBitmapPersisted(bits, stamp);
+      // Bits durable, the tracked writes waiting for them not yet applied, copies maybe unsynced.
+      this.ctx.crashPoint('source');
+    };
+    this.sourceDisk = new SourceDisk(this.sourceJournal, bitmaps);
   }
 
   run(): SimResult {
@@ -124,9 +139,14 @@ class Simulation {
       this.startSource();
       this.startTarget();
       this.workload.start();
-      for (const c of cfg.crashes) sched.after(c.atUs, () => this.crash(c.side, c.downUs));
+      for (const c of [...cfg.crashes, ...cfg.resync.crashes])
+        sched.after(c.atUs, () => this.crash(c.side, c.downUs));
       for (const p of cfg.net.partitions) {
         sched.after(p.startUs, () => this.ctx.log(`partition until ${p.endUs / 1000} ms`));
+      }
+      for (const sp of cfg.resync.suspensions) {
+        sched.after(sp.atUs, () => this.suspend(sp.groups));
+        if (sp.resumeAtUs !== undefined) sched.after(sp.resumeAtUs, () => this.resume(sp.groups));
       }
       sched.runUntil(cfg.safetyUs);
       this.beginLiveness();
@@ -138,6 +158,7 @@ class Simulation {
         sourceUnreleased: this.sourceJournal.unreleased(),
         targetUnreleased: this.targetDisk.unreleased(),
         read: (v, b) => this.targetDisk.volumes.read(v, b),
+        resync: this.resyncEnd(),
       });
     } catch (e) {
       const what = e instanceof AssertionError ? 'assertion' : 'error';
@@ -151,10 +172,54 @@ class Simulation {
   }
 
   private startSource(): void {
-    this.source = new SourceNode(this.ctx, this.rngs.source.fork(), this.sourceJournal, this.net, (g) =>
-      this.targetDisk.seqDurable(g),
+    this.source = new SourceNode(
+      this.ctx,
+      this.rngs.source.fork(),
+      this.sourceDisk,
+      this.net,
+      (g) => this.targetDisk.seqDurable(g),
+      (c) => this.targetDisk.holdsCopy(c),
     );
     this.ctx.log('source up');
+  }
+
+  /** Suspends the groups at the source: at once if it is up, else when it restarts. */
+  private suspend(groups: readonly string[]): void {
+    if (!this.safety) return;
+    for (const g of groups) {
+      if (this.source !== undefined) this.source.suspend(g);
+      else {
+        const d = this.sourceDisk.delta.get(g);
+        this.sourceDisk.delta.set(g, { state: 'suspended', copyEndSeq: d?.copyEndSeq ?? 0 });
+        this.ctx.log(`${g}: suspended while the source is down`);
+      }
+    }
+  }
+
+  /** Resumes the groups: a delta resync, at once if the source is up, else when it restarts. */
+  private resume(groups: readonly string[]): void {
+    for (const g of groups) {
+      if (this.source !== undefined) this.source.resume(g);
+      else {
+        const d = this.sourceDisk.delta.get(g);
+        if (d?.state === 'suspended') this.sourceDisk.delta.set(g, { ...d, state: 'resync' });
+      }
+    }
+  }
+
+  private resyncEnd(): GroupResyncEnd[] | undefined {
+    const source = this.source;
+    const target = this.target;
+    if (source === undefined || target === undefined) return undefined;
+    return this.ctx.cfg.groups.map((g) => {
+      const d = source.deltaOf(g.name);
+      return {
+        group: g.name,
+        sourceState: d.state,
+        dirtyChunks: d.dirtyChunks,
+        targetConsistent: target.groupConsistentNow(g.name),
+      };
+    });
   }
 
   private startTarget(): void {
@@ -169,7 +234,11 @@ class Simulation {
       this.source.crash();
       this.source = undefined;
       const lost = this.sourceJournal.crash(this.ctx.cfg.disk.tornChance);
-      const writes = this.ctx.history.markLost(lost.map((e) => e.writeId));
+      this.sourceDisk.bitmaps.crash();
+      const writes = this.ctx.history.markLost(
+        lost.filter((e) => e.copy === undefined).map((e) => e.writeId),
+        lost.flatMap((e) => (e.copy === undefined ? [] : [e.copy.copyId])),
+      );
       this.ctx.checkers.onSourceCrash(writes);
       stats.sourceCrashes++;
       stats.writesLost += lost.length;
@@ -199,7 +268,8 @@ class Simulation {
     this.safety = false;
     this.workload.stop();
     this.net.heal();
-    this.ctx.log('liveness phase: workload stopped, network healed, no more crashes');
+    this.resume(this.ctx.cfg.groups.map((g) => g.name));
+    this.ctx.log('liveness phase: workload stopped, network healed, no more crashes, every group resumed');
     this.ctx.sched.every(CONVERGENCE_POLL_US, () => {
       if (!this.converged()) return true;
       this.ctx.log('converged');
@@ -211,6 +281,7 @@ class Simulation {
   private converged(): boolean {
     if (this.source === undefined || this.target === undefined || !this.workload.idle) return false;
     if (this.sourceJournal.unreleased() > 0 || this.targetDisk.unreleased() > 0) return false;
+    if (!this.source.resyncsDone || !this.target.consistent) return false;
     for (const g of this.ctx.cfg.groups) {
       for (const v of g.volumes) {
         for (let b = 0; b < v.blocks; b++) {
@@ -234,6 +305,7 @@ class Simulation {
         ...stats,
         ...this.net.stats,
         cutsChecked: checkers.cutsChecked,
+        cutsInconsistent: checkers.cutsInconsistent,
         virtualMs: sched.nowUs / 1000,
         events: sched.eventsRun,
       },
@@ -249,10 +321,15 @@ function summary(cfg: SimConfig): object {
     sets: cfg.sets.map((s) => `${s.name}=${s.groups.join('+')}${s.accountsPerGroup > 0 ? ' bank' : ''}`),
     volumes: cfg.groups.flatMap((g) => g.volumes.map((v) => `${v.name}:${v.blocks}`)),
     writes: cfg.workload.writesMax,
-    crashes: cfg.crashes.map((c) => `${c.side}@${c.atUs / 1000}ms`),
+    crashes: [...cfg.crashes, ...cfg.resync.crashes].map((c) => `${c.side}@${c.atUs / 1000}ms`),
     partitions: cfg.net.partitions.length,
     loss: cfg.net.lossChance,
     dup: cfg.net.dupChance,
     reorder: cfg.net.reorderChance,
+    chunkBlocks: cfg.resync.chunkBlocks,
+    suspensions: cfg.resync.suspensions.map(
+      (sp) =>
+        `${sp.groups.join('+')}@${sp.atUs / 1000}ms-${sp.resumeAtUs === undefined ? 'liveness' : `${sp.resumeAtUs / 1000}ms`}`,
+    ),
   };
 }

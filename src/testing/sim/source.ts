@@ -26,17 +26,44 @@
  * (planted bug release-before-durable: at send time). A FUA write is acknowledged after the sync
  * that covers it (planted bug fua-before-sync: at once). Ticks follow rule 2 (planted bug
  * tick-from-last-key: the latest key assigned, what the first version of the node's sender sent).
+ *
+ * Suspension and delta resync (DESIGN.md §3.6), with the real DirtyBitmap and ResyncTracker
+ * (src/core/dirty-bitmap.ts, resync.ts), one bitmap per volume, one tracker per group:
+ *
+ *   suspend     --> nothing shipped for the group (no RECORDS, no TICK; RESUME and ACK still
+ *                   handled); its journalled records stay until after the resume
+ *   host write  --> tracker.markWrite --> bitmap file durable (skipped when the bit is durably
+ *   (suspended)     set already) --> write to the source volume --> ack. No seq, no key.
+ *   resume      --> wait for the tracked writes in flight --> PAIR_STATE(resync) --> shipping
+ *                   again --> tracker.start(); per step (waiting while more than copyBacklogMax
+ *                   of the group's records are unreleased): next() --> copy record (the chunk as
+ *                   the source volume holds it now, seq and key from the Sequencer) --> copied()
+ *                   next() done --> PAIR_STATE(pair, copyEndSeq = the last copy seq)
+ *   ACK, RESUME --> tracker.acked(seqAcked): bits of chunks whose copy is durable at the target
+ *   restart     --> bitmaps from the file; a group not suspended with dirty bits (or persisted in
+ *                   resync) resyncs them from the start
+ *
+ * The group's state (pair, suspended, resync, with the copyEndSeq last announced) is on disk at
+ * once (groups.json `delta`). On connect, a group that has been suspended announces its state before
+ * any record. Planted bugs: resync-clear-on-copy (a bit cleared when its copy is journalled),
+ * resync-skip-chunk (next() skips each volume's last dirty chunk), suspend-ack-before-bit (a tracked
+ * write applied and acknowledged before its bit is durable).
  */
+import { DirtyBitmap } from '../../core/dirty-bitmap.js';
+import { ResyncTracker } from '../../core/resync.js';
 import { GroupSender } from '../../core/sender.js';
 import type { JournalSpan } from '../../core/sender.js';
 import { Sequencer } from '../../core/sequencer.js';
 import type { OrderKey, RecordHeader, TimeUs } from '../../core/types.js';
 import { byteOffset, nodeIdOf, ordinal, RecordKind, seq, timeUs } from '../../core/types.js';
+import { nextChunkWithBug } from './bugs.js';
+import type { CopyHeld } from './checkers.js';
 import { BLOCK_BYTES } from './config.js';
 import type { SimContext } from './context.js';
 import { countDrop } from './context.js';
-import type { SimJournal } from './disk.js';
-import type { Frame, Network } from './network.js';
+import type { BitmapSnapshot, SimBitmapFile, SimJournal } from './disk.js';
+import { NO_WRITE } from './disk.js';
+import type { AnnouncedState, Frame, Network } from './network.js';
 import type { Rng } from './rng.js';
 import { SIM_EPOCH } from './target.js';
 
@@ -68,25 +95,71 @@ interface SourceSession {
   lastHeardUs: number;
   /** Last time an ACK moved a group on, or records went out with none in flight. */
   lastProgressUs: number;
+  /** Per group, the PAIR_STATE announcements sent in this session. */
+  readonly pairStates: Map<string, number>;
+}
+
+/** A group's pair state at the source (groups.json `delta` in the node). */
+export type DeltaMode = 'pair' | 'suspended' | 'resync';
+
+export interface DeltaState {
+  readonly state: DeltaMode;
+  /** The last copy record of the last resync that completed (what `pair` announces). */
+  readonly copyEndSeq: number;
+}
+
+/** What the source keeps on disk: the journal, the bitmap file, each group's pair state. */
+export class SourceDisk {
+  /** Absent: never suspended (pair, nothing to announce). Written at once, never lost. */
+  readonly delta = new Map<string, DeltaState>();
+
+  constructor(
+    readonly journal: SimJournal,
+    readonly bitmaps: SimBitmapFile,
+  ) {}
+}
+
+interface GroupDelta {
+  mode: DeltaMode;
+  /** Per volume of the group. */
+  readonly bitmaps: ReadonlyMap<string, DirtyBitmap>;
+  readonly tracker: ResyncTracker;
+  /** Tracked writes not yet applied (their bit is not yet durable). */
+  tracked: number;
+  /** A resume waits for the tracked writes in flight (else a copy could miss one). */
+  resumeWanted: boolean;
+  /** Bumped by every pass and suspension: a copy step of an earlier pass does nothing. */
+  pass: number;
+  lastCopySeq: number;
+  /** The group's last seq when this incarnation began: bounds the copies of passes before it. */
+  readonly seqAtStart: number;
 }
 
 export class SourceNode {
   alive = true;
+  private readonly journal: SimJournal;
   private readonly sequencer: Sequencer;
   private readonly senders = new Map<string, GroupSender>();
+  private readonly delta = new Map<string, GroupDelta>();
   private session: SourceSession | undefined;
   /** Host operations not yet answered: failed if the node crashes first. */
   private readonly pending = new Map<number, (ok: boolean) => void>();
   private nextOpId = 1;
+  /** Sum of the bitmaps' generations when a bitmap round was last asked for. */
+  private bitsGenPersisted = 0;
 
   constructor(
     private readonly ctx: SimContext,
     private readonly rng: Rng,
-    private readonly journal: SimJournal,
+    private readonly disk: SourceDisk,
     private readonly net: Network,
     /** The target's durable prefix of a group: only for the release-after-durable checker. */
     private readonly targetSeqDurable: (group: string) => number,
+    /** Whether the target holds a copy record durably: only for the bit-cleared-early checker. */
+    private readonly targetHolds: CopyHeld,
   ) {
+    const journal = disk.journal;
+    this.journal = journal;
     const groups = ctx.cfg.groups.map((g) => g.name);
     const end = journal.keyDurableMax;
     this.sequencer = new Sequencer(SOURCE_NODE_ID, ctx.cfg.writeTimeMode, {
@@ -97,9 +170,11 @@ export class SourceNode {
     for (const g of groups) {
       this.senders.set(g, new GroupSender(g, ctx.cfg.sender, seq(journal.seqReleased(g)), SIM_EPOCH));
     }
+    this.recoverDelta();
     journal.onDurable = () => this.pump();
     this.startTimers();
     this.connect();
+    for (const [group, d] of this.delta) if (d.mode === 'resync') this.startPass(group);
   }
 
   get nodeClockUs(): number {
@@ -107,6 +182,8 @@ export class SourceNode {
   }
 
   write(req: WriteRequest, done: (ok: boolean) => void): void {
+    const d = this.delta.get(req.group)!;
+    if (d.mode === 'suspended') return this.writeTracked(req, d, done);
     const f = this.sequencer.next(req.group, req.hostTimeUs, timeUs(this.nodeClockUs));
     const h: RecordHeader = {
       kind: RecordKind.data,
@@ -119,7 +196,7 @@ export class SourceNode {
       ...f,
     };
     const key: OrderKey = { writeTimeUs: f.writeTimeUs, nodeId: f.nodeId, ordinal: f.ordinal };
-    const w = this.ctx.history.add({ ...req, seq: f.seq, key });
+    const w = this.ctx.history.add({ ...req, seq: f.seq, key, srcPos: req.issueStamp });
     this.journal.append({ h, writeId: w.writeId });
     this.ctx.stats.writesIssued++;
     this.ctx.trace.add('w', w.writeId, req.group, f.seq, f.writeTimeUs, f.ordinal);
@@ -197,6 +274,7 @@ export class SourceNode {
     const r = this.senders.get(group)!.onResume(nextSeq, this.span(group));
     if (!r.ok) return this.drop(`source: RESUME ${r.kind}`);
     this.release(group);
+    this.clearCopied(group);
     this.pump();
   }
 
@@ -206,6 +284,7 @@ export class SourceNode {
     if (!r.advanced) return;
     s.lastProgressUs = this.ctx.sched.nowUs;
     this.release(group);
+    this.clearCopied(group);
     this.pump();
   }
 
@@ -221,6 +300,7 @@ export class SourceNode {
     const s = this.session;
     if (s === undefined) return;
     for (const [group, sender] of this.senders) {
+      if (this.delta.get(group)!.mode === 'suspended') continue;
       for (;;) {
         const want = sender.want(this.span(group));
         if (want === undefined) break;
@@ -229,7 +309,8 @@ export class SourceNode {
         if (records.length === 0) break;
         if (sender.bytesInFlight === 0) s.lastProgressUs = this.ctx.sched.nowUs;
         const last = records.at(-1)!.h.seq;
-        this.net.send('source', { type: 'records', session: s.id, group, records });
+        const pairStates = s.pairStates.get(group) ?? 0;
+        this.net.send('source', { type: 'records', session: s.id, group, records, pairStates });
         this.ctx.trace.add('send', s.id, group, want.fromSeq, last);
         sender.onSent(last, records.length * BLOCK_BYTES, this.ctx.sched.nowMs);
         if (this.ctx.bug === 'release-before-durable') this.release(group, last);
@@ -248,6 +329,7 @@ export class SourceNode {
     sched.every(cfg.disk.flushEveryUs, () => {
       if (!this.alive) return false;
       this.journal.sync();
+      if (this.bitsGeneration() !== this.bitsGenPersisted) this.persistBits();
       return true;
     });
   }
@@ -271,10 +353,19 @@ export class SourceNode {
 
   private sendTicks(s: SourceSession): void {
     for (const [group, sender] of this.senders) {
+      if (this.delta.get(group)!.mode === 'suspended') continue;
       const tick =
         this.ctx.bug === 'tick-from-last-key' ? this.tickFromLastKey(group) : this.tickDurable(group);
       if (!sender.tickDue(tick.span, this.ctx.sched.nowMs)) continue;
-      this.net.send('source', { type: 'tick', session: s.id, group, seq: tick.seq, key: tick.key });
+      const pairStates = s.pairStates.get(group) ?? 0;
+      this.net.send('source', {
+        type: 'tick',
+        session: s.id,
+        group,
+        seq: tick.seq,
+        key: tick.key,
+        pairStates,
+      });
       sender.onTickSent(this.ctx.sched.nowMs);
       this.ctx.stats.ticksSent++;
       this.ctx.crashPoint('source');
@@ -297,11 +388,22 @@ export class SourceNode {
   private connect(): void {
     const id = this.ctx.newSessionId();
     const now = this.ctx.sched.nowUs;
-    this.session = { id, startedUs: now, lastHeardUs: now, lastProgressUs: now };
+    const s: SourceSession = {
+      id,
+      startedUs: now,
+      lastHeardUs: now,
+      lastProgressUs: now,
+      pairStates: new Map(),
+    };
+    this.session = s;
     for (const sender of this.senders.values()) sender.connected();
     this.net.send('source', { type: 'connect', session: id });
     this.ctx.stats.sessions++;
     this.ctx.trace.add('connect', id);
+    // Before any record of the session: the state of every group that has been suspended.
+    for (const [group, d] of this.delta) {
+      if (d.mode !== 'suspended' && this.disk.delta.has(group)) this.announce(s, group);
+    }
   }
 
   private drop(reason: string, notify = true): void {
@@ -316,4 +418,265 @@ export class SourceNode {
       if (this.alive && this.session === undefined) this.connect();
     });
   }
+
+  // ---- suspension and delta resync ----
+
+  /** Suspends the group (operator or automatic): tracked writes from now on, nothing shipped. */
+  suspend(group: string): void {
+    const d = this.delta.get(group)!;
+    d.resumeWanted = false;
+    if (d.mode === 'suspended') return;
+    d.mode = 'suspended';
+    d.pass++;
+    this.setDelta(group, 'suspended');
+    this.ctx.stats.suspensions++;
+    this.ctx.trace.add('suspend', group);
+    this.ctx.log(`${group}: suspended`);
+  }
+
+  /** Resumes the group: a delta resync once the tracked writes in flight are applied. */
+  resume(group: string): void {
+    const d = this.delta.get(group)!;
+    if (d.mode !== 'suspended') return;
+    d.resumeWanted = true;
+    this.maybeBeginResync(group);
+  }
+
+  /** The group's state as the end checks see it. */
+  deltaOf(group: string): { readonly state: DeltaMode; readonly dirtyChunks: number } {
+    const d = this.delta.get(group)!;
+    let dirtyChunks = 0;
+    for (const bm of d.bitmaps.values()) dirtyChunks += bm.dirtyChunks;
+    return { state: d.mode, dirtyChunks };
+  }
+
+  /** Every group in pair and every bit clear. */
+  get resyncsDone(): boolean {
+    return [...this.delta.keys()].every((g) => {
+      const d = this.deltaOf(g);
+      return d.state === 'pair' && d.dirtyChunks === 0;
+    });
+  }
+
+  /** Bitmaps and trackers from the bitmap file, and each group's mode from its persisted state. */
+  private recoverDelta(): void {
+    const { cfg } = this.ctx;
+    const chunkBytes = cfg.resync.chunkBlocks * BLOCK_BYTES;
+    const all = new Map<string, DirtyBitmap>();
+    for (const g of cfg.groups) {
+      const bitmaps = new Map<string, DirtyBitmap>();
+      for (const v of g.volumes) {
+        const bm = new DirtyBitmap(v.blocks * BLOCK_BYTES, chunkBytes, this.disk.bitmaps.load(v.name));
+        bitmaps.set(v.name, bm);
+        all.set(v.name, bm);
+      }
+      const tracker = new ResyncTracker([...bitmaps].map(([volume, bitmap]) => ({ volume, bitmap })));
+      const persisted = this.disk.delta.get(g.name);
+      const dirty = [...bitmaps.values()].some((b) => b.dirtyChunks > 0);
+      const mode: DeltaMode =
+        persisted?.state === 'suspended'
+          ? 'suspended'
+          : persisted?.state === 'resync' || dirty
+            ? 'resync'
+            : 'pair';
+      this.delta.set(g.name, {
+        mode,
+        bitmaps,
+        tracker,
+        tracked: 0,
+        resumeWanted: false,
+        pass: 0,
+        lastCopySeq: 0,
+        seqAtStart: this.journal.seqLast(g.name),
+      });
+      if (mode === 'resync' && persisted?.state !== 'resync') this.setDelta(g.name, 'resync');
+    }
+    this.disk.bitmaps.snapshot = (): BitmapSnapshot => new Map([...all].map(([v, b]) => [v, b.toBytes()]));
+    this.bitsGenPersisted = this.bitsGeneration();
+    this.ctx.checkers.onSourceRestart(all, this.targetHolds);
+  }
+
+  private setDelta(group: string, state: DeltaMode, copyEndSeq?: number): void {
+    const prev = this.disk.delta.get(group);
+    this.disk.delta.set(group, { state, copyEndSeq: copyEndSeq ?? prev?.copyEndSeq ?? 0 });
+  }
+
+  private bitsGeneration(): number {
+    let n = 0;
+    for (const d of this.delta.values()) for (const b of d.bitmaps.values()) n += b.generation;
+    return n;
+  }
+
+  private persistBits(done?: () => void): void {
+    this.bitsGenPersisted = this.bitsGeneration();
+    this.disk.bitmaps.persist(done);
+  }
+
+  /**
+   * A write to a suspended group: its bit durable first, then the source volume, then the ack. No
+   * seq, no key, no journal record (planted bug suspend-ack-before-bit: volume and ack first).
+   */
+  private writeTracked(req: WriteRequest, d: GroupDelta, done: (ok: boolean) => void): void {
+    const { ctx } = this;
+    const op = this.track(done);
+    ctx.stats.writesIssued++;
+    ctx.stats.trackedWrites++;
+    ctx.checkers.onTrackedWriteIssued(req.volume, req.block, req.issueStamp);
+    d.tracked++;
+    const apply = (): void => {
+      const w = ctx.history.add({ ...req, seq: 0, key: undefined, srcPos: ctx.stamp() });
+      ctx.checkers.onTrackedWriteApplied(req.volume, req.block, w.srcPos);
+      ctx.trace.add('tw', w.writeId, req.group, req.volume, req.block);
+      d.tracked--;
+      const [lo, hi] = ctx.cfg.link.hostAckUs;
+      ctx.sched.after(this.rng.int(lo, hi), () =>
+        this.answer(op, () => {
+          ctx.history.acked(w.writeId, ctx.stamp(), req.fua);
+          ctx.stats.writesAcked++;
+        }),
+      );
+      ctx.crashPoint('source');
+    };
+    const offset = req.block * BLOCK_BYTES;
+    if (ctx.bug === 'suspend-ack-before-bit') {
+      apply();
+      d.tracker.markWrite(req.volume, offset, BLOCK_BYTES);
+      this.persistBits();
+      return this.maybeBeginResync(req.group);
+    }
+    const fresh = d.tracker.markWrite(req.volume, offset, BLOCK_BYTES);
+    const chunk = Math.floor(req.block / ctx.cfg.resync.chunkBlocks);
+    if (fresh === 0 && this.disk.bitmaps.durableSet(req.volume, chunk)) {
+      apply();
+      return this.maybeBeginResync(req.group);
+    }
+    this.persistBits(() => {
+      if (!this.alive) return;
+      apply();
+      this.maybeBeginResync(req.group);
+    });
+    ctx.crashPoint('source');
+  }
+
+  /** A resume asked for and no tracked write in flight: announce `resync`, ship, copy. */
+  private maybeBeginResync(group: string): void {
+    const d = this.delta.get(group)!;
+    if (!d.resumeWanted || d.tracked > 0 || d.mode !== 'suspended') return;
+    d.resumeWanted = false;
+    d.mode = 'resync';
+    this.setDelta(group, 'resync');
+    this.ctx.trace.add('resume', group);
+    this.ctx.log(`${group}: resumed, resync`);
+    if (this.session !== undefined) this.announce(this.session, group);
+    this.startPass(group);
+    this.pump();
+  }
+
+  /** PAIR_STATE of the group, in order with its records on the session. */
+  private announce(s: SourceSession, group: string): void {
+    const d = this.delta.get(group)!;
+    const state: AnnouncedState = d.mode === 'resync' ? 'resync' : 'pair';
+    const copyEndSeq = state === 'pair' ? (this.disk.delta.get(group)?.copyEndSeq ?? 0) : 0;
+    const index = (s.pairStates.get(group) ?? 0) + 1;
+    s.pairStates.set(group, index);
+    this.net.send('source', { type: 'pair-state', session: s.id, group, state, copyEndSeq, index });
+    this.ctx.trace.add('announce', s.id, group, state, copyEndSeq);
+  }
+
+  /** A pass over the dirty bits, from the start: one copy record per step. */
+  private startPass(group: string): void {
+    const d = this.delta.get(group)!;
+    d.pass++;
+    d.tracker.start();
+    this.scheduleCopy(group, d.pass);
+  }
+
+  private scheduleCopy(group: string, pass: number): void {
+    const [lo, hi] = this.ctx.cfg.resync.copyStepUs;
+    this.ctx.sched.after(this.rng.int(lo, hi), () => this.copyStep(group, pass));
+  }
+
+  private copyStep(group: string, pass: number): void {
+    const d = this.delta.get(group)!;
+    if (!this.alive || d.mode !== 'resync' || d.pass !== pass) return;
+    if (this.journal.seqLast(group) - this.journal.seqReleased(group) > this.ctx.cfg.resync.copyBacklogMax)
+      return this.scheduleCopy(group, pass);
+    const c = nextChunkWithBug(this.ctx.bug, d.tracker);
+    if (c === undefined) return this.finishResync(group);
+    const { ctx } = this;
+    const firstBlock = c.offset / BLOCK_BYTES;
+    const blocks = Array.from(
+      { length: c.length / BLOCK_BYTES },
+      (_, i) => ctx.history.current(c.volume, firstBlock + i)?.writeId,
+    );
+    const f = this.sequencer.next(group, undefined, timeUs(this.nodeClockUs));
+    const key: OrderKey = { writeTimeUs: f.writeTimeUs, nodeId: f.nodeId, ordinal: f.ordinal };
+    const copy = ctx.history.addCopy({
+      group,
+      volume: c.volume,
+      chunk: c.chunk,
+      firstBlock,
+      blocks,
+      seq: f.seq,
+      key,
+      srcPos: ctx.stamp(),
+    });
+    ctx.checkers.onCopy(copy);
+    const h: RecordHeader = {
+      kind: RecordKind.copy,
+      group,
+      volume: c.volume,
+      offset: byteOffset(c.offset),
+      length: c.length,
+      epoch: SIM_EPOCH,
+      markerNo: 0,
+      ...f,
+    };
+    this.journal.append({ h, writeId: NO_WRITE, copy: { copyId: copy.copyId, blocks } });
+    d.tracker.copied(c.volume, c.chunk, f.seq);
+    d.lastCopySeq = f.seq;
+    ctx.stats.chunksCopied++;
+    ctx.trace.add('copy', group, f.seq, c.volume, c.chunk);
+    if (ctx.bug === 'resync-clear-on-copy' && d.bitmaps.get(c.volume)!.clear(c.chunk)) {
+      ctx.checkers.onBitsCleared(group, c.volume, [c.chunk], this.targetHolds);
+      this.persistBits();
+    }
+    ctx.crashPoint('source');
+    this.scheduleCopy(group, pass);
+  }
+
+  /** Every dirty chunk is journalled: announce `pair` with the last copy's seq. */
+  private finishResync(group: string): void {
+    const d = this.delta.get(group)!;
+    // After a restart, copies of passes before it may be durable and not yet applied: cover them.
+    const copyEndSeq = Math.max(d.lastCopySeq, d.seqAtStart);
+    d.mode = 'pair';
+    this.setDelta(group, 'pair', copyEndSeq);
+    this.ctx.stats.resyncsCompleted++;
+    this.ctx.trace.add('pair', group, copyEndSeq);
+    this.ctx.log(`${group}: resync journalled, pair at copy end seq ${copyEndSeq}`);
+    if (this.session !== undefined) this.announce(this.session, group);
+  }
+
+  /** The target reported records durable: clear the bits of chunks whose copy it now holds, persist them. */
+  private clearCopied(group: string): void {
+    const d = this.delta.get(group)!;
+    if (d.tracker.inFlight === 0) return;
+    const before = [...d.bitmaps].map(([volume, bm]) => ({ volume, bm, dirty: dirtyChunks(bm) }));
+    if (d.tracker.acked(this.senders.get(group)!.seqAcked) === 0) return;
+    for (const { volume, bm, dirty } of before) {
+      const cleared = dirty.filter((c) => !bm.isDirty(c));
+      if (cleared.length === 0) continue;
+      this.ctx.stats.bitsCleared += cleared.length;
+      this.ctx.checkers.onBitsCleared(group, volume, cleared, this.targetHolds);
+    }
+    // Soon durable, so that a restart does not copy these chunks again.
+    this.persistBits();
+  }
+}
+
+function dirtyChunks(bm: DirtyBitmap): number[] {
+  const out: number[] = [];
+  for (let c = bm.nextDirty(0); c >= 0; c = bm.nextDirty(c + 1)) out.push(c);
+  return out;
 }

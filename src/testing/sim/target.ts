@@ -15,6 +15,15 @@
  * The ACK names at most what this session carried (the RESUME point or a record received in it):
  * a sync begun in an earlier session may complete after the RESUME, and GroupSender.onAck refuses
  * a report above what it sent in the current session (a protocol error: the session is dropped).
+ *
+ *   PAIR_STATE(state, copyEndSeq) --> in memory at once (the apply coordinator's claim of a
+ *                        consistent image changes now) --> persisted (groups.json `announced`);
+ *                        the group's later frames wait until it is durable, so no record that
+ *                        followed it is journalled before it (a restart keeps the flag)
+ *   a group's image is consistent iff `pair` is announced and seqApplied >= its copyEndSeq; a set's
+ *   iff all its groups' are. An announcement lost or overtaken (a RECORDS or TICK frame counts more
+ *   announcements than arrived) drops the session. Planted bug resync-consistent-early: `resync`
+ *   announcements are ignored.
  */
 import { ARRIVAL_LIMITS_DEFAULT, GroupArrival } from '../../core/arrival.js';
 import type { ApplyState } from '../../core/apply-plan.js';
@@ -26,17 +35,29 @@ import { ApplyCoordinator } from './apply.js';
 import type { SimContext } from './context.js';
 import { countDrop } from './context.js';
 import { SimJournal, SimVolumes } from './disk.js';
-import type { Frame, Network, ShippedRecord } from './network.js';
+import type { CopyRecord } from './history.js';
+import type { AnnouncedState, Frame, Network, ShippedRecord } from './network.js';
 import type { Rng } from './rng.js';
 
 /** Every record and frame of the simulation carries this epoch: takeover is not modelled. */
 export const SIM_EPOCH = 1;
+
+/** The source's last PAIR_STATE for a group, as the target keeps it. */
+export interface Announced {
+  readonly state: AnnouncedState;
+  readonly copyEndSeq: number;
+}
+
+/** Before any announcement: the initial copy is taken as done (not modelled). */
+const ANNOUNCED_INITIAL: Announced = { state: 'pair', copyEndSeq: 0 };
 
 /** The target's disk: one journal per group, the volumes, the apply state files. */
 export class TargetDisk implements ApplyDisk {
   readonly journals = new Map<string, SimJournal>();
   readonly volumes: SimVolumes;
   readonly applyStates = new Map<string, ApplyState>();
+  /** groups.json `announced`: the source's last PAIR_STATE, once persisted. */
+  readonly announced = new Map<string, Announced>();
 
   constructor(
     private readonly ctx: SimContext,
@@ -57,6 +78,13 @@ export class TargetDisk implements ApplyDisk {
     return this.journal(group).seqDurable(group);
   }
 
+  /** The copy record is durable here: in the journal's durable prefix, or applied and released. */
+  holdsCopy(c: CopyRecord): boolean {
+    const j = this.journal(c.group);
+    if (c.seq <= j.seqReleased(c.group)) return true;
+    return c.seq <= j.seqDurable(c.group) && j.get(c.group, c.seq)?.copy?.copyId === c.copyId;
+  }
+
   unreleased(): number {
     let n = 0;
     for (const j of this.journals.values()) n += j.unreleased();
@@ -74,24 +102,38 @@ interface TargetSession {
   lastHeardUs: number;
   /** Per group, the highest seq this session carried (the RESUME point to start with). */
   readonly seqCarried: Map<string, number>;
+  /** Per group, the PAIR_STATE announcements received in this session. */
+  readonly pairStates: Map<string, number>;
 }
 
 export class TargetNode {
   alive = true;
   private readonly receivers = new Map<string, GroupReceiver>();
   private readonly arrivals = new Map<string, GroupArrival>();
+  private readonly coordinators = new Map<string, ApplyCoordinator>();
+  /** The source's last announcement per group, in memory (the disk may lag behind). */
+  private readonly announced = new Map<string, Announced>();
+  /** Per group, its frames that wait while an announcement is being persisted. */
+  private readonly held = new Map<string, Frame[]>();
   private session: TargetSession | undefined;
 
   constructor(
     private readonly ctx: SimContext,
-    rng: Rng,
+    private readonly rng: Rng,
     private readonly disk: TargetDisk,
     private readonly net: Network,
   ) {
-    for (const g of ctx.cfg.groups) this.recoverGroup(g.name);
+    for (const g of ctx.cfg.groups) {
+      this.recoverGroup(g.name);
+      this.announced.set(g.name, disk.announced.get(g.name) ?? ANNOUNCED_INITIAL);
+    }
     for (const set of ctx.cfg.sets) {
       const arrivals = set.groups.map((g) => this.arrivals.get(g)!);
-      new ApplyCoordinator(ctx, rng.fork(), set, disk, arrivals, () => this.alive).start();
+      const consistent = (seqApplied: ReadonlyMap<string, number>): boolean =>
+        set.groups.every((g) => this.groupConsistent(g, seqApplied.get(g)!));
+      const c = new ApplyCoordinator(ctx, rng.fork(), set, disk, arrivals, () => this.alive, consistent);
+      for (const g of set.groups) this.coordinators.set(g, c);
+      c.start();
     }
     ctx.sched.every(ctx.cfg.link.heartbeatUs, () => {
       if (!this.alive) return false;
@@ -105,11 +147,27 @@ export class TargetNode {
     this.session = undefined;
   }
 
+  /** Every group's image is consistent (`pair` announced and applied up to its copyEndSeq). */
+  get consistent(): boolean {
+    return this.ctx.cfg.groups.every((g) => this.groupConsistentNow(g.name));
+  }
+
+  /** The group's image is consistent at the set's last completed cycle. */
+  groupConsistentNow(group: string): boolean {
+    return this.groupConsistent(group, this.coordinators.get(group)!.seqApplied(group));
+  }
+
   onFrame(f: Frame): void {
     if (f.type === 'connect') return this.onConnect(f.session);
     const s = this.session;
     if (s === undefined || f.session !== s.id) return;
     s.lastHeardUs = this.ctx.sched.nowUs;
+    if (f.type === 'records' || f.type === 'tick' || f.type === 'pair-state') {
+      const held = this.held.get(f.group);
+      if (held !== undefined) return void held.push(f);
+      if (f.type !== 'pair-state' && f.pairStates > (s.pairStates.get(f.group) ?? 0))
+        return this.drop('announcement lost');
+    }
     switch (f.type) {
       case 'heartbeat':
         return;
@@ -120,9 +178,48 @@ export class TargetNode {
         return this.onRecords(s, f.group, f.records);
       case 'tick':
         return this.onTick(f.group, f.seq, f.key);
+      case 'pair-state':
+        return this.onPairState(s, f.group, f.state, f.copyEndSeq, f.index);
       default:
         return this.drop(`unexpected ${f.type}`);
     }
+  }
+
+  private groupConsistent(group: string, seqApplied: number): boolean {
+    const a = this.announced.get(group)!;
+    return a.state === 'pair' && seqApplied >= a.copyEndSeq;
+  }
+
+  /**
+   * PAIR_STATE: in memory at once, then persisted; the group's later frames wait for it. Numbered
+   * per session: a duplicate or an overtaken one is ignored, one after a missing one drops the session.
+   */
+  private onPairState(
+    s: TargetSession,
+    group: string,
+    state: AnnouncedState,
+    copyEndSeq: number,
+    index: number,
+  ): void {
+    const seen = s.pairStates.get(group) ?? 0;
+    if (index <= seen) return;
+    if (index > seen + 1) return this.drop('announcement lost');
+    s.pairStates.set(group, index);
+    if (state === 'resync' && this.ctx.bug === 'resync-consistent-early') return;
+    const a: Announced = { state, copyEndSeq };
+    this.announced.set(group, a);
+    this.ctx.log(`${group}: announced ${state}${state === 'pair' ? ` up to ${copyEndSeq}` : ''}`);
+    this.coordinators.get(group)!.claimMayHaveChanged();
+    const held: Frame[] = [];
+    this.held.set(group, held);
+    const [lo, hi] = this.ctx.cfg.disk.persistUs;
+    this.ctx.sched.after(this.rng.int(lo, hi), () => {
+      if (!this.alive) return;
+      this.disk.announced.set(group, a);
+      this.held.delete(group);
+      this.ctx.crashPoint('target');
+      for (const f of held) this.onFrame(f);
+    });
   }
 
   /** Rebuilds a group from the journal: the receiver from its durable end, arrival from its records. */
@@ -151,7 +248,7 @@ export class TargetNode {
   private onConnect(id: number): void {
     if (this.session !== undefined && id <= this.session.id) return;
     const seqCarried = new Map<string, number>();
-    this.session = { id, lastHeardUs: this.ctx.sched.nowUs, seqCarried };
+    this.session = { id, lastHeardUs: this.ctx.sched.nowUs, seqCarried, pairStates: new Map() };
     for (const [group, r] of this.receivers) {
       seqCarried.set(group, r.resumeSeq() - 1);
       this.net.send('target', { type: 'resume', session: id, group, nextSeq: r.resumeSeq() });
