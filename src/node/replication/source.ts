@@ -589,6 +589,16 @@ export class SourceReplicator {
       }
     }
     for (const g of this.groups.values()) {
+      const delta = this.state.get(g.name).delta;
+      if (delta?.state === 'pair' && g.bitmaps.dirtyBytes > 0) {
+        // A resync ended, but some copies were not reported durable before the stop: their bits
+        // are still set, and a power loss may have taken the copies back. Copy them again.
+        await this.state.update(g.name, { delta: { ...delta, state: 'resync' } });
+        this.log('info', 'dirty bits left from the last resync: it runs again', {
+          group: g.name,
+          dirtyBytes: g.bitmaps.dirtyBytes,
+        });
+      }
       if (this.state.get(g.name).delta?.state === 'resync') this.startResync(g);
     }
     for (const p of this.peers) p.start();
