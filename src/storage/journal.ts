@@ -731,23 +731,48 @@ export class Journal {
   }
 
   /**
-   * Starts `group` after `afterSeq` in a journal that has never seen it (a group whose sequence
-   * continues from another node, DESIGN.md §3.8 migration): the next append of the group must have
-   * seq afterSeq + 1. Durable when the promise resolves.
+   * Starts `group` after `afterSeq`: the next append of the group must have seq afterSeq + 1. For a
+   * group the journal has never seen, or one with nothing retained whose sequence moves on (a group
+   * whose sequence continues from another node: DESIGN.md §3.7 failback, §3.8 migration). Durable
+   * when the promise resolves.
    */
   async resumeGroup(group: string, afterSeq: Seq): Promise<void> {
     assert(!this.closed, 'resumeGroup on a closed journal');
     const g = this.group(group);
-    assert(g.lastSeq === 0 && g.retained === 0, `resumeGroup(${group}) on a group the journal already has`);
-    assert(Number.isSafeInteger(afterSeq) && afterSeq >= 1, `resumeGroup seq ${afterSeq}`);
+    assert(g.retained === 0, `resumeGroup(${group}) on a group with records retained`);
+    assert(
+      Number.isSafeInteger(afterSeq) && afterSeq >= 1 && afterSeq >= g.lastSeq,
+      `resumeGroup(${group}) seq ${afterSeq} (last ${g.lastSeq})`,
+    );
     g.lastSeq = afterSeq;
     g.releasedSeq = afterSeq;
+    await this.persistReleased(group, afterSeq);
+  }
+
+  /**
+   * Releases every record of `group` and resolves once the state file says so: no redo after a
+   * restart replays them (a group whose volumes are about to take another node's data: failback).
+   */
+  async releaseAll(group: string): Promise<void> {
+    assert(!this.closed, 'releaseAll on a closed journal');
+    const g = this.groups.get(group);
+    if (g === undefined || g.lastSeq === 0) return;
+    this.release(group, seq(g.lastSeq));
+    await this.persistReleased(group, g.lastSeq);
+  }
+
+  private async persistReleased(group: string, upto: number): Promise<void> {
+    // A maintenance pass in progress may be past its last check of maintainAgain: let it end.
+    await this.whenIdle();
     this.stateDirty = true;
     this.stateForced = true;
     this.scheduleMaintenance();
     await this.whenIdle();
-    if (this.persistedReleased.get(group) !== afterSeq) {
-      throw new RemcopyError('RC_ERR_JOURNAL_IO', `${this.dir}: cannot persist the start of group ${group}`);
+    if (this.persistedReleased.get(group) !== upto) {
+      throw new RemcopyError(
+        'RC_ERR_JOURNAL_IO',
+        `${this.dir}: cannot persist the release of group ${group}`,
+      );
     }
   }
 
@@ -763,6 +788,8 @@ export class Journal {
     }
     this.maintenance = this.maintain().finally(() => {
       this.maintenance = null;
+      // Asked for again after the pass's last look at maintainAgain: another pass.
+      if (this.maintainAgain && !this.closed) this.scheduleMaintenance();
     });
   }
 
