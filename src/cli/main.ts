@@ -3,6 +3,8 @@
  * The `remcopy` command. Exit codes (README.md): 0 ok, 1 a command ran and failed, 2 bad usage or
  * bad configuration (nothing was started or changed).
  */
+import type { FailbackOptions } from './failback.js';
+import { runFailback } from './failback.js';
 import { Command, CommanderError } from 'commander';
 import { ExitCode, RemcopyError } from '../core/errors.js';
 import { runDemo } from './demo.js';
@@ -43,9 +45,21 @@ function program(setCode: (code: number) => void): Command {
     .requiredOption('--config <file>', 'topology YAML file')
     .option('--group <name>', 'the group to take over')
     .option('--set <name>', 'take over every group of this consistency set at one cut')
-    .option('--force', 'take over even while the initial copy is incomplete (the image is not consistent)')
+    .option(
+      '--force',
+      "take over at the target's last cut even when the source answers, or while the copy or a resync is incomplete (the image may not be consistent)",
+    )
     .option('--json', 'print JSON')
     .action(run((o: TakeoverOptions & { config: string }) => runTakeover(o.config, o)));
+  p.command('failback')
+    .description(
+      'after a takeover: the old source becomes the target of the new one; only the chunks either side changed since are copied',
+    )
+    .requiredOption('--config <file>', 'topology YAML file')
+    .option('--group <name>', 'the group to fail back')
+    .option('--set <name>', 'fail back every group of this consistency set')
+    .option('--json', 'print JSON')
+    .action(run((o: FailbackOptions & { config: string }) => runFailback(o.config, o)));
   p.command('suspend')
     .description(
       'suspend a group: its writes are tracked in a dirty bitmap at the source, nothing is shipped',

@@ -11,9 +11,9 @@
  *   point, releases the hold, and names any range that differs (exit 1).
  */
 import { ExitCode, RemcopyError } from '../core/errors.js';
-import { apiCall } from '../node/api.js';
 import type { Topology } from '../node/config.js';
 import { loadConfig } from '../node/config.js';
+import { callNode, liveGroup } from './direction.js';
 
 export interface TakeoverOptions {
   group?: string;
@@ -29,22 +29,69 @@ export async function runTakeover(configFile: string, o: TakeoverOptions): Promi
   }
   const groups = o.set !== undefined ? topo.consistencySets.get(o.set) : [o.group!];
   if (!groups) throw new RemcopyError('RC_ERR_USAGE', `no consistency set ${o.set} in ${topo.file}`);
-  const g0 = topo.groups.get(groups[0]!);
-  if (!g0) throw new RemcopyError('RC_ERR_USAGE', `no group ${groups[0]} in ${topo.file}`);
-  const target = topo.nodes.get(g0.target)!;
+  if (!topo.groups.has(groups[0]!))
+    throw new RemcopyError('RC_ERR_USAGE', `no group ${groups[0]} in ${topo.file}`);
+  const lives = await Promise.all(groups.map((name) => liveGroup(topo, name)));
+  for (const l of lives) {
+    const r = l.reports.get(l.g.source);
+    if (r?.role === 'promoted') {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${l.g.name} was taken over already: ${l.g.source} is its source (epoch ${r.epoch}); \`remcopy failback\` makes ${l.g.target} its target again`,
+      );
+    }
+  }
+  const target = topo.nodes.get(lives[0]!.g.target)!;
   const path =
     o.set !== undefined
       ? `/v1/sets/${encodeURIComponent(o.set)}/takeover`
       : `/v1/groups/${encodeURIComponent(o.group!)}/takeover`;
-  const res = (await callNode(topo, target.name, 'POST', path, { force: o.force === true })) as {
-    groups: { group: string; epoch: number; seqApplied: number; cut?: { writeTimeUs: number } }[];
-  };
+  // A planned takeover (the source answers): hold its writes, let the target apply all of them,
+  // take over, and fence the source, so that nothing it acknowledged is lost.
+  const sources = lives.map((l) => ({ name: l.g.name, node: l.g.source, report: l.reports.get(l.g.source) }));
+  // Otherwise (a source down, cut off, suspended, resyncing) it is the disaster case: the target
+  // takes over at its last cut, as far as its own checks allow.
+  const planned =
+    !o.force &&
+    sources.every(
+      (s) => s.report?.role === 'source' && s.report.state === 'pair' && s.report.linkUp === true,
+    );
+  const holdMs = 60_000;
+  const enc = (name: string): string => encodeURIComponent(name);
+  let res: { groups: { group: string; epoch: number; seqApplied: number; cut?: { writeTimeUs: number } }[] };
+  if (planned) {
+    for (const s of sources)
+      await callNode(topo, s.node, 'POST', `/v1/groups/${enc(s.name)}/hold`, { ms: holdMs });
+    try {
+      for (const s of sources) {
+        await callNode(topo, s.node, 'POST', `/v1/groups/${enc(s.name)}/wait-applied`, {
+          timeoutMs: holdMs - 10_000,
+        });
+      }
+      res = (await callNode(topo, target.name, 'POST', path, { force: false })) as typeof res;
+    } catch (e) {
+      for (const s of sources) {
+        await callNode(topo, s.node, 'POST', `/v1/groups/${enc(s.name)}/unhold`, {}).catch(() => {});
+      }
+      throw e;
+    }
+    for (const s of sources) {
+      const epoch = res.groups.find((r) => r.group === s.name)!.epoch;
+      await callNode(topo, s.node, 'POST', `/v1/groups/${enc(s.name)}/fence`, {
+        epoch,
+        by: `planned takeover at ${target.name}`,
+      });
+    }
+  } else {
+    res = (await callNode(topo, target.name, 'POST', path, { force: o.force === true })) as typeof res;
+  }
   if (o.json) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
   else {
     for (const g of res.groups) {
       process.stdout.write(
         `takeover ${g.group}: ${target.name} is now the source (epoch ${g.epoch}), applied up to seq ${g.seqApplied}` +
           (g.cut ? ` at cut time ${g.cut.writeTimeUs}` : '') +
+          (planned ? ` (planned: ${sources[0]!.node} is fenced, nothing lost)` : '') +
           '\n',
       );
     }
@@ -65,8 +112,7 @@ export async function runPairCommand(
   o: PairOptions,
 ): Promise<number> {
   const topo = loadConfig(configFile);
-  const g = topo.groups.get(o.group);
-  if (!g) throw new RemcopyError('RC_ERR_USAGE', `no group ${o.group} in ${topo.file}`);
+  const { g } = await liveGroup(topo, o.group);
   const path = `/v1/groups/${encodeURIComponent(o.group)}/${action}`;
   const body = action === 'resume' ? { force: o.force === true } : {};
   const res = (await callNode(topo, g.source, 'POST', path, body)) as {
@@ -135,14 +181,14 @@ export async function verifyGroup(
   chunkBytes: number,
   timeoutMs: number,
 ): Promise<VerifyResult> {
-  const g = topo.groups.get(group);
-  if (!g) throw new RemcopyError('RC_ERR_USAGE', `no group ${group} in ${topo.file}`);
+  if (!topo.groups.has(group)) throw new RemcopyError('RC_ERR_USAGE', `no group ${group} in ${topo.file}`);
   if (!Number.isSafeInteger(chunkBytes) || chunkBytes < 4096 || chunkBytes % 4096 !== 0) {
     throw new RemcopyError('RC_ERR_USAGE', `--chunk must be a multiple of 4096 bytes, got ${chunkBytes}`);
   }
   if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 120_000) {
     throw new RemcopyError('RC_ERR_USAGE', `--timeout must be 1..120000 ms, got ${timeoutMs}`);
   }
+  const { g } = await liveGroup(topo, group);
   const enc = encodeURIComponent(group);
   await callNode(topo, g.source, 'POST', `/v1/groups/${enc}/hold`, { ms: timeoutMs + 10_000 });
   try {
@@ -185,20 +231,5 @@ export async function verifyGroup(
     return { group, seq: seqApplied, pairs };
   } finally {
     await callNode(topo, g.source, 'POST', `/v1/groups/${enc}/unhold`, {}).catch(() => {});
-  }
-}
-
-async function callNode(
-  topo: Topology,
-  node: string,
-  method: 'GET' | 'POST',
-  path: string,
-  body?: unknown,
-): Promise<unknown> {
-  const n = topo.nodes.get(node)!;
-  try {
-    return await apiCall(n.api, topo.secret, method, path, body);
-  } catch (e) {
-    throw new RemcopyError('RC_ERR_STATE', `${node} (${n.api.host}:${n.api.port}): ${(e as Error).message}`);
   }
 }

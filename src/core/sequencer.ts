@@ -112,6 +112,11 @@ export class Sequencer {
     };
   }
 
+  /** `group`'s next seq follows `afterSeq` at least (a group whose source moved here: failback). */
+  resumeGroup(group: string, afterSeq: Seq): void {
+    this.lastSeq.set(group, Math.max(this.lastSeq.get(group) ?? 0, afterSeq));
+  }
+
   seqOf(group: string): Seq {
     return seq(this.lastSeq.get(group) ?? 0);
   }

@@ -6,6 +6,8 @@
  *   GET  /v1/groups/:group/records?fromSeq=N&max=M   headers of retained journal records (no data)
  *   POST /v1/groups/:group/takeover {force?} takeover at this (target) node: DESIGN.md §3.7
  *   POST /v1/sets/:set/takeover {force?}     every group of the set at one cut
+ *   POST /v1/groups/:group/fence {epoch, by?}  a planned takeover elsewhere: stop acting as source
+ *   POST /v1/failback/:step {...}            demote | accept | promote | done: see src/node/failback.ts
  *   POST /v1/groups/:group/suspend           suspend a source group: writes tracked in the dirty bitmap
  *   POST /v1/groups/:group/resume {force?}   resume it: delta resync of the dirty chunks
  *   POST /v1/groups/:group/hold {ms}         hold new host writes of a source group (verify), bounded
@@ -28,6 +30,8 @@ export interface ApiHandlers {
   metrics(): Promise<string>;
   records(group: string, fromSeq: number, max: number): unknown;
   takeover(kind: 'group' | 'set', name: string, force: boolean): Promise<unknown>;
+  fence(group: string, epoch: number, by: string): Promise<unknown>;
+  failback(step: string, body: unknown): Promise<unknown>;
   suspend(group: string): Promise<unknown>;
   resume(group: string, force: boolean): Promise<unknown>;
   hold(group: string, ms: number): unknown;
@@ -104,6 +108,10 @@ export class ApiServer {
       res.end(text);
       return;
     }
+    const fb = /^\/v1\/failback\/([a-z]+)$/.exec(url.pathname);
+    if (req.method === 'POST' && fb) {
+      return this.reply(res, 200, await h.failback(fb[1]!, await readJson(req, FAILBACK_BODY_BYTES_MAX)));
+    }
     const m = /^\/v1\/(groups|sets|volumes)\/([^/]+)\/([a-z-]+)$/.exec(url.pathname);
     if (!m) throw new ApiError(404, `no route ${req.method} ${url.pathname}`);
     const [, kind, rawName, action] = m;
@@ -125,6 +133,13 @@ export class ApiServer {
           200,
           await h.takeover(kind === 'sets' ? 'set' : 'group', name, body.force === true),
         );
+      }
+      case 'POST groups/fence': {
+        const body = await readJson(req);
+        const epoch = numberField(body, 'epoch', 1, 0xffffffff);
+        const by = (body as { by?: unknown }).by;
+        if (by !== undefined && typeof by !== 'string') throw new ApiError(400, 'by must be a string');
+        return this.reply(res, 200, await h.fence(name, epoch, by ?? 'an operator'));
       }
       case 'POST groups/suspend':
         await readJson(req);
@@ -214,14 +229,17 @@ function intParam(url: URL, name: string, dflt: number): number {
   return n;
 }
 
-function readJson(req: http.IncomingMessage): Promise<unknown> {
+/** Largest failback request: it carries the old source's dirty bitmaps (base64). */
+const FAILBACK_BODY_BYTES_MAX = 64 * 1024 * 1024;
+
+function readJson(req: http.IncomingMessage, bytesMax = BODY_BYTES_MAX): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (c: Buffer) => {
       size += c.length;
       // Past the bound: keep draining (so the 413 reaches the client) but keep nothing.
-      if (size > BODY_BYTES_MAX) reject(new ApiError(413, 'request body too large'));
+      if (size > bytesMax) reject(new ApiError(413, 'request body too large'));
       else chunks.push(c);
     });
     req.on('end', () => {

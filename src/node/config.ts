@@ -494,6 +494,27 @@ export function volumeRole(
   return { role: 'none' };
 }
 
+/**
+ * The topology as it stands after failbacks (DESIGN.md §3.7): a group whose source is now
+ * `sourceOf(group)` instead of the config's source has source and target swapped, and its pairs
+ * inverted (still source volume -> target volume). Everything else is the config's.
+ */
+export function effectiveTopology(t: Topology, sourceOf: (group: string) => string | undefined): Topology {
+  let changed = false;
+  const groups = new Map<string, GroupConfig>();
+  for (const [name, g] of t.groups) {
+    const src = sourceOf(name);
+    if (src === undefined || src === g.source || src !== g.target) {
+      groups.set(name, g);
+      continue;
+    }
+    changed = true;
+    const pairs = new Map([...g.pairs].map(([s, d]) => [d, s] as const));
+    groups.set(name, { ...g, source: g.target, target: g.source, pairs });
+  }
+  return changed ? { ...t, groups } : t;
+}
+
 /** The consistency set a group belongs to, if any. */
 export function consistencySetOf(t: Topology, group: string): string | undefined {
   for (const [name, members] of t.consistencySets) if (members.includes(group)) return name;

@@ -14,6 +14,7 @@ import { Sequencer } from '../core/sequencer.js';
 import type { Seq } from '../core/types.js';
 import { kindCarriesData, RecordKind, recordKindName } from '../core/types.js';
 import type { ExportCatalog } from '../frontend/backend.js';
+import { BackendError } from '../frontend/backend.js';
 import { NativeServer } from '../frontend/native/server.js';
 import { NbdServer } from '../frontend/nbd/server.js';
 import type { BlockDevice } from '../storage/blockdev.js';
@@ -21,7 +22,7 @@ import { FileBlockDevice } from '../storage/blockdev.js';
 import { Journal } from '../storage/journal.js';
 import { ApiError, ApiServer } from './api.js';
 import type { NodeConfig, Topology } from './config.js';
-import { volumeRole } from './config.js';
+import { effectiveTopology, volumeRole } from './config.js';
 import type { Log } from './log.js';
 import type { VolumeRole } from './volume-export.js';
 import { NodeVolume } from './volume-export.js';
@@ -62,18 +63,23 @@ export class RemcopyNode {
   source?: SourceReplicator;
   target?: TargetReplicator;
   private stopping?: Promise<void>;
+  private reconfiguring: Promise<void> = Promise.resolve();
   ports: NodePorts = { nbd: 0, api: 0, link: 0 };
   readonly startedAtMs = Date.now();
   redoRecords = 0;
 
   private constructor(
-    readonly topo: Topology,
+    /** The topology of the config file. */
+    readonly configTopo: Topology,
+    /** The topology in force: the config's with the groups failed back reversed (effectiveTopology). */
+    public topo: Topology,
     readonly cfg: NodeConfig,
     readonly log: Log,
     private readonly volumes: Map<string, NodeVolume>,
     readonly journal: Journal,
     readonly writePath: WritePath,
-    private readonly sequencer: Sequencer,
+    readonly sequencer: Sequencer,
+    readonly devices: ReadonlyMap<string, BlockDevice>,
     private readonly unlock: () => void,
     readonly groupState: GroupStateStore,
     readonly timing: LinkTiming,
@@ -108,6 +114,8 @@ export class RemcopyNode {
         log,
       });
       const groupState = new GroupStateStore(cfg.dataDir);
+      const configTopo = topo;
+      topo = effectiveTopology(configTopo, (g) => groupState.get(g).source);
       const redone = await redo(journal, devices, log, (g) => groupState.get(g).delta?.redoFloor ?? 0);
       const sourceGroups = [...topo.groups.values()].filter((g) => g.source === nodeName).map((g) => g.name);
       const sequencer = new Sequencer(cfg.nodeId, cfg.writeTime, {
@@ -115,14 +123,14 @@ export class RemcopyNode {
         lastWriteTimeUs: journal.lastWriteTimeUs(),
         lastSeq: new Map(sourceGroups.map((g) => [g, journal.lastSeq(g)])),
       });
-      let onAppended: SourceReplicator['onAppended'] | undefined;
-      let onJournalFull: SourceReplicator['onJournalFull'] | undefined;
+      // The write path calls the source side of the node built below (and rebuilt by reconfigure()).
       const writePath = new WritePath({
         sequencer,
         journal,
         epochOf: (g) => groupState.epoch(g),
-        onAppended: (recs, at) => onAppended?.(recs, at),
-        onJournalFull: cfg.journal.fullPolicy === 'suspend' ? (gs) => onJournalFull?.(gs) : undefined,
+        onAppended: (recs, at) => node.source?.onAppended(recs, at),
+        onJournalFull:
+          cfg.journal.fullPolicy === 'suspend' ? (gs) => node.source?.onJournalFull(gs) : undefined,
         nowUs,
         nowMs: () => performance.now(),
         throttleMaxDelayMs: cfg.journal.throttleMaxDelayMs,
@@ -134,6 +142,7 @@ export class RemcopyNode {
       }
       const timing = opts.timing ?? LINK_TIMING_DEFAULT;
       const node = new RemcopyNode(
+        configTopo,
         topo,
         cfg,
         log,
@@ -141,6 +150,7 @@ export class RemcopyNode {
         journal,
         writePath,
         sequencer,
+        devices,
         unlock,
         groupState,
         timing,
@@ -155,35 +165,9 @@ export class RemcopyNode {
             zeroMaps.set(name, new ZeroMap(dev.sizeBytes));
           }
         }
-        node.target = await TargetReplicator.open(topo, cfg, groupState, devices, log, zeroMaps);
-        for (const g of topo.groups.values()) {
-          if (g.target === cfg.name && groupState.get(g.name).role === 'promoted') {
-            node.setGroupRole(g.name, 'promoted', promotedBitmaps(cfg, g));
-          }
-        }
-        for (const v of volumes.values()) {
-          if (v.role.kind !== 'target') continue;
-          const group = v.role.group;
-          v.gate = node.target.gateOf(group);
-          v.halfSynced = () => node.target?.halfSynced(group);
-        }
-        node.source = new SourceReplicator({
-          topo,
-          cfg,
-          journal,
-          writePath,
-          sequencer,
-          state: groupState,
-          devices,
-          log,
-          timing,
-          onFenced: (g) => node.setGroupRole(g, 'fenced'),
-          zeroMaps,
-        });
-        onAppended = (recs, at) => node.source!.onAppended(recs, at);
-        onJournalFull = (gs) => node.source!.onJournalFull(gs);
+        await node.openReplication(zeroMaps);
         await node.listen();
-        await node.source.start();
+        await node.source!.start();
       } catch (e) {
         await node.stop();
         throw e;
@@ -199,6 +183,78 @@ export class RemcopyNode {
   get catalog(): ExportCatalog {
     const list = [...this.volumes.values()];
     return { list: () => list, get: (name) => this.volumes.get(name) };
+  }
+
+  /**
+   * Opens the target and source sides for the topology in force and gives each volume its role.
+   * The source side is not started (start() dials the targets and resumes copies and resyncs).
+   */
+  private async openReplication(zeroMaps: ReadonlyMap<string, ZeroMap>): Promise<void> {
+    const { topo, cfg, groupState, devices } = this;
+    for (const v of this.volumes.values()) v.setRole(roleOf(topo, cfg.name, v.name, groupState));
+    this.target = await TargetReplicator.open(topo, cfg, groupState, devices, this.log, zeroMaps);
+    for (const g of topo.groups.values()) {
+      if (g.target === cfg.name && groupState.get(g.name).role === 'promoted') {
+        this.setGroupRole(g.name, 'promoted', this.promoted.get(g.name) ?? promotedBitmaps(cfg, g));
+      }
+    }
+    for (const v of this.volumes.values()) {
+      if (v.role.kind !== 'target') continue;
+      const group = v.role.group;
+      v.gate = this.target.gateOf(group);
+      v.halfSynced = () => this.target?.halfSynced(group);
+    }
+    this.source = new SourceReplicator({
+      topo,
+      cfg,
+      journal: this.journal,
+      writePath: this.writePath,
+      sequencer: this.sequencer,
+      state: groupState,
+      devices,
+      log: this.log,
+      timing: this.timing,
+      onFenced: (g) => this.setGroupRole(g, 'fenced'),
+      zeroMaps,
+      bitmapsOf: (g) => this.promoted.get(g),
+    });
+  }
+
+  /**
+   * A failback changed which node is the source of some groups (groups.json): close the source
+   * and target sides, take the topology in force from the group states, and open them again. Host
+   * front ends and the write path go on; link sessions are dropped and reconnect.
+   */
+  reconfigure(): Promise<void> {
+    const run = this.reconfiguring.then(async () => {
+      const before = this.topo;
+      await this.source?.close();
+      await this.target?.close();
+      this.source = undefined;
+      this.target = undefined;
+      this.topo = effectiveTopology(this.configTopo, (g) => this.groupState.get(g).source);
+      for (const g of this.topo.groups.values()) {
+        if (!this.sequencerKnows(g.name) && g.source === this.cfg.name) {
+          this.sequencer.resumeGroup(g.name, this.journal.lastSeq(g.name));
+        }
+      }
+      this.linkServer?.dropSessions('the groups of this node changed direction (failback)');
+      await this.openReplication(new Map());
+      // A write that took the untracked path of its old role (a promoted volume's) lands before any
+      // resync reads the volume.
+      await Promise.all([...this.volumes.values()].map((v) => v.directWritesDone()));
+      await this.source!.start();
+      const moved = [...this.topo.groups.values()].filter((g) => before.groups.get(g.name) !== g);
+      this.log('info', 'replication reconfigured', {
+        groups: moved.map((g) => ({ group: g.name, source: g.source, target: g.target })),
+      });
+    });
+    this.reconfiguring = run.catch(() => {});
+    return run;
+  }
+
+  private sequencerKnows(group: string): boolean {
+    return this.sequencer.seqOf(group) > 0;
   }
 
   private async listen(): Promise<void> {
@@ -229,6 +285,8 @@ export class RemcopyNode {
         metrics: () => this.ops.metrics(),
         records: (g, from, max) => this.records(g, from, max),
         takeover: (kind, name, force) => this.ops.takeover(kind, name, force),
+        fence: (g, epoch, by) => this.ops.fence(g, epoch, by),
+        failback: (step, body) => this.ops.failback(step, body),
         suspend: (g) => this.ops.suspend(g),
         resume: (g, force) => this.ops.resume(g, force),
         hold: (g, ms) => this.ops.hold(g, ms),
@@ -240,7 +298,12 @@ export class RemcopyNode {
       this.log,
     );
     this.ports.api = await listening('api', cfg.api, () => this.api!.listen(cfg.api.host, cfg.api.port));
-    this.linkServer = new LinkServer(this.topo, cfg, this.target!, this.timing, this.log);
+    this.linkServer = new LinkServer(
+      () => ({ topo: this.topo, target: this.target! }),
+      cfg,
+      this.timing,
+      this.log,
+    );
     this.ports.link = await listening('link', cfg.link, () => this.linkServer!.listen());
     this.log('info', 'node ready', {
       node: cfg.name,
@@ -256,7 +319,15 @@ export class RemcopyNode {
 
   status(): object {
     const groups = [...(this.source?.status() ?? []), ...(this.target?.status() ?? [])].map((g) =>
-      g.role === 'promoted' ? { ...g, dirtyBytes: this.promoted.get(g.name)?.dirtyBytes ?? 0 } : g,
+      g.role === 'promoted'
+        ? {
+            ...g,
+            dirtyBytes: this.promoted.get(g.name)?.dirtyBytes ?? 0,
+            // What a failback needs: the seq the takeover applied up to, the seqs journalled here.
+            takeoverSeq: this.groupState.get(g.name).takeoverSeq ?? 0,
+            seqWritten: this.journal.lastSeq(g.name),
+          }
+        : g,
     );
     return {
       node: this.cfg.name,
@@ -303,6 +374,9 @@ export class RemcopyNode {
    */
   setGroupRole(group: string, kind: 'promoted' | 'fenced', bitmaps?: GroupBitmaps): void {
     if (bitmaps) this.promoted.set(group, bitmaps);
+    if (kind === 'fenced') {
+      this.writePath.dropQueued(group, new BackendError('EPERM', `${group} was fenced on this node`));
+    }
     for (const v of this.volumes.values()) {
       if (v.role.kind === 'none' || v.role.group !== group) continue;
       if (kind === 'promoted') v.tracked = bitmaps;
@@ -314,6 +388,7 @@ export class RemcopyNode {
     this.log('info', 'stopping', { node: this.cfg.name });
     await Promise.all([this.nbd?.close(), this.native?.close(), this.api?.close(), this.linkServer?.close()]);
     this.ops.close();
+    await this.reconfiguring;
     await this.source?.close();
     await this.target?.close();
     await this.writePath.close();

@@ -10,6 +10,7 @@ import { ApiError } from './api.js';
 import type { RemcopyNode } from './node.js';
 import { setOf } from './replication/target.js';
 import { RemcopyError } from '../core/errors.js';
+import { Failback, parseFailbackStep } from './failback.js';
 
 /** A hold of a group's writes ends by itself after this long at most. */
 export const HOLD_MS_DEFAULT_MAX = 120_000;
@@ -18,7 +19,10 @@ export class NodeOperations {
   private readonly holds = new Map<string, NodeJS.Timeout>();
   readonly registry = new prom.Registry();
 
+  private readonly failbacks: Failback;
+
   constructor(private readonly node: RemcopyNode) {
+    this.failbacks = new Failback(node);
     this.defineMetrics();
   }
 
@@ -48,6 +52,57 @@ export class NodeOperations {
     } catch (e) {
       if (e instanceof RemcopyError) throw new ApiError(409, e.message);
       throw e;
+    }
+  }
+
+  /**
+   * A planned takeover at the target (or an operator) tells this source that `epoch` holds the
+   * group elsewhere now: it stops acting as source, and writes held or queued fail (EPERM).
+   */
+  async fence(group: string, epoch: number, by: string): Promise<unknown> {
+    const g = this.node.topo.groups.get(group);
+    if (!g) throw new ApiError(404, `no group ${group}`);
+    if (g.source !== this.node.cfg.name) {
+      throw new ApiError(409, `RC_ERR_STATE: ${this.node.cfg.name} is not the source of ${group}`);
+    }
+    const st = this.node.groupState.get(group);
+    if (epoch <= st.epoch) {
+      if (st.role === 'fenced') return { group, epoch: st.epoch, fenced: true, already: true };
+      throw new ApiError(409, `RC_ERR_STATE: epoch ${epoch} is not newer than ${group}'s ${st.epoch} here`);
+    }
+    clearTimeout(this.holds.get(group));
+    this.holds.delete(group);
+    await this.node.source?.quiesce(group, epoch, by);
+    this.node.setGroupRole(group, 'fenced');
+    await this.node.groupState.update(group, { epoch, role: 'fenced', reason: `${by} holds epoch ${epoch}` });
+    return { group, epoch, fenced: true };
+  }
+
+  /** One step of a failback (src/node/failback.ts); the body is checked before anything changes. */
+  async failback(step: string, body: unknown): Promise<unknown> {
+    const parsed = parseFailbackStep(step, body);
+    switch (parsed.step) {
+      case 'demote':
+        return this.failbacks.demote(
+          parsed.groups,
+          parsed.epoch,
+          new Map(Object.entries(parsed.takeoverSeqs)),
+        );
+      case 'accept':
+        return this.failbacks.accept(
+          parsed.groups,
+          parsed.epoch,
+          parsed.source,
+          new Map(Object.entries(parsed.bases)),
+        );
+      case 'promote':
+        return this.failbacks.promote(
+          parsed.groups,
+          new Map(Object.entries(parsed.bases)),
+          new Map(Object.entries(parsed.peer)),
+        );
+      case 'done':
+        return this.failbacks.done(parsed.groups);
     }
   }
 

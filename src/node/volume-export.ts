@@ -43,6 +43,7 @@ export class NodeVolume implements VolumeExport {
    * §3.7). Each write's bits are durable before the write is applied and acknowledged.
    */
   tracked: TrackPort | undefined;
+  private readonly direct = new Set<Promise<void>>();
 
   constructor(
     readonly name: string,
@@ -147,6 +148,23 @@ export class NodeVolume implements VolumeExport {
         fua: opts.fua === true,
       });
     }
+    const done = this.writeDirect(kind, offset, length, payload, opts);
+    this.direct.add(done);
+    try {
+      await done;
+    } finally {
+      this.direct.delete(done);
+    }
+  }
+
+  /** A write that does not go through the write path (a promoted volume's, tracked in its bitmap). */
+  private async writeDirect(
+    kind: RecordKind,
+    offset: number,
+    length: number,
+    payload: Buffer | undefined,
+    opts: WriteOptions,
+  ): Promise<void> {
     try {
       if (this.roleNow.kind === 'promoted' && this.tracked)
         await this.tracked.mark(this.name, offset, length);
@@ -157,6 +175,11 @@ export class NodeVolume implements VolumeExport {
       const code = (e as NodeJS.ErrnoException).code === 'ENOSPC' ? 'ENOSPC' : 'EIO';
       throw new BackendError(code, `write failed: ${String(e)}`);
     }
+  }
+
+  /** Resolves once every write that bypassed the write path (see writeDirect) is on the volume. */
+  async directWritesDone(): Promise<void> {
+    await Promise.allSettled([...this.direct]);
   }
 
   private writeError(offset: number, length: number): BackendError | undefined {

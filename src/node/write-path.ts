@@ -227,6 +227,20 @@ export class WritePath {
     this.held.add(group);
   }
 
+  /**
+   * The group stopped being a source here (fenced): writes of it that wait in a hold or a batch
+   * fail with `err` and change nothing. Writes already journalled go on.
+   */
+  dropQueued(group: string, err: BackendError): void {
+    this.held.delete(group);
+    const drop = (list: Pending[]): Pending[] => {
+      for (const p of list) if (p.group === group) p.reject(err);
+      return list.filter((p) => p.group !== group);
+    };
+    this.heldWrites = drop(this.heldWrites);
+    this.pending = drop(this.pending);
+  }
+
   unhold(group: string): void {
     if (!this.held.delete(group)) return;
     const mine = this.heldWrites.filter((p) => p.group === group);

@@ -146,6 +146,25 @@ export function loadApplyState(file: string, groups: readonly string[]): SavedAp
   };
 }
 
+/**
+ * Starts a set's apply state over (failback, DESIGN.md §3.7): no cut yet, each group applied up to
+ * the seq its new source continues after. Durable on return.
+ */
+export function resetApplyState(file: string, seqApplied: ReadonlyMap<string, number>): Promise<void> {
+  return writeJsonDurable(file, {
+    version: 1,
+    cutCompleted: null,
+    cutPlanned: null,
+    // The key of a seq applied is known only as "before every key to come": the least key.
+    groups: Object.fromEntries(
+      [...seqApplied].map(([g, sq]) => [
+        g,
+        { seqApplied: sq, keyApplied: sq === 0 ? null : { writeTimeUs: 0, nodeId: 0, ordinal: 0 } },
+      ]),
+    ),
+  });
+}
+
 export interface CoordinatorStats {
   cycles: number;
   recordsApplied: number;

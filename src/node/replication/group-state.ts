@@ -40,6 +40,26 @@ const groupSchema = z.object({
   epoch: z.number().int().min(1).max(0xffffffff),
   role: z.enum(['promoted', 'fenced']).optional(),
   reason: z.string().optional(),
+  /**
+   * The node that is the group's source since the last failback, when that is not the config's
+   * source: source and target swap roles (config.ts effectiveTopology). Both nodes record it.
+   */
+  source: z.string().optional(),
+  /** On a promoted target: the seq its takeover applied up to (later records were never applied). */
+  takeoverSeq: z.number().int().nonnegative().optional(),
+  /**
+   * On an old source being failed back: it was fenced at `epoch`, its host writes were drained and
+   * its dirty set (bitmap plus unshipped records) persisted in its bitmap file; `lastSeq` was the
+   * group's last journalled seq then. Kept until the new source holds that dirty set.
+   */
+  demoted: z
+    .object({
+      epoch: z.number().int().min(1),
+      lastSeq: z.number().int().nonnegative(),
+      /** Once it accepted the new source: the seq that source continues after. */
+      base: z.number().int().nonnegative().optional(),
+    })
+    .optional(),
   /** On a source: the initial copy. */
   copy: copySchema.optional(),
   /** On a source: suspension and resync. */
@@ -90,9 +110,13 @@ export class GroupStateStore {
     return this.get(group).epoch;
   }
 
-  /** Applies `patch` to the group and resolves once the file holds it. */
+  /**
+   * Applies `patch` to the group and resolves once the file holds it. A key given as undefined is
+   * removed.
+   */
   async update(group: string, patch: Partial<GroupRecord>): Promise<GroupRecord> {
-    const next = { ...this.get(group), ...patch };
+    const next: GroupRecord = { ...this.get(group), ...patch };
+    for (const k of Object.keys(next) as (keyof GroupRecord)[]) if (next[k] === undefined) delete next[k];
     this.groups.set(group, next);
     await writeJsonDurable(this.file, { version: 1, groups: Object.fromEntries(this.groups) });
     return next;

@@ -21,13 +21,29 @@ export class LinkServer {
   /** Sessions that ended in a refusal or a protocol error (status, tests). */
   refused = 0;
 
+  /**
+   * `current` gives the topology and target side in force now: a failback replaces both while the
+   * node runs (sessions opened before are dropped then, see dropSessions).
+   */
   constructor(
-    private readonly topo: Topology,
+    private readonly current: () => { topo: Topology; target: TargetReplicator },
     private readonly cfg: NodeConfig,
-    private readonly target: TargetReplicator,
     private readonly timing: LinkTiming,
     private readonly log: Log,
   ) {}
+
+  private get topo(): Topology {
+    return this.current().topo;
+  }
+
+  private get target(): TargetReplicator {
+    return this.current().target;
+  }
+
+  /** Closes every session (the sources reconnect): the groups this node is the target of changed. */
+  dropSessions(reason: string): void {
+    for (const s of this.sessions) s.close(reason, true, 'RC_ERR_SHUTDOWN');
+  }
 
   listen(): Promise<number> {
     const onSocket = (socket: net.Socket): void => this.accept(socket);

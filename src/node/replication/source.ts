@@ -499,6 +499,8 @@ export interface SourceOptions {
   readonly onFenced: (group: string) => void;
   /** Volumes this process created (known zero until written): the initial copy need not read them. */
   readonly zeroMaps?: ReadonlyMap<string, ZeroMap>;
+  /** Bitmaps of a group already open on this node (a promoted group becoming a source: failback). */
+  readonly bitmapsOf?: (group: string) => GroupBitmaps | undefined;
 }
 
 export class SourceReplicator {
@@ -533,12 +535,14 @@ export class SourceReplicator {
       const st = o.state.get(g.name);
       if (st.role !== undefined) continue;
       const devices = [...g.pairs.keys()].map((name) => ({ name, device: o.devices.get(name)! }));
-      const bitmaps = new GroupBitmaps(
-        o.cfg.dataDir,
-        g.name,
-        g.bitmapChunkBytes,
-        devices.map((d) => ({ name: d.name, sizeBytes: d.device.sizeBytes })),
-      );
+      const bitmaps =
+        o.bitmapsOf?.(g.name) ??
+        new GroupBitmaps(
+          o.cfg.dataDir,
+          g.name,
+          g.bitmapChunkBytes,
+          devices.map((d) => ({ name: d.name, sizeBytes: d.device.sizeBytes })),
+        );
       const sg = new SourceGroup(g, devices, o.journal, st.epoch, bitmaps);
       if (st.delta?.state === 'suspended') {
         // Before any front end listens: the group's writes go to the bitmap from the first one.
@@ -943,6 +947,27 @@ export class SourceReplicator {
     await this.state.update(g.name, { epoch, role: 'fenced', reason });
   }
 
+  /**
+   * Failback of `group` away from this node (DESIGN.md §3.7): fence it at `epoch` if it is not yet
+   * (its volumes turn read-only), stop its resync, and wait until every host write that got in is on
+   * the volumes and in the journal or the bitmap. Returns the group's open bitmaps, or undefined when
+   * this run of the node does not replicate the group (it was fenced at an earlier start).
+   */
+  async quiesce(group: string, epoch: number, by: string): Promise<GroupBitmaps | undefined> {
+    const g = this.groups.get(group);
+    if (g === undefined) return undefined;
+    if (g.sender.state !== 'fenced') {
+      g.sender.onEpoch(epoch);
+      await this.fence(g, epoch, by);
+    }
+    g.resyncPass++;
+    await g.resyncing;
+    await this.o.writePath.untrack(group);
+    await this.o.writePath.settle(g.devices.map((d) => d.device));
+    await this.journal.sync();
+    return g.bitmaps;
+  }
+
   /** Initial copy: every chunk of every source volume of the group, as copy or zero records. */
   private async runCopy(g: SourceGroup): Promise<void> {
     let progress = this.state.get(g.name).copy!;
@@ -1000,6 +1025,11 @@ export class SourceReplicator {
       seconds: Math.round((performance.now() - started) / 100) / 10,
     });
     this.peerOf(g).announce(g);
+  }
+
+  /** The open bitmaps of a group this node replicates, if any. */
+  bitmapsOf(group: string): GroupBitmaps | undefined {
+    return this.groups.get(group)?.bitmaps;
   }
 
   hasGroup(group: string): boolean {

@@ -645,6 +645,7 @@ export class TargetReplicator {
         epoch,
         role: 'promoted',
         reason: `takeover at ${new Date().toISOString()}`,
+        takeoverSeq: seqApplied,
       });
       await tg.journal.close();
       out.push({ group: tg.name, epoch, seqApplied, cut, bitmaps });
