@@ -189,7 +189,10 @@ export class RemcopyNode {
    * Opens the target and source sides for the topology in force and gives each volume its role.
    * The source side is not started (start() dials the targets and resumes copies and resyncs).
    */
-  private async openReplication(zeroMaps: ReadonlyMap<string, ZeroMap>): Promise<void> {
+  private async openReplication(
+    zeroMaps: ReadonlyMap<string, ZeroMap>,
+    previous?: SourceReplicator,
+  ): Promise<void> {
     const { topo, cfg, groupState, devices } = this;
     for (const v of this.volumes.values()) v.setRole(roleOf(topo, cfg.name, v.name, groupState));
     this.target = await TargetReplicator.open(topo, cfg, groupState, devices, this.log, zeroMaps);
@@ -216,7 +219,8 @@ export class RemcopyNode {
       timing: this.timing,
       onFenced: (g) => this.setGroupRole(g, 'fenced'),
       zeroMaps,
-      bitmapsOf: (g) => this.promoted.get(g),
+      // One GroupBitmaps per group and file: a suspended group's writes are tracked in it meanwhile.
+      bitmapsOf: (g) => this.promoted.get(g) ?? previous?.bitmapsOf(g),
     });
   }
 
@@ -228,6 +232,7 @@ export class RemcopyNode {
   reconfigure(): Promise<void> {
     const run = this.reconfiguring.then(async () => {
       const before = this.topo;
+      const previous = this.source;
       await this.source?.close();
       await this.target?.close();
       this.source = undefined;
@@ -239,7 +244,7 @@ export class RemcopyNode {
         }
       }
       this.linkServer?.dropSessions('the groups of this node changed direction (failback)');
-      await this.openReplication(new Map());
+      await this.openReplication(new Map(), previous);
       // A write that took the untracked path of its old role (a promoted volume's) lands before any
       // resync reads the volume.
       await Promise.all([...this.volumes.values()].map((v) => v.directWritesDone()));

@@ -7,7 +7,7 @@
  * - then a planned `remcopy takeover` back: nothing the new source acknowledged is lost, it is
  *   fenced; `remcopy failback` again: only the chunks written since, verify passes the first way.
  * - host writes at the new source all through its failback: every acknowledged one is kept, and
- *   verify passes.
+ *   verify passes; another group, suspended at the old source, keeps tracking across the turn.
  * - bad input: a group of a set without --set, the old source down, malformed step bodies, a
  *   failback with nothing taken over: clear errors, nothing changes.
  */
@@ -319,12 +319,15 @@ test('failback refuses what it cannot do, with the reason, and changes nothing',
 test('host writes go on at the new source while the failback turns it around; nothing is lost', async () => {
   const sites = await pairedSites(
     'busy-',
-    { a: { volumes: { d: '16MiB' } }, b: { volumes: { d: '16MiB' } } },
-    { gd: ['a', 'b', 'd'] },
+    { a: { volumes: { d: '16MiB', o: '8MiB' } }, b: { volumes: { d: '16MiB', o: '8MiB' } } },
+    { gd: ['a', 'b', 'd'], go: ['a', 'b', 'o'] },
   );
   const { topo, pa, pb, B } = sites;
   let A = sites.A;
   try {
+    // Another group of a, suspended while a turns gd around: its tracking goes on across that.
+    assert.equal((await cli('suspend', '--config', topo.file, '--group', 'go')).code, 0);
+    await qemuIo(`nbd://127.0.0.1:${pa.nbd}/o`, ['write -P 0x21 0 64k']);
     await A.kill9();
     const t = await cli('takeover', '--config', topo.file, '--group', 'gd');
     assert.equal(t.code, 0, t.out);
@@ -354,6 +357,15 @@ test('host writes go on at the new source while the failback turns it around; no
     await waitState(apiOf(pa.api), topo.secret, 'gd', 'pair');
     const v = await cli('verify', '--config', topo.file, '--group', 'gd');
     assert.equal(v.code, 0, v.out);
+    await qemuIo(`nbd://127.0.0.1:${pa.nbd}/o`, ['write -P 0x22 1M 64k']);
+    const go = await groupStatus(apiOf(pa.api), topo.secret, 'go');
+    assert.equal(go.state, 'suspended');
+    assert.equal(go.dirtyBytes, 2 * CHUNK, 'go tracked its writes before and after a turned gd around');
+    const r = await cli('resume', '--config', topo.file, '--group', 'go');
+    assert.equal(r.code, 0, r.out);
+    await waitState(apiOf(pa.api), topo.secret, 'go', 'pair');
+    const vo = await cli('verify', '--config', topo.file, '--group', 'go');
+    assert.equal(vo.code, 0, vo.out);
     // Every block holds its last acknowledged write (so, after verify, at a too).
     const sample = [...last].slice(0, 200);
     const out = await qemuIo(

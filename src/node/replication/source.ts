@@ -547,7 +547,8 @@ export class SourceReplicator {
       if (st.delta?.state === 'suspended') {
         // Before any front end listens: the group's writes go to the bitmap from the first one.
         sg.suspended = true;
-        o.writePath.track(g.name, bitmaps, Promise.resolve());
+        // (Tracked already when the node turned other groups around: same bitmaps, see bitmapsOf.)
+        if (!o.writePath.isTracked(g.name)) o.writePath.track(g.name, bitmaps, Promise.resolve());
       }
       this.groups.set(g.name, sg);
       byTarget.set(g.target, [...(byTarget.get(g.target) ?? []), sg]);
