@@ -3,7 +3,8 @@
  * - a takeover after the source was cut off with writes the target never got; writes at the new
  *   source; `remcopy failback` (cut short once, with a kill -9 of the old source between its steps,
  *   then run again): the resync copies exactly the union of both sides' dirty chunks, the old source
- *   refuses reads while half-synced, `remcopy verify` passes the new way round;
+ *   refuses reads while half-synced, a kill -9 of the new source mid-resync is survived,
+ *   `remcopy verify` passes the new way round;
  * - then a planned `remcopy takeover` back: nothing the new source acknowledged is lost, it is
  *   fenced; `remcopy failback` again: only the chunks written since, verify passes the first way.
  * - host writes at the new source all through its failback: every acknowledged one is kept, and
@@ -168,6 +169,10 @@ test('takeover, writes at both sides, failback (cut short once), planned takeove
       (e: { stdout?: string; stderr?: string }) => `${e.stdout ?? ''}${e.stderr ?? ''}`,
     );
     assert.match(refused, /read failed|Input\/output error/i, 'a half-synced image is not exposed');
+    // b dies in the middle of the resync: after its restart the resync goes on from its bitmap.
+    await B.kill9();
+    B = await startNodeProcess(topo.file, 'b');
+    assert.equal((await groupStatus(apiB, topo.secret, 'gd')).state, 'resync');
     await waitState(apiB, topo.secret, 'gd', 'pair', 90_000);
     await waitState(apiA, topo.secret, 'gd', 'pair');
     const resynced =
