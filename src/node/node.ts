@@ -194,8 +194,10 @@ export class RemcopyNode {
     previous?: SourceReplicator,
   ): Promise<void> {
     const { topo, cfg, groupState, devices } = this;
+    // The target side first: a volume that becomes a target reads through its gate from the start.
+    const target = await TargetReplicator.open(topo, cfg, groupState, devices, this.log, zeroMaps);
+    this.target = target;
     for (const v of this.volumes.values()) v.setRole(roleOf(topo, cfg.name, v.name, groupState));
-    this.target = await TargetReplicator.open(topo, cfg, groupState, devices, this.log, zeroMaps);
     for (const g of topo.groups.values()) {
       if (g.target === cfg.name && groupState.get(g.name).role === 'promoted') {
         this.setGroupRole(g.name, 'promoted', this.promoted.get(g.name) ?? promotedBitmaps(cfg, g));
@@ -204,8 +206,11 @@ export class RemcopyNode {
     for (const v of this.volumes.values()) {
       if (v.role.kind !== 'target') continue;
       const group = v.role.group;
-      v.gate = this.target.gateOf(group);
-      v.halfSynced = () => this.target?.halfSynced(group);
+      v.gate = target.gateOf(group);
+      // (No target side for a moment while groups are turned around: a read then fails, it never
+      // sees an image no coordinator vouches for.)
+      v.halfSynced = () =>
+        this.target ? this.target.halfSynced(group) : `${this.cfg.name} is turning groups around; try again`;
     }
     this.source = new SourceReplicator({
       topo,
@@ -233,17 +238,19 @@ export class RemcopyNode {
     const run = this.reconfiguring.then(async () => {
       const before = this.topo;
       const previous = this.source;
-      await this.source?.close();
-      await this.target?.close();
+      const oldTarget = this.target;
+      // From here link frames are refused (no target side) and nothing more is shipped.
       this.source = undefined;
       this.target = undefined;
+      this.linkServer?.dropSessions('the groups of this node changed direction (failback)');
+      await previous?.close();
+      await oldTarget?.close();
       this.topo = effectiveTopology(this.configTopo, (g) => this.groupState.get(g).source);
       for (const g of this.topo.groups.values()) {
         if (!this.sequencerKnows(g.name) && g.source === this.cfg.name) {
           this.sequencer.resumeGroup(g.name, this.journal.lastSeq(g.name));
         }
       }
-      this.linkServer?.dropSessions('the groups of this node changed direction (failback)');
       await this.openReplication(new Map(), previous);
       // A write that took the untracked path of its old role (a promoted volume's) lands before any
       // resync reads the volume.
@@ -304,7 +311,7 @@ export class RemcopyNode {
     );
     this.ports.api = await listening('api', cfg.api, () => this.api!.listen(cfg.api.host, cfg.api.port));
     this.linkServer = new LinkServer(
-      () => ({ topo: this.topo, target: this.target! }),
+      () => ({ topo: this.topo, target: this.target }),
       cfg,
       this.timing,
       this.log,

@@ -241,6 +241,7 @@ test('takeover, writes at both sides, failback (cut short once), planned takeove
     await qemuIo(uriA, ['write -P 0x66 4M 64k']);
     const v3 = await cli('verify', '--config', topo.file, '--group', 'gd');
     assert.equal(v3.code, 0, v3.out);
+    assert.deepEqual(await Promise.all([A.stop(), B.stop()]), [0, 0], 'neither node crashed');
   } finally {
     await Promise.all([A.stop(), B.stop()]);
   }
@@ -316,6 +317,7 @@ test('failback refuses what it cannot do, with the reason, and changes nothing',
       const v = await cli('verify', '--config', topo.file, '--group', g);
       assert.equal(v.code, 0, v.out);
     }
+    assert.deepEqual(await Promise.all([a.stop(), B.stop()]), [0, 0], 'neither node crashed');
   } finally {
     await Promise.all([a.stop(), B.stop()]);
   }
@@ -350,14 +352,20 @@ test('host writes go on at the new source while the failback turns it around; no
         await writer.write(block * 4096, Buffer.alloc(4096, n % 251));
         last.set(block, n % 251);
       }
-    })();
+    })().then(
+      () => undefined,
+      (e: unknown) => {
+        stop = true;
+        return `write ${n} failed: ${String(e)}; b's log: ${B.stderr.slice(-5).join(' | ')}`;
+      },
+    );
     const f = await cli('failback', '--config', topo.file, '--group', 'gd');
     assert.equal(f.code, 0, f.out);
     await waitState(apiOf(pb.api), topo.secret, 'gd', 'pair');
     const during = n;
-    await waitFor('writes after the failback', async () => (n > during + 50 ? true : undefined));
+    await waitFor('writes after the failback', async () => (n > during + 50 || stop ? true : undefined));
     stop = true;
-    await writing;
+    assert.equal(await writing, undefined, 'every write at b is acknowledged');
     await writer.close();
     await waitState(apiOf(pa.api), topo.secret, 'gd', 'pair');
     const v = await cli('verify', '--config', topo.file, '--group', 'gd');
@@ -378,6 +386,7 @@ test('host writes go on at the new source while the failback turns it around; no
       sample.map(([block, p]) => `read -P ${p} ${block * 4096} 4k`),
     );
     assert.doesNotMatch(out, /failed/, `${n} writes, ${last.size} blocks`);
+    assert.deepEqual(await Promise.all([A.stop(), B.stop()]), [0, 0], 'neither node crashed');
   } finally {
     await Promise.all([A.stop(), B.stop()]);
   }

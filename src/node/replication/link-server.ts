@@ -26,7 +26,7 @@ export class LinkServer {
    * node runs (sessions opened before are dropped then, see dropSessions).
    */
   constructor(
-    private readonly current: () => { topo: Topology; target: TargetReplicator },
+    private readonly current: () => { topo: Topology; target: TargetReplicator | undefined },
     private readonly cfg: NodeConfig,
     private readonly timing: LinkTiming,
     private readonly log: Log,
@@ -36,7 +36,8 @@ export class LinkServer {
     return this.current().topo;
   }
 
-  private get target(): TargetReplicator {
+  /** Undefined while the node turns groups around: sessions are dropped then, and refused. */
+  private get target(): TargetReplicator | undefined {
     return this.current().target;
   }
 
@@ -77,11 +78,19 @@ export class LinkServer {
         nowUs,
       },
       {
-        ready: (s) => this.target.attach(s),
-        frame: (f: Frame, s) => this.target.onFrame(s, f),
+        ready: (s) => {
+          const t = this.target;
+          if (t) t.attach(s);
+          else s.close('the node is turning groups around (failback); try again', true, 'RC_ERR_SHUTDOWN');
+        },
+        frame: (f: Frame, s) => {
+          const t = this.target;
+          if (t) t.onFrame(s, f);
+          else s.close('the node is turning groups around (failback); try again', true, 'RC_ERR_SHUTDOWN');
+        },
         closed: (reason, s) => {
           this.sessions.delete(s);
-          this.target.detach(s);
+          this.target?.detach(s);
           const level =
             reason === 'connection closed by peer' || reason === 'node stopping' ? 'info' : 'warn';
           if (level === 'warn') this.refused++;
