@@ -111,6 +111,9 @@ export class Failback {
       if (st.epoch > epoch) {
         throw conflict(`${g.name} is at epoch ${st.epoch} here, newer than the takeover's ${epoch}`);
       }
+      if (st.role !== 'fenced' && st.epoch === epoch) {
+        throw conflict(`${g.name} is an active source at epoch ${epoch} here: no takeover at a newer epoch`);
+      }
       if (!takeoverSeqs.has(g.name)) throw new ApiError(400, `takeoverSeqs.${g.name} is missing`);
     }
     const out: DemotedGroup[] = [];
@@ -173,8 +176,11 @@ export class Failback {
       Object.fromEntries(
         list.map((g) => [g.name, node.groupState.get(g.name).demoted?.base ?? bases.get(g.name)!]),
       );
-    if (todo.length === 0)
+    if (todo.length === 0) {
+      // Done before; the turn-around itself may have failed half-way: do it again.
+      if (!node.target || !node.source) await node.reconfigure();
       return { node: me, groups: list.map((g) => g.name), bases: inForce(), already: true };
+    }
     for (const g of todo) {
       // The volumes hold every record (demote synced them): no redo may replay them over N's data.
       await node.journal.releaseAll(g.name);
@@ -285,7 +291,7 @@ export class Failback {
         dirtyBytes: bitmaps.dirtyBytes,
       });
     }
-    if (todo.length > 0) {
+    if (todo.length > 0 || !node.target || !node.source) {
       await node.reconfigure();
       for (const g of todo) node.promoted.delete(g.name);
       node.log('warn', 'failback: this node is the source again; the resync of both sides changes runs', {

@@ -261,7 +261,11 @@ export class RemcopyNode {
         groups: moved.map((g) => ({ group: g.name, source: g.source, target: g.target })),
       });
     });
-    this.reconfiguring = run.catch(() => {});
+    this.reconfiguring = run.catch((e: unknown) => {
+      this.log('error', 'replication could not be reopened; retry the failback or restart the node', {
+        error: String(e),
+      });
+    });
     return run;
   }
 
