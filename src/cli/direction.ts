@@ -6,6 +6,7 @@
 import { RemcopyError } from '../core/errors.js';
 import { apiCall } from '../node/api.js';
 import type { GroupConfig, Topology } from '../node/config.js';
+import { reversedGroup } from '../node/config.js';
 
 /** What a node's status says about one group (the fields the commands use). */
 export interface GroupReport {
@@ -58,15 +59,7 @@ export async function liveGroup(topo: Topology, group: string): Promise<LiveGrou
     const other = node === cfg.source ? cfg.target : cfg.source;
     source = r.role === 'target' || (r.role === 'source' && r.state === 'fenced') ? other : node;
   }
-  const g =
-    source === cfg.source
-      ? cfg
-      : {
-          ...cfg,
-          source: cfg.target,
-          target: cfg.source,
-          pairs: new Map([...cfg.pairs].map(([s, d]) => [d, s] as const)),
-        };
+  const g = source === cfg.source ? cfg : reversedGroup(cfg);
   return { g, reports, errors };
 }
 

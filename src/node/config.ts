@@ -509,10 +509,15 @@ export function effectiveTopology(t: Topology, sourceOf: (group: string) => stri
       continue;
     }
     changed = true;
-    const pairs = new Map([...g.pairs].map(([s, d]) => [d, s] as const));
-    groups.set(name, { ...g, source: g.target, target: g.source, pairs });
+    groups.set(name, reversedGroup(g));
   }
   return changed ? { ...t, groups } : t;
+}
+
+/** The group running the other way: source and target swapped, pairs inverted. */
+export function reversedGroup(g: GroupConfig): GroupConfig {
+  const pairs = new Map([...g.pairs].map(([s, d]) => [d, s] as const));
+  return { ...g, source: g.target, target: g.source, pairs };
 }
 
 /** The consistency set a group belongs to, if any. */

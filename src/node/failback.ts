@@ -32,7 +32,8 @@ import { ApiError } from './api.js';
 import type { GroupConfig } from './config.js';
 import type { RemcopyNode } from './node.js';
 import { applyStateFile, resetApplyState } from './replication/apply.js';
-import { GroupBitmaps } from './replication/bitmaps.js';
+import type { GroupBitmaps } from './replication/bitmaps.js';
+import { bitmapsOn } from './replication/bitmaps.js';
 import { setOf } from './replication/target.js';
 
 /** One group's dirty set as demote answers it: bits per volume of the old source, base64. */
@@ -347,15 +348,7 @@ export class Failback {
 
   /** The group's bitmaps on this node's own volumes (open on the source side if it runs here). */
   private bitmapsOf(g: GroupConfig): GroupBitmaps {
-    const open = this.node.source?.bitmapsOf(g.name);
-    if (open) return open;
-    const mine = g.source === this.node.cfg.name ? [...g.pairs.keys()] : [...g.pairs.values()];
-    return new GroupBitmaps(
-      this.node.cfg.dataDir,
-      g.name,
-      g.bitmapChunkBytes,
-      mine.map((v) => ({ name: v, sizeBytes: volumeSize(this.node, v) })),
-    );
+    return this.node.source?.bitmapsOf(g.name) ?? bitmapsOn(this.node.cfg, g);
   }
 
   /** Ranges of the journalled records of `group` past `takeoverSeq`: the target never applied them. */

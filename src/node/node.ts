@@ -31,8 +31,9 @@ import { GroupStateStore } from './replication/group-state.js';
 import { LinkServer } from './replication/link-server.js';
 import type { LinkTiming } from './replication/source.js';
 import { LINK_TIMING_DEFAULT, SourceReplicator } from './replication/source.js';
-import { promotedBitmaps, TargetReplicator } from './replication/target.js';
+import { TargetReplicator } from './replication/target.js';
 import type { GroupBitmaps } from './replication/bitmaps.js';
+import { bitmapsOn } from './replication/bitmaps.js';
 import { ZeroMap } from './replication/zero-map.js';
 import { applyToDevice, WritePath } from './write-path.js';
 import { nowUs } from './clock.js';
@@ -200,7 +201,7 @@ export class RemcopyNode {
     for (const v of this.volumes.values()) v.setRole(roleOf(topo, cfg.name, v.name, groupState));
     for (const g of topo.groups.values()) {
       if (g.target === cfg.name && groupState.get(g.name).role === 'promoted') {
-        this.setGroupRole(g.name, 'promoted', this.promoted.get(g.name) ?? promotedBitmaps(cfg, g));
+        this.setGroupRole(g.name, 'promoted', this.promoted.get(g.name) ?? bitmapsOn(cfg, g));
       }
     }
     for (const v of this.volumes.values()) {
@@ -247,9 +248,7 @@ export class RemcopyNode {
       await oldTarget?.close();
       this.topo = effectiveTopology(this.configTopo, (g) => this.groupState.get(g).source);
       for (const g of this.topo.groups.values()) {
-        if (!this.sequencerKnows(g.name) && g.source === this.cfg.name) {
-          this.sequencer.resumeGroup(g.name, this.journal.lastSeq(g.name));
-        }
+        if (g.source === this.cfg.name) this.sequencer.resumeGroup(g.name, this.journal.lastSeq(g.name));
       }
       await this.openReplication(new Map(), previous);
       // A write that took the untracked path of its old role (a promoted volume's) lands before any
@@ -267,10 +266,6 @@ export class RemcopyNode {
       });
     });
     return run;
-  }
-
-  private sequencerKnows(group: string): boolean {
-    return this.sequencer.seqOf(group) > 0;
   }
 
   private async listen(): Promise<void> {

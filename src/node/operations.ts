@@ -72,9 +72,15 @@ export class NodeOperations {
     }
     clearTimeout(this.holds.get(group));
     this.holds.delete(group);
-    await this.node.source?.quiesce(group, epoch, by);
-    this.node.setGroupRole(group, 'fenced');
-    await this.node.groupState.update(group, { epoch, role: 'fenced', reason: `${by} holds epoch ${epoch}` });
+    // quiesce() fences and persists it; a group fenced at an earlier start is only persisted here.
+    if (!(await this.node.source?.quiesce(group, epoch, by))) {
+      this.node.setGroupRole(group, 'fenced');
+      await this.node.groupState.update(group, {
+        epoch,
+        role: 'fenced',
+        reason: `${by} holds epoch ${epoch}`,
+      });
+    }
     return { group, epoch, fenced: true };
   }
 

@@ -762,8 +762,6 @@ export class Journal {
   }
 
   private async persistReleased(group: string, upto: number): Promise<void> {
-    // A maintenance pass in progress may be past its last check of maintainAgain: let it end.
-    await this.whenIdle();
     this.stateDirty = true;
     this.stateForced = true;
     this.scheduleMaintenance();

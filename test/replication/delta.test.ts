@@ -8,20 +8,18 @@
  * - a full journal under policy `suspend` suspends the pair instead of failing host writes.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { promisify } from 'node:util';
 import { apiCall } from '../../src/node/api.js';
 import type { Api } from '../../src/testing/cluster.js';
-import { apiOf, copyJournalled, groupStatus, metricValue, waitFor } from '../../src/testing/cluster.js';
-import type { TestNodeSpec, TestTopology } from '../../src/testing/proc.js';
-import { runCli, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
+import { apiOf, groupStatus, metricValue, waitFor } from '../../src/testing/cluster.js';
+import type { TestTopology } from '../../src/testing/proc.js';
+import { runCli, startNodeProcess } from '../../src/testing/proc.js';
 import { mulberry32 } from '../../src/testing/random.js';
+import { pairedSites, qemuIo, waitState } from '../../src/testing/sites.js';
 
-const run = promisify(execFile);
 const root = mkdtempSync(join(tmpdir(), 'rc-delta-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
@@ -29,32 +27,6 @@ const cli = runCli;
 
 const CHUNK = 64 * 1024;
 const VOLUME = 64 * 1024 * 1024;
-
-async function qemuIo(uri: string, cmds: string[], readOnly = false): Promise<string> {
-  const ro = readOnly ? ['-r'] : [];
-  const r = await run('qemu-io', [...ro, '-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri], {
-    maxBuffer: 64 * 1024 * 1024,
-  });
-  return r.stdout + r.stderr;
-}
-
-/** Nodes a and b started from a fresh topology, every group past its initial copy. */
-async function pairedSites(
-  prefix: string,
-  nodes: { a: TestNodeSpec; b: TestNodeSpec },
-  groups: Record<string, [string, string, string] | [string, string, string, string]>,
-  sets: Record<string, string[]> = {},
-) {
-  const topo = await writeTopology(mkdtempSync(join(root, prefix)), nodes, groups, sets);
-  const pa = topo.ports.get('a')!;
-  const pb = topo.ports.get('b')!;
-  const [A, B] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
-  for (const g of Object.keys(groups)) {
-    await copyJournalled(apiOf(pa.api), topo.secret, g);
-    await waitState(apiOf(pb.api), topo.secret, g, 'pair', 60_000);
-  }
-  return { topo, pa, pb, A, B };
-}
 
 /** Once the link is up, `remcopy resume`, wait for `pair` again, and `remcopy verify` passes. */
 async function resumeAndVerify(topo: TestTopology, api: Api, group: string): Promise<void> {
@@ -68,19 +40,9 @@ async function resumeAndVerify(topo: TestTopology, api: Api, group: string): Pro
   assert.equal(v.code, 0, v.out);
 }
 
-async function waitState(api: Api, secret: string, group: string, state: string, timeoutMs = 30_000) {
-  return waitFor(
-    `${group} in state ${state}`,
-    async () => {
-      const g = await groupStatus(api, secret, group);
-      return g.state === state ? g : undefined;
-    },
-    timeoutMs,
-  );
-}
-
 test('suspend, writes tracked across a kill -9, resume resyncs only the dirty chunks; verify passes', async () => {
   const sites = await pairedSites(
+    root,
     'suspend-',
     { a: { volumes: { d: '64MiB' } }, b: { volumes: { d: '64MiB' } } },
     { gd: ['a', 'b', 'd', 'resyncRate: 4MiB'] },
@@ -185,6 +147,7 @@ test('suspend, writes tracked across a kill -9, resume resyncs only the dirty ch
 
 test('a link down longer than suspendAfter suspends the pair; after resume the copy is whole', async () => {
   const sites = await pairedSites(
+    root,
     'linkdown-',
     { a: { volumes: { d: '16MiB' } }, b: { volumes: { d: '16MiB' } } },
     { gd: ['a', 'b', 'd', 'suspendAfter: 1s'] },
@@ -209,6 +172,7 @@ test('a link down longer than suspendAfter suspends the pair; after resume the c
 
 test('a full journal under policy suspend suspends the pair instead of failing writes', async () => {
   const sites = await pairedSites(
+    root,
     'full-',
     {
       a: { volumes: { d: '128MiB' }, journal: '{ size: 80MiB, segmentSize: 40MiB, full: suspend }' },
@@ -246,6 +210,7 @@ test('a full journal under policy suspend suspends the pair instead of failing w
 
 test('after a takeover the promoted side tracks its writes in a dirty bitmap that survives kill -9', async () => {
   const sites = await pairedSites(
+    root,
     'promoted-',
     { a: { volumes: { d: '16MiB' } }, b: { volumes: { d: '16MiB' } } },
     { gd: ['a', 'b', 'd'] },
@@ -278,6 +243,7 @@ test('after a takeover the promoted side tracks its writes in a dirty bitmap tha
 
 test('the groups of a consistency set are suspended and resumed together', async () => {
   const { topo, pa, A, B } = await pairedSites(
+    root,
     'set-',
     { a: { volumes: { d: '8MiB', l: '8MiB' } }, b: { volumes: { d: '8MiB', l: '8MiB' } } },
     { gd: ['a', 'b', 'd'], gl: ['a', 'b', 'l'] },

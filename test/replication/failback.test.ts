@@ -13,46 +13,23 @@
  *   failback with nothing taken over: clear errors, nothing changes.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { promisify } from 'node:util';
 import { apiCall } from '../../src/node/api.js';
-import type { Api } from '../../src/testing/cluster.js';
-import { apiOf, copyJournalled, groupStatus, metricValue, waitFor } from '../../src/testing/cluster.js';
-import type { TestNodeSpec } from '../../src/testing/proc.js';
-import { runCli, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
+import { apiOf, groupStatus, metricValue, waitFor } from '../../src/testing/cluster.js';
+import { runCli, startNodeProcess } from '../../src/testing/proc.js';
 import { mulberry32 } from '../../src/testing/random.js';
+import { pairedSites, qemuIo, waitState } from '../../src/testing/sites.js';
 import { nbdWriter } from '../../src/testing/nbd-writer.js';
 
-const run = promisify(execFile);
 const root = mkdtempSync(join(tmpdir(), 'rc-failback-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
 const cli = runCli;
 const CHUNK = 64 * 1024;
 const VOLUME = 32 * 1024 * 1024;
-
-async function qemuIo(uri: string, cmds: string[], readOnly = false): Promise<string> {
-  const ro = readOnly ? ['-r'] : [];
-  const r = await run('qemu-io', [...ro, '-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri], {
-    maxBuffer: 64 * 1024 * 1024,
-  });
-  return r.stdout + r.stderr;
-}
-
-async function waitState(api: Api, secret: string, group: string, state: string, timeoutMs = 60_000) {
-  return waitFor(
-    `${group} in state ${state}`,
-    async () => {
-      const g = await groupStatus(api, secret, group);
-      return g.state === state ? g : undefined;
-    },
-    timeoutMs,
-  );
-}
 
 /** `n` distinct 4 KiB-aligned offsets of the volume, seeded. */
 function offsets(seed: number, n: number): number[] {
@@ -62,25 +39,9 @@ function offsets(seed: number, n: number): number[] {
 
 const chunksOf = (offs: readonly number[]): Set<number> => new Set(offs.map((o) => Math.floor(o / CHUNK)));
 
-async function pairedSites(
-  prefix: string,
-  nodes: { a: TestNodeSpec; b: TestNodeSpec },
-  groups: Record<string, [string, string, string] | [string, string, string, string]>,
-  sets: Record<string, string[]> = {},
-) {
-  const topo = await writeTopology(mkdtempSync(join(root, prefix)), nodes, groups, sets);
-  const pa = topo.ports.get('a')!;
-  const pb = topo.ports.get('b')!;
-  const [A, B] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
-  for (const g of Object.keys(groups)) {
-    await copyJournalled(apiOf(pa.api), topo.secret, g);
-    await waitState(apiOf(pb.api), topo.secret, g, 'pair');
-  }
-  return { topo, pa, pb, A, B };
-}
-
 test('takeover, writes at both sides, failback (cut short once), planned takeover back, failback again', async () => {
   const sites = await pairedSites(
+    root,
     'cycle-',
     { a: { volumes: { d: '32MiB' } }, b: { volumes: { d: '32MiB' } } },
     { gd: ['a', 'b', 'd', 'resyncRate: 1MiB'] },
@@ -249,6 +210,7 @@ test('takeover, writes at both sides, failback (cut short once), planned takeove
 
 test('failback refuses what it cannot do, with the reason, and changes nothing', async () => {
   const { topo, pa, pb, A, B } = await pairedSites(
+    root,
     'refuse-',
     { a: { volumes: { d: '8MiB', l: '8MiB' } }, b: { volumes: { d: '8MiB', l: '8MiB' } } },
     { gd: ['a', 'b', 'd'], gl: ['a', 'b', 'l'] },
@@ -325,6 +287,7 @@ test('failback refuses what it cannot do, with the reason, and changes nothing',
 
 test('host writes go on at the new source while the failback turns it around; nothing is lost', async () => {
   const sites = await pairedSites(
+    root,
     'busy-',
     { a: { volumes: { d: '16MiB', o: '8MiB' } }, b: { volumes: { d: '16MiB', o: '8MiB' } } },
     { gd: ['a', 'b', 'd'], go: ['a', 'b', 'o'] },

@@ -12,6 +12,7 @@ import type { DirtyBitmap } from '../../core/dirty-bitmap.js';
 import { ResyncTracker } from '../../core/resync.js';
 import type { VolumeGeometry } from '../../storage/bitmap-file.js';
 import { readBitmapFile, writeBitmapFile } from '../../storage/bitmap-file.js';
+import type { GroupConfig, NodeConfig } from '../config.js';
 
 export class GroupBitmaps {
   readonly maps: Map<string, DirtyBitmap>;
@@ -70,4 +71,11 @@ export class GroupBitmaps {
       await this.persisting;
     }
   }
+}
+
+/** The group's bitmaps over `node`'s own volumes of it (source volumes on its source, else target). */
+export function bitmapsOn(node: NodeConfig, g: GroupConfig): GroupBitmaps {
+  const mine = g.source === node.name ? [...g.pairs.keys()] : [...g.pairs.values()];
+  const volumes = mine.map((name) => ({ name, sizeBytes: node.volumes.get(name)!.sizeBytes }));
+  return new GroupBitmaps(node.dataDir, g.name, g.bitmapChunkBytes, volumes);
 }

@@ -42,7 +42,8 @@ import { nowUs } from '../clock.js';
 import type { Log } from '../log.js';
 import type { WritePath } from '../write-path.js';
 import type { AppendedRecord } from '../write-path.js';
-import { GroupBitmaps } from './bitmaps.js';
+import type { GroupBitmaps } from './bitmaps.js';
+import { bitmapsOn } from './bitmaps.js';
 import type { DeltaState, GroupStateStore } from './group-state.js';
 import { RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
@@ -535,14 +536,7 @@ export class SourceReplicator {
       const st = o.state.get(g.name);
       if (st.role !== undefined) continue;
       const devices = [...g.pairs.keys()].map((name) => ({ name, device: o.devices.get(name)! }));
-      const bitmaps =
-        o.bitmapsOf?.(g.name) ??
-        new GroupBitmaps(
-          o.cfg.dataDir,
-          g.name,
-          g.bitmapChunkBytes,
-          devices.map((d) => ({ name: d.name, sizeBytes: d.device.sizeBytes })),
-        );
+      const bitmaps = o.bitmapsOf?.(g.name) ?? bitmapsOn(o.cfg, g);
       const sg = new SourceGroup(g, devices, o.journal, st.epoch, bitmaps);
       if (st.delta?.state === 'suspended') {
         // Before any front end listens: the group's writes go to the bitmap from the first one.
@@ -949,15 +943,16 @@ export class SourceReplicator {
   }
 
   /**
-   * Failback of `group` away from this node (DESIGN.md §3.7): fence it at `epoch` if it is not yet
-   * (its volumes turn read-only), stop its resync, and wait until every host write that got in is on
-   * the volumes and in the journal or the bitmap. Returns the group's open bitmaps, or undefined when
+   * Failback of `group` away from this node, or a planned takeover elsewhere (DESIGN.md §3.7): fence
+   * it at `epoch` unless it is fenced at that epoch already (its volumes turn read-only, the epoch
+   * is persisted), stop its resync, and wait until every host write that got in is on the volumes
+   * and in the journal or the bitmap. Returns the group's open bitmaps, or undefined when
    * this run of the node does not replicate the group (it was fenced at an earlier start).
    */
   async quiesce(group: string, epoch: number, by: string): Promise<GroupBitmaps | undefined> {
     const g = this.groups.get(group);
     if (g === undefined) return undefined;
-    if (g.sender.state !== 'fenced') {
+    if (g.sender.state !== 'fenced' || this.state.epoch(group) < epoch) {
       g.sender.onEpoch(epoch);
       await this.fence(g, epoch, by);
     }

@@ -29,7 +29,8 @@ import { consistencySetOf } from '../config.js';
 import type { Log } from '../log.js';
 import type { ApplyGroup } from './apply.js';
 import { ApplyCoordinator, applyStateFile, loadApplyState } from './apply.js';
-import { GroupBitmaps } from './bitmaps.js';
+import type { GroupBitmaps } from './bitmaps.js';
+import { bitmapsOn } from './bitmaps.js';
 import type { GroupStateStore } from './group-state.js';
 import { RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
@@ -637,7 +638,7 @@ export class TargetReplicator {
     for (const { tg, seqApplied, cut } of ends) {
       // DESIGN.md §3.7: the promoted side starts a dirty bitmap. Records that arrived beyond the
       // cut are written at the old source and not here: their chunks differ from the start.
-      const bitmaps = promotedBitmaps(this.cfg, tg.cfg);
+      const bitmaps = bitmapsOn(this.cfg, tg.cfg);
       await bitmaps.markAll(beyondCut(tg, seqApplied));
       const epoch = tg.receiver.epoch + 1;
       tg.receiver.setEpoch(epoch);
@@ -662,15 +663,6 @@ export class TargetReplicator {
       await tg.journal.close().catch(() => {});
     }
   }
-}
-
-/** The dirty bitmaps of a group's volumes on its (promoted) target node. */
-export function promotedBitmaps(node: NodeConfig, g: GroupConfig): GroupBitmaps {
-  const volumes = [...g.pairs.values()].map((name) => ({
-    name,
-    sizeBytes: node.volumes.get(name)!.sizeBytes,
-  }));
-  return new GroupBitmaps(node.dataDir, g.name, g.bitmapChunkBytes, volumes);
 }
 
 /** Ranges (in target volume names) of the records a group's journal holds beyond `seqApplied`. */
