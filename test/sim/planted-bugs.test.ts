@@ -30,6 +30,14 @@
  * - suspend-ack-before-bit (a tracked write applied and acknowledged before its bit is durable): a
  *   source crash loses the bit of an acknowledged write (bit cleared early at the restart), the
  *   write is never copied: the target never converges.
+ * - no-fence (the old source ignores the takeover's epoch): it acknowledges host writes after it was
+ *   told (no split brain);
+ * - takeover-forgets-beyond-cut (the promoted node does not mark the chunks of the records it holds
+ *   beyond the takeover's cut, which the old source may have released), failback-skips-journal
+ *   (demote hands over the bitmap only, not the chunks of the records past the takeover's seq),
+ *   failback-skips-promoted (the resync leaves out the promoted node's own writes): after the
+ *   failback's resync the old source still differs from the new one (convergence);
+ * - failback-whole-volume (the failback copies every chunk): copies dirty only.
  * Seeds run from 1 until every named checker has caught the bug.
  */
 import assert from 'node:assert/strict';
@@ -54,6 +62,11 @@ const CAUGHT_BY: Record<BugName, readonly CheckerName[]> = {
   'resync-skip-chunk': ['resync-converged', 'prefix-consistency', 'convergence'],
   'resync-consistent-early': ['prefix-consistency', 'dependent-writes'],
   'suspend-ack-before-bit': ['bit-cleared-early', 'convergence'],
+  'no-fence': ['no-split-brain'],
+  'takeover-forgets-beyond-cut': ['convergence'],
+  'failback-skips-journal': ['convergence'],
+  'failback-skips-promoted': ['convergence'],
+  'failback-whole-volume': ['copies-dirty-only'],
 };
 
 for (const bug of BUG_NAMES) {

@@ -6,10 +6,15 @@
  *   torn journal tails, lost unsynced volume writes, which the target's redo from its last
  *   checkpoint up to the cut it planned last must restore), crashes and restarts of both nodes, and
  *   suspensions with a delta resync after them (writes tracked in dirty bitmaps, copy records,
- *   PAIR_STATE announcements, crashes while a resync runs); every checker runs on every seed
+ *   PAIR_STATE announcements, crashes while a resync runs), overflows of a bounded source journal
+ *   (its set suspended), and takeovers followed by a failback (hosts that still write to the old
+ *   source until it is fenced, writes at the promoted node, the dirty sets of both sides handed
+ *   over, the run going on in the other direction with a resync of their union); every checker
+ *   runs on every seed
  *   (prefix consistency and dependent writes whenever the target claims a consistent image,
  *   monotonic cuts, convergence, no loss where promised, release after durable, resync converged,
- *   copies dirty only, bit cleared early); a failure names its seed and the command replaying it;
+ *   copies dirty only, bit cleared early, no split brain); a failure names its seed and the command
+ *   replaying it;
  * - the faults do happen over those seeds (so a pass means something);
  * - same seed, same run (the trace hash); another seed, another run;
  * - the replay command exits 0 on a clean seed, and 1 with its own replay line on a violation.
@@ -59,7 +64,11 @@ test(`simulator: seeds ${SEED_BASE}..${SEED_BASE + SEEDS - 1} with faults, every
       `${totals['framesLost']} frames lost, ${totals['target: refused batch']} batches refused (gaps); ` +
       `${totals['suspensions']} groups suspended, ${totals['trackedWrites']} writes tracked, ` +
       `${totals['chunksCopied']} chunks copied, ${totals['resyncsCompleted']} resyncs journalled, ` +
-      `${totals['bitsCleared']} bits cleared, ${totals['cutsInconsistent']} cuts during resyncs (not claimed consistent)`,
+      `${totals['bitsCleared']} bits cleared, ${totals['cutsInconsistent']} cuts during resyncs (not claimed consistent); ` +
+      `${totals['overflows']} journal overflows; ${totals['takeovers']} takeovers, ${totals['strayWrites']} writes to ` +
+      `the old source after them (${totals['strayAcked']} acknowledged before it was fenced, ` +
+      `${totals['fencedRefused']} refused once fenced), ${totals['promotedWrites']} writes at the promoted node, ` +
+      `${totals['failbacks']} failbacks resyncing ${totals['failbackDirtyChunks']} chunks`,
   );
   if (failures.length > 0) {
     const shown = failures.slice(0, FAILURES_SHOWN_MAX).map(describeFailure);
@@ -91,6 +100,14 @@ test(`simulator: seeds ${SEED_BASE}..${SEED_BASE + SEEDS - 1} with faults, every
       'bitsCleared',
       'cutsInconsistent',
       'target: announcement lost',
+      'overflows',
+      'takeovers',
+      'strayWrites',
+      'strayAcked',
+      'fencedRefused',
+      'promotedWrites',
+      'failbacks',
+      'failbackDirtyChunks',
     ]) {
       assert.ok((totals[what] ?? 0) > 0, `the seeds exercised ${what}`);
     }
@@ -105,6 +122,14 @@ test('same seed, same run; another seed, another run', () => {
   assert.deepEqual(a.stats, b.stats);
   assert.ok(a.stats.writesIssued > 0 && a.stats.cycles > 0, 'the run did something');
   assert.notEqual(runSim({ seed: 4243 }).traceHash, a.traceHash);
+  // A run with a takeover and a failback: the reverse run is drawn from the seed too.
+  let seed = 4242;
+  while (runSim({ seed }).config.takeover === undefined) seed++;
+  const c = runSim({ seed });
+  const d = runSim({ seed });
+  assert.equal(c.stats.failbacks, 1, `seed ${seed} failed back`);
+  assert.equal(c.traceHash, d.traceHash);
+  assert.deepEqual(c.stats, d.stats);
 });
 
 const REPLAY_JS = fileURLToPath(new URL('../../src/testing/sim/replay.js', import.meta.url));

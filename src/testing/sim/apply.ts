@@ -36,6 +36,7 @@ import type { GroupArrival, HeldRecord } from '../../core/arrival.js';
 import type { ApplyState, CyclePlan } from '../../core/apply-plan.js';
 import { completeCycle, initialApplyState } from '../../core/apply-plan.js';
 import { assert } from '../../core/assert.js';
+import type { OrderKey } from '../../core/types.js';
 import { compareKeys, keyOf } from '../../core/types.js';
 import { planWithBug, releasableSeq } from './bugs.js';
 import { fmtKey } from './checkers.js';
@@ -70,6 +71,8 @@ export class ApplyCoordinator {
   private shown = false;
   /** The image was claimed consistent when last decided. */
   private claimed = false;
+  /** Taken over: no more cycles or checkpoints. */
+  private frozen = false;
 
   constructor(
     private readonly ctx: SimContext,
@@ -107,12 +110,31 @@ export class ApplyCoordinator {
     this.claimed = now;
   }
 
+  /**
+   * Ready for a takeover: no cycle or checkpoint runs, the volumes show the completed cut (after a
+   * restart: no cycle planned since the checkpoint, or its redo done) and the image is consistent.
+   */
+  get settled(): boolean {
+    const shown = this.shown || this.state.cutPlanned === undefined;
+    return !this.busy && !this.applying && shown && this.consistent(this.state.seqApplied);
+  }
+
+  /** The cut readers see (undefined before the first cycle). */
+  get cut(): OrderKey | undefined {
+    return this.state.cutCompleted;
+  }
+
+  /** The takeover: the image stays at the completed cut; no cycle or checkpoint from now on. */
+  freeze(): void {
+    this.frozen = true;
+  }
+
   start(): void {
     this.ctx.checkers.onTargetRestart(this.set.name, this.state.cutPlanned ?? this.state.cutCompleted);
     this.release(this.durable);
     this.ctx.sched.every(this.ctx.cfg.applyEveryUs, () => {
       if (!this.alive()) return false;
-      if (!this.busy) this.tryCycle();
+      if (!this.busy && !this.frozen) this.tryCycle();
       return true;
     });
   }
@@ -206,7 +228,7 @@ export class ApplyCoordinator {
     this.ctx.sched.after(this.ctx.cfg.checkpoint.idleUs, () => {
       if (!this.alive() || gen !== this.idleTimerGen) return;
       this.idleTimerSet = false;
-      if (this.busy) return;
+      if (this.busy || this.frozen) return;
       this.busy = true;
       this.checkpoint(() => (this.busy = false));
     });

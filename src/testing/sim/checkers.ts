@@ -18,6 +18,8 @@
  *   every clear bit at a source restart      --> bit cleared early (the target holds a copy of the
  *                                                chunk made after its last suspended write durably)
  *   the liveness phase ended                 --> convergence, resync converged
+ *   the source acknowledges a host write     --> no split brain (not once told of a newer epoch)
+ *   a reverse run begins (after a failback)  --> presetTruth: which chunks may be copied
  *
  * A violation is recorded, not thrown: the run goes on, so one run shows every checker that a
  * planted bug trips. Only the first few violations per checker keep their message.
@@ -45,6 +47,8 @@ export const CHECKER_NAMES = [
   'bit-cleared-early',
   /** A core module refused what a correct peer sent (a durable record, a tick). */
   'protocol',
+  /** The old source acknowledged a host write after it was told of the takeover's newer epoch. */
+  'no-split-brain',
   /** The run threw: a core assertion, or the simulator's own. */
   'exception',
 ] as const;
@@ -105,6 +109,8 @@ export class Checkers {
   cutsInconsistent = 0;
   private readonly lastCut = new Map<string, OrderKey>();
   private readonly chunks = new Map<string, ChunkTruth[]>();
+  /** The epoch the old source was told of by the node that took over (FENCED delivered). */
+  private fencedEpoch = 0;
 
   constructor(
     private readonly history: History,
@@ -173,6 +179,42 @@ export class Checkers {
         if ((bytes[c >> 3]! & (1 << (c & 7))) === 0) t.clearedSnap = Math.max(t.clearedSnap, stamp);
       });
     }
+  }
+
+  /**
+   * Before the reverse run after a failback: chunks whose copy is legitimate from the start
+   * ('allowed': issued at stamp 0), and among them those whose content differs between the two
+   * sides (also 'applied' at 0: their bit may be clear only once the target holds a copy).
+   */
+  presetTruth(truth: ReadonlyMap<string, readonly ('differs' | 'allowed' | undefined)[]>): void {
+    for (const [volume, chunks] of truth) {
+      chunks.forEach((t, c) => {
+        if (t === undefined) return;
+        const x = this.chunks.get(volume)![c]!;
+        x.issued = 0;
+        if (t === 'differs') x.applied = 0;
+      });
+    }
+  }
+
+  /** A tracked write reached the chunk after its bit was last durably cleared (a copy is legitimate). */
+  chunkDirtyInTruth(volume: string, chunk: number): boolean {
+    const t = this.chunks.get(volume)![chunk]!;
+    return t.issued > t.clearedSnap;
+  }
+
+  /** The node that took over told the old source of its epoch. */
+  onFenceDelivered(epoch: number): void {
+    this.fencedEpoch = Math.max(this.fencedEpoch, epoch);
+  }
+
+  /** The source acknowledges a host write: not once it was told of a newer epoch. */
+  onSourceAck(writeId: number): void {
+    if (this.fencedEpoch === 0) return;
+    this.report(
+      'no-split-brain',
+      `the old source acknowledged write #${writeId} after it was told of epoch ${this.fencedEpoch}`,
+    );
   }
 
   /** The source journalled a copy record: its chunk must be dirty. */

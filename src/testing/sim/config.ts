@@ -36,6 +36,15 @@ export const ACCOUNT_OPENING_BALANCE = 100;
  *   claiming a consistent image while the copy records of a resync are applied.
  * - suspend-ack-before-bit: a write to a suspended group is applied and acknowledged before its
  *   dirty bit is durable.
+ * - no-fence: the old source ignores the takeover's epoch when it learns it: it goes on taking host
+ *   writes as the source (split brain).
+ * - takeover-forgets-beyond-cut: the promoted target does not mark the chunks of the records it
+ *   holds beyond the takeover's cut (records the old source may have released).
+ * - failback-skips-journal: demote hands over the old source's bitmap only, not the chunks of its
+ *   journalled records past the takeover's seq.
+ * - failback-skips-promoted: promote resyncs the old source's dirty set only, not its own bitmap
+ *   (the writes since the takeover).
+ * - failback-whole-volume: the failback resync copies every chunk of every volume.
  */
 export const BUG_NAMES = [
   'apply-past-gap',
@@ -49,6 +58,11 @@ export const BUG_NAMES = [
   'resync-skip-chunk',
   'resync-consistent-early',
   'suspend-ack-before-bit',
+  'no-fence',
+  'takeover-forgets-beyond-cut',
+  'failback-skips-journal',
+  'failback-skips-promoted',
+  'failback-whole-volume',
 ] as const;
 export type BugName = (typeof BUG_NAMES)[number];
 
@@ -179,6 +193,20 @@ export interface ResyncConfig {
   readonly crashes: readonly CrashSpec[];
 }
 
+/**
+ * A takeover at the target and a failback after it (DESIGN.md §3.7): at `atUs` (or as soon after
+ * as the target's image is consistent and no cycle runs) the target takes over; hosts move to it,
+ * but a random host's operation still goes to the old source with chance `strayChance` until the
+ * old source refuses it (the split-brain window of an unplanned takeover). `failbackAfterUs` after
+ * the takeover (once both nodes are up) the failback hands the old source's dirty set over and the
+ * run goes on in the other direction (sim.ts: the reverse run).
+ */
+export interface TakeoverConfig {
+  readonly atUs: number;
+  readonly strayChance: number;
+  readonly failbackAfterUs: number;
+}
+
 export interface SimConfig {
   readonly writeTimeMode: WriteTimeMode;
   readonly groups: readonly GroupSpec[];
@@ -200,6 +228,20 @@ export interface SimConfig {
   /** Faults and writes happen in [0, safetyUs); then the liveness phase, at most livenessUs. */
   readonly safetyUs: number;
   readonly livenessUs: number;
+  /** A takeover and a failback (drawn after everything but the overflow); undefined: none. */
+  readonly takeover: TakeoverConfig | undefined;
+  /** A bounded source journal (drawn last); undefined: unbounded. */
+  readonly overflow: OverflowConfig | undefined;
+}
+
+/**
+ * The source journal's `suspend` policy (DESIGN.md §6): a host write that finds the node's journal
+ * holding `journalRecordsMax` unreleased records suspends its group and the rest of its set (the
+ * write is tracked in the bitmap instead); the operator resumes them `resumeAfterUs` later.
+ */
+export interface OverflowConfig {
+  readonly journalRecordsMax: number;
+  readonly resumeAfterUs: number;
 }
 
 const MS = 1000;
@@ -261,6 +303,40 @@ export function configFor(rng: Rng): SimConfig {
     },
     // Drawn after the checkpoints: a seed keeps the rest of its configuration.
     resync: resyncFor(rng, safetyUs, sets),
+    // Drawn after the rest: a run without a takeover is the run it was before takeovers were modelled.
+    takeover: takeoverFor(rng, safetyUs),
+    // Drawn last, likewise.
+    overflow: rng.chance(0.3)
+      ? { journalRecordsMax: rng.pick([16, 32, 64]), resumeAfterUs: rng.pick([20, 100, 300]) * MS }
+      : undefined,
+  };
+}
+
+/** In 35% of runs a takeover in the safety phase, and a failback 0-300 ms after it. */
+function takeoverFor(rng: Rng, safetyUs: number): TakeoverConfig | undefined {
+  if (!rng.chance(0.35)) return undefined;
+  return {
+    atUs: rng.int(safetyUs / 10, (safetyUs * 7) / 10),
+    strayChance: rng.pick([0, 0.2, 0.5]),
+    failbackAfterUs: rng.pick([0, 30, 100, 300]) * MS,
+  };
+}
+
+/**
+ * The reverse run after a failback: the same topology, timers and disks, its own faults, crashes
+ * and writes; no suspension and no takeover (the failback's resync is what it is about).
+ */
+export function reverseConfigFor(rng: Rng, cfg: SimConfig): SimConfig {
+  const safetyUs = rng.int(500, 1500) * MS;
+  return {
+    ...cfg,
+    net: netFor(rng, safetyUs),
+    crashes: crashesFor(rng, safetyUs),
+    workload: { ...cfg.workload, writesMax: rng.int(50, 200) },
+    safetyUs,
+    resync: { ...cfg.resync, suspensions: [], crashes: [] },
+    takeover: undefined,
+    overflow: undefined,
   };
 }
 

@@ -5,6 +5,7 @@
  * The trace hash folds in every event that matters (writes, acknowledgements, frames, crashes,
  * cuts) in the order they happen: two runs of one seed must end with the same hash.
  */
+import type { NodeId } from '../../core/types.js';
 import type { Checkers } from './checkers.js';
 import type { BugName, SimConfig } from './config.js';
 import type { History } from './history.js';
@@ -39,6 +40,20 @@ export interface SimStats {
   resyncsCompleted: number;
   /** Dirty bits cleared by the target's durable reports. */
   bitsCleared: number;
+  /** Host writes that found the source journal full: their set suspended. */
+  overflows: number;
+  /** Takeovers at the target (at most one per run). */
+  takeovers: number;
+  /** Host writes that went to the old source after the takeover; of those, acknowledged by it. */
+  strayWrites: number;
+  strayAcked: number;
+  /** Host writes the old source refused once fenced. */
+  fencedRefused: number;
+  /** Host writes to the node that took over, before the failback (tracked in its bitmap). */
+  promotedWrites: number;
+  /** Failbacks (the run went on in the other direction), and the chunks their resync had to copy. */
+  failbacks: number;
+  failbackDirtyChunks: number;
 }
 
 export const newStats = (): SimStats => ({
@@ -61,6 +76,14 @@ export const newStats = (): SimStats => ({
   chunksCopied: 0,
   resyncsCompleted: 0,
   bitsCleared: 0,
+  overflows: 0,
+  takeovers: 0,
+  strayWrites: 0,
+  strayAcked: 0,
+  fencedRefused: 0,
+  promotedWrites: 0,
+  failbacks: 0,
+  failbackDirtyChunks: 0,
 });
 
 export function countDrop(stats: SimStats, reason: string): void {
@@ -71,6 +94,10 @@ export interface SimContext {
   readonly sched: Scheduler;
   readonly cfg: SimConfig;
   readonly bug: BugName | undefined;
+  /** The epoch of every record and session (1; after a takeover and failback, the takeover's). */
+  readonly epoch: number;
+  /** The node that acts as source (its id is in every order key). */
+  readonly sourceNodeId: NodeId;
   readonly history: History;
   readonly checkers: Checkers;
   readonly stats: SimStats;

@@ -91,6 +91,18 @@ export class SimJournal {
     }
   }
 
+  /**
+   * An empty group starts after `afterSeq` (a failback's base): as if records up to it, the last
+   * with key `key`, had been released.
+   */
+  startAfter(group: string, afterSeq: number, key: OrderKey): void {
+    const g = this.group(group);
+    assert(g.bySeq.size === 0 && g.seqReleased === 0, `journal of ${group} is not empty`);
+    g.seqReleased = afterSeq;
+    g.keyReleased = key;
+    this.recomputeDurable();
+  }
+
   append(e: JournalEntry): void {
     const g = this.group(e.h.group);
     assert(e.h.seq > g.seqReleased && !g.bySeq.has(e.h.seq), `journal already holds ${e.h.group}/${e.h.seq}`);
@@ -272,6 +284,11 @@ export class SimVolumes {
     return this.dirty.has(k) ? this.dirty.get(k) : this.durable.get(k);
   }
 
+  /** Sets the block's durable content (a volume as it is when a run begins). */
+  preset(volume: string, block: number, writeId: number | undefined): void {
+    this.durable.set(blockKey(volume, block), writeId);
+  }
+
   /** Calls `done` once every write made before this call is durable. */
   sync(done: () => void): void {
     const snapshot = new Map(this.dirty);
@@ -335,6 +352,11 @@ export class SimBitmapFile {
   load(volume: string): Uint8Array | undefined {
     const b = this.durable.get(volume);
     return b === undefined ? undefined : Uint8Array.from(b);
+  }
+
+  /** Sets the file's content (bitmaps handed over when a run begins). */
+  preset(bits: BitmapSnapshot): void {
+    this.durable = new Map([...bits].map(([v, b]) => [v, Uint8Array.from(b)]));
   }
 
   /** True when the file holds the chunk's bit set. */

@@ -115,6 +115,16 @@ export class History {
   /** Write ids in acknowledgement order, and how many of them a FLUSH already covered. */
   private readonly ackOrder: number[] = [];
   private promisedCount = 0;
+  /**
+   * The position every cut shows at least: after a failback, the reverse run's history begins
+   * with the new source's content (writes without a key), which even the least cut shows.
+   */
+  private floorPos = -1;
+
+  /** Writes added so far are the base of every cut (failback.ts). */
+  setBase(): void {
+    this.floorPos = this.writes.reduce((m, w) => Math.max(m, w.srcPos), -1);
+  }
 
   add(w: NewWrite): SourceWrite {
     const full: SourceWrite = {
@@ -207,7 +217,7 @@ export class History {
       if (compareKeys(this.keyed[mid]!.key, cut) <= 0) lo = mid + 1;
       else hi = mid;
     }
-    return lo === 0 ? -1 : this.keyed[lo - 1]!.srcPos;
+    return lo === 0 ? this.floorPos : this.keyed[lo - 1]!.srcPos;
   }
 
   /** What the block held at source position `pos`: its latest surviving write at or before it. */

@@ -37,6 +37,8 @@ export type Frame =
   | { readonly type: 'connect'; readonly session: number }
   | { readonly type: 'close'; readonly session: number }
   | { readonly type: 'heartbeat'; readonly session: number }
+  /** From a node that took over: its epoch is newer, the old source must stop acting as source. */
+  | { readonly type: 'fenced'; readonly session: number; readonly epoch: number }
   | { readonly type: 'resume'; readonly session: number; readonly group: string; readonly nextSeq: number }
   | {
       readonly type: 'records';

@@ -45,7 +45,14 @@
  *
  * The group's state (pair, suspended, resync, with the copyEndSeq last announced) is on disk at
  * once (groups.json `delta`). On connect, a group that has been suspended announces its state before
- * any record. Planted bugs: resync-clear-on-copy (a bit cleared when its copy is journalled),
+ * any record. With a bounded journal (cfg.overflow, policy `suspend`) a host write that finds it
+ * full suspends its set, and is tracked.
+ *
+ * Takeover and failback (failback.ts): FENCED(epoch) from the node that took over --> the epoch
+ * persisted, host operations not yet answered fail, new ones are refused, nothing is shipped and
+ * no session opened again (planted bug no-fence: ignored). demote --> fenced, drained, journal
+ * synced, the dirty set handed over: the bitmaps and the chunks of the records past takeoverSeq
+ * (planted bug failback-skips-journal: the bitmaps only). Planted bugs: resync-clear-on-copy (a bit cleared when its copy is journalled),
  * resync-skip-chunk (next() skips each volume's last dirty chunk), suspend-ack-before-bit (a tracked
  * write applied and acknowledged before its bit is durable).
  */
@@ -55,7 +62,7 @@ import { GroupSender } from '../../core/sender.js';
 import type { JournalSpan } from '../../core/sender.js';
 import { Sequencer } from '../../core/sequencer.js';
 import type { OrderKey, RecordHeader, TimeUs } from '../../core/types.js';
-import { byteOffset, nodeIdOf, ordinal, RecordKind, seq, timeUs } from '../../core/types.js';
+import { byteOffset, ordinal, RecordKind, seq, timeUs } from '../../core/types.js';
 import { nextChunkWithBug } from './bugs.js';
 import type { CopyHeld } from './checkers.js';
 import { BLOCK_BYTES } from './config.js';
@@ -65,9 +72,6 @@ import type { BitmapSnapshot, SimBitmapFile, SimJournal } from './disk.js';
 import { NO_WRITE } from './disk.js';
 import type { AnnouncedState, Frame, Network } from './network.js';
 import type { Rng } from './rng.js';
-import { SIM_EPOCH } from './target.js';
-
-const SOURCE_NODE_ID = nodeIdOf('siteA');
 /** The node clock at virtual time 0, in microseconds since the Unix epoch. */
 const NODE_CLOCK_BASE_US = 1_700_000_000_000_000;
 
@@ -112,6 +116,8 @@ export interface DeltaState {
 export class SourceDisk {
   /** Absent: never suspended (pair, nothing to announce). Written at once, never lost. */
   readonly delta = new Map<string, DeltaState>();
+  /** A newer epoch this node learned of (a takeover elsewhere): it is no source any more. 0: none. */
+  fencedEpoch = 0;
 
   constructor(
     readonly journal: SimJournal,
@@ -162,19 +168,25 @@ export class SourceNode {
     this.journal = journal;
     const groups = ctx.cfg.groups.map((g) => g.name);
     const end = journal.keyDurableMax;
-    this.sequencer = new Sequencer(SOURCE_NODE_ID, ctx.cfg.writeTimeMode, {
+    this.sequencer = new Sequencer(ctx.sourceNodeId, ctx.cfg.writeTimeMode, {
       lastOrdinal: end?.ordinal ?? ordinal(0),
       lastWriteTimeUs: end?.writeTimeUs ?? timeUs(0),
       lastSeq: new Map(groups.map((g) => [g, seq(journal.seqLast(g))])),
     });
     for (const g of groups) {
-      this.senders.set(g, new GroupSender(g, ctx.cfg.sender, seq(journal.seqReleased(g)), SIM_EPOCH));
+      this.senders.set(g, new GroupSender(g, ctx.cfg.sender, seq(journal.seqReleased(g)), ctx.epoch));
     }
     this.recoverDelta();
     journal.onDurable = () => this.pump();
     this.startTimers();
+    if (this.fenced) return;
     this.connect();
     for (const [group, d] of this.delta) if (d.mode === 'resync') this.startPass(group);
+  }
+
+  /** It learned of a newer epoch: no host writes, nothing shipped (planted bug no-fence: ignored). */
+  get fenced(): boolean {
+    return this.disk.fencedEpoch > 0 && this.ctx.bug !== 'no-fence';
   }
 
   get nodeClockUs(): number {
@@ -182,7 +194,15 @@ export class SourceNode {
   }
 
   write(req: WriteRequest, done: (ok: boolean) => void): void {
+    if (this.fenced) {
+      this.ctx.stats.fencedRefused++;
+      this.ctx.sched.after(this.ctx.cfg.link.hostAckUs[0], () => done(false));
+      return;
+    }
     const d = this.delta.get(req.group)!;
+    const full = this.ctx.cfg.overflow;
+    if (d.mode !== 'suspended' && full !== undefined && this.journal.unreleased() >= full.journalRecordsMax)
+      this.onJournalFull(req.group, full.resumeAfterUs);
     if (d.mode === 'suspended') return this.writeTracked(req, d, done);
     const f = this.sequencer.next(req.group, req.hostTimeUs, timeUs(this.nodeClockUs));
     const h: RecordHeader = {
@@ -191,7 +211,7 @@ export class SourceNode {
       volume: req.volume,
       offset: byteOffset(req.block * BLOCK_BYTES),
       length: BLOCK_BYTES,
-      epoch: SIM_EPOCH,
+      epoch: this.ctx.epoch,
       markerNo: 0,
       ...f,
     };
@@ -203,6 +223,7 @@ export class SourceNode {
     const op = this.track(done);
     const ack = (): void =>
       this.answer(op, () => {
+        this.ctx.checkers.onSourceAck(w.writeId);
         this.ctx.history.acked(w.writeId, this.ctx.stamp(), req.fua);
         this.ctx.stats.writesAcked++;
       });
@@ -225,10 +246,64 @@ export class SourceNode {
   /** The process dies: every host operation not yet answered fails. The journal crashes apart. */
   crash(): void {
     this.alive = false;
+    this.failPending();
+    this.session = undefined;
+  }
+
+  private failPending(): void {
     for (const done of this.pending.values())
       this.ctx.sched.after(this.ctx.cfg.link.hostAckUs[1], () => done(false));
     this.pending.clear();
-    this.session = undefined;
+  }
+
+  /**
+   * A node took over at `epoch` (DESIGN.md §3.7): persisted at once; every host operation not yet
+   * answered fails and new ones are refused, nothing more is shipped, no session is opened again.
+   */
+  fence(epoch: number): void {
+    if (epoch <= this.disk.fencedEpoch) return;
+    this.disk.fencedEpoch = epoch;
+    this.ctx.trace.add('fenced', epoch);
+    if (!this.fenced) return void this.ctx.log(`source: told of epoch ${epoch}, ignored (bug no-fence)`);
+    this.ctx.log(`source: fenced by epoch ${epoch}`);
+    this.failPending();
+    if (this.session !== undefined) this.drop('source: fenced', true, false);
+  }
+
+  /**
+   * Failback, step demote (src/node/failback.ts): fenced, host writes drained (none is answered
+   * any more), the journal synced; then `done` gets the dirty set handed over, per volume: the
+   * bitmap (every tracked write, and chunks whose copy the target may not hold) and the chunks of
+   * every journalled record the takeover did not apply (seq > takeoverSeq). Planted bug
+   * failback-skips-journal: the bitmap only.
+   */
+  demote(
+    epoch: number,
+    takeoverSeq: ReadonlyMap<string, number>,
+    done: (dirty: BitmapSnapshot) => void,
+  ): void {
+    this.disk.fencedEpoch = Math.max(this.disk.fencedEpoch, epoch);
+    this.failPending();
+    if (this.session !== undefined) this.drop('source: demoted', true, false);
+    this.journal.sync(() => {
+      if (!this.alive) return;
+      const chunkBlocks = this.ctx.cfg.resync.chunkBlocks;
+      const out = new Map<string, Uint8Array>();
+      for (const [group, d] of this.delta) {
+        const from = takeoverSeq.get(group)!;
+        const marked = new Map([...d.bitmaps].map(([v, bm]) => [v, bm.toBytes()]));
+        if (this.ctx.bug !== 'failback-skips-journal') {
+          for (const e of this.journal.entries(group)) {
+            if (e.h.seq <= from) continue;
+            const first = e.h.offset / BLOCK_BYTES;
+            for (let b = first; b < first + e.h.length / BLOCK_BYTES; b++)
+              setBit(marked.get(e.h.volume)!, Math.floor(b / chunkBlocks));
+          }
+        }
+        for (const [v, bits] of marked) out.set(v, bits);
+      }
+      done(out);
+    });
   }
 
   onFrame(f: Frame): void {
@@ -244,6 +319,9 @@ export class SourceNode {
         return this.onResume(f.group, f.nextSeq);
       case 'ack':
         return this.onAck(s, f.group, f.durableSeq);
+      case 'fenced':
+        this.ctx.checkers.onFenceDelivered(f.epoch);
+        return this.fence(f.epoch);
       default:
         return this.drop(`source: unexpected ${f.type}`);
     }
@@ -375,7 +453,7 @@ export class SourceNode {
   /** Rule 2 of the file comment: the group's durable seq, the journal's largest durable key. */
   private tickDurable(group: string): PlannedTick {
     const span = this.span(group);
-    const zero = { writeTimeUs: timeUs(0), nodeId: SOURCE_NODE_ID, ordinal: ordinal(0) };
+    const zero = { writeTimeUs: timeUs(0), nodeId: this.ctx.sourceNodeId, ordinal: ordinal(0) };
     return { span, seq: span.seqLast, key: this.journal.keyDurableMax ?? zero };
   }
 
@@ -406,7 +484,7 @@ export class SourceNode {
     }
   }
 
-  private drop(reason: string, notify = true): void {
+  private drop(reason: string, notify = true, reconnect = true): void {
     const s = this.session;
     if (s === undefined) return;
     if (notify) this.net.send('source', { type: 'close', session: s.id });
@@ -414,8 +492,9 @@ export class SourceNode {
     this.session = undefined;
     countDrop(this.ctx.stats, reason);
     this.ctx.log(`session ${s.id} dropped (${reason})`);
+    if (!reconnect) return;
     this.ctx.sched.after(this.ctx.cfg.link.reconnectUs, () => {
-      if (this.alive && this.session === undefined) this.connect();
+      if (this.alive && this.session === undefined && !this.fenced) this.connect();
     });
   }
 
@@ -432,6 +511,20 @@ export class SourceNode {
     this.ctx.stats.suspensions++;
     this.ctx.trace.add('suspend', group);
     this.ctx.log(`${group}: suspended`);
+  }
+
+  /**
+   * The journal is full (policy `suspend`): the group and the rest of its set are suspended, the
+   * write that found it full is tracked; the operator resumes them `resumeAfterUs` later.
+   */
+  private onJournalFull(group: string, resumeAfterUs: number): void {
+    const set = this.ctx.cfg.sets.find((x) => x.groups.includes(group))!;
+    this.ctx.stats.overflows++;
+    this.ctx.log(`journal full (${this.journal.unreleased()} records): ${set.groups.join(', ')} suspended`);
+    for (const g of set.groups) this.suspend(g);
+    this.ctx.sched.after(resumeAfterUs, () => {
+      if (this.alive) for (const g of set.groups) this.resume(g);
+    });
   }
 
   /** Resumes the group: a delta resync once the tracked writes in flight are applied. */
@@ -531,6 +624,7 @@ export class SourceNode {
       const [lo, hi] = ctx.cfg.link.hostAckUs;
       ctx.sched.after(this.rng.int(lo, hi), () =>
         this.answer(op, () => {
+          ctx.checkers.onSourceAck(w.writeId);
           ctx.history.acked(w.writeId, ctx.stamp(), req.fua);
           ctx.stats.writesAcked++;
         }),
@@ -598,7 +692,7 @@ export class SourceNode {
 
   private copyStep(group: string, pass: number): void {
     const d = this.delta.get(group)!;
-    if (!this.alive || d.mode !== 'resync' || d.pass !== pass) return;
+    if (!this.alive || this.fenced || d.mode !== 'resync' || d.pass !== pass) return;
     if (this.journal.seqLast(group) - this.journal.seqReleased(group) > this.ctx.cfg.resync.copyBacklogMax)
       return this.scheduleCopy(group, pass);
     const c = nextChunkWithBug(this.ctx.bug, d.tracker);
@@ -628,7 +722,7 @@ export class SourceNode {
       volume: c.volume,
       offset: byteOffset(c.offset),
       length: c.length,
-      epoch: SIM_EPOCH,
+      epoch: this.ctx.epoch,
       markerNo: 0,
       ...f,
     };
@@ -673,6 +767,10 @@ export class SourceNode {
     // Soon durable, so that a restart does not copy these chunks again.
     this.persistBits();
   }
+}
+
+function setBit(bits: Uint8Array, chunk: number): void {
+  bits[chunk >> 3] = bits[chunk >> 3]! | (1 << (chunk & 7));
 }
 
 function dirtyChunks(bm: DirtyBitmap): number[] {

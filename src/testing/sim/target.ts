@@ -24,6 +24,11 @@
  *   iff all its groups' are. An announcement lost or overtaken (a RECORDS or TICK frame counts more
  *   announcements than arrived) drops the session. Planted bug resync-consistent-early: `resync`
  *   announcements are ignored.
+ *
+ * Takeover (DESIGN.md §3.7): once every set's image is consistent and no cycle runs, the cut is
+ * frozen, link frames refused, the volumes synced; sim.ts then persists the epoch, takeoverSeq and
+ * a bitmap of the chunks of the records held beyond the cut (planted bug
+ * takeover-forgets-beyond-cut: none), and the node comes back as a PromotedNode (failback.ts).
  */
 import { ARRIVAL_LIMITS_DEFAULT, GroupArrival } from '../../core/arrival.js';
 import type { ApplyState } from '../../core/apply-plan.js';
@@ -31,16 +36,15 @@ import { GroupReceiver } from '../../core/receiver.js';
 import type { OrderKey, RecordHeader } from '../../core/types.js';
 import { keyOf, seq } from '../../core/types.js';
 import type { ApplyDisk } from './apply.js';
+import { BLOCK_BYTES } from './config.js';
 import { ApplyCoordinator } from './apply.js';
 import type { SimContext } from './context.js';
 import { countDrop } from './context.js';
-import { SimJournal, SimVolumes } from './disk.js';
+import type { BitmapSnapshot } from './disk.js';
+import { SimBitmapFile, SimJournal, SimVolumes } from './disk.js';
 import type { CopyRecord } from './history.js';
 import type { AnnouncedState, Frame, Network, ShippedRecord } from './network.js';
 import type { Rng } from './rng.js';
-
-/** Every record and frame of the simulation carries this epoch: takeover is not modelled. */
-export const SIM_EPOCH = 1;
 
 /** The source's last PAIR_STATE for a group, as the target keeps it. */
 export interface Announced {
@@ -51,6 +55,20 @@ export interface Announced {
 /** Before any announcement: the initial copy is taken as done (not modelled). */
 const ANNOUNCED_INITIAL: Announced = { state: 'pair', copyEndSeq: 0 };
 
+/** What a takeover persisted (groups.json: the new epoch, role promoted, takeoverSeq). */
+export interface TakeoverRecord {
+  readonly epoch: number;
+  /** Per group, the last seq the takeover's cut applied. */
+  readonly takeoverSeq: ReadonlyMap<string, number>;
+}
+
+/** What a takeover found: per set the cut the volumes show, per group its seq and the records beyond it. */
+export interface TakeoverResult extends TakeoverRecord {
+  readonly cuts: ReadonlyMap<string, OrderKey | undefined>;
+  /** Per volume, the chunks of the records journalled here beyond the cut (the old source has them). */
+  readonly beyondCut: BitmapSnapshot;
+}
+
 /** The target's disk: one journal per group, the volumes, the apply state files. */
 export class TargetDisk implements ApplyDisk {
   readonly journals = new Map<string, SimJournal>();
@@ -58,6 +76,10 @@ export class TargetDisk implements ApplyDisk {
   readonly applyStates = new Map<string, ApplyState>();
   /** groups.json `announced`: the source's last PAIR_STATE, once persisted. */
   readonly announced = new Map<string, Announced>();
+  /** Set once a takeover is durable: the node restarts as the promoted side (failback.ts). */
+  takeover: TakeoverRecord | undefined;
+  /** The promoted side's dirty bitmaps (writes since the takeover), from the takeover on. */
+  readonly promotedBits: SimBitmapFile;
 
   constructor(
     private readonly ctx: SimContext,
@@ -67,6 +89,7 @@ export class TargetDisk implements ApplyDisk {
     for (const g of ctx.cfg.groups)
       this.journals.set(g.name, new SimJournal(ctx.sched, rng.fork(), d.journalSyncUs, [g.name]));
     this.volumes = new SimVolumes(ctx.sched, rng.fork(), d.volumeSyncUs);
+    this.promotedBits = new SimBitmapFile(ctx.sched, rng.fork(), ctx.cfg.resync.bitmapPersistUs, ctx.stamp);
   }
 
   journal(group: string): SimJournal {
@@ -94,6 +117,7 @@ export class TargetDisk implements ApplyDisk {
   crash(): void {
     for (const j of this.journals.values()) j.crash(this.ctx.cfg.disk.tornChance);
     this.ctx.stats.volumeWritesLost += this.volumes.crash(this.ctx.cfg.disk.dirtySurvivesChance);
+    this.promotedBits.crash();
   }
 }
 
@@ -116,6 +140,8 @@ export class TargetNode {
   /** Per group, its frames that wait while an announcement is being persisted. */
   private readonly held = new Map<string, Frame[]>();
   private session: TargetSession | undefined;
+  /** A takeover began: link frames are refused. */
+  private takingOver = false;
 
   constructor(
     private readonly ctx: SimContext,
@@ -147,6 +173,48 @@ export class TargetNode {
     this.session = undefined;
   }
 
+  /**
+   * Takeover (DESIGN.md §3.7, src/node/replication/target.ts `takeover`): once every set's image
+   * is consistent and no cycle runs (false: not now, try again later), the coordinators stop at
+   * their cut, link frames are refused, the volumes are synced; then `done` gets each group's
+   * seqApplied and the chunks of the records held beyond it (planted bug
+   * takeover-forgets-beyond-cut: none). A crash before that ends nothing: the takeover is retried.
+   */
+  takeover(done: (r: TakeoverResult) => void): boolean {
+    const coords = [...new Set(this.coordinators.values())];
+    if (this.takingOver || !coords.every((c) => c.settled)) return false;
+    this.takingOver = true;
+    this.session = undefined;
+    for (const c of coords) c.freeze();
+    this.disk.volumes.sync(() => {
+      if (!this.alive) return;
+      const chunkBlocks = this.ctx.cfg.resync.chunkBlocks;
+      const takeoverSeq = new Map<string, number>();
+      const beyondCut = new Map<string, Uint8Array>();
+      for (const g of this.ctx.cfg.groups) {
+        const applied = this.coordinators.get(g.name)!.seqApplied(g.name);
+        takeoverSeq.set(g.name, applied);
+        for (const v of g.volumes)
+          beyondCut.set(v.name, new Uint8Array(Math.ceil(v.blocks / chunkBlocks / 8)));
+        if (this.ctx.bug === 'takeover-forgets-beyond-cut') continue;
+        for (const e of this.disk.journal(g.name).entries(g.name)) {
+          if (e.h.seq <= applied) continue;
+          const first = e.h.offset / BLOCK_BYTES;
+          for (let b = first; b < first + e.h.length / BLOCK_BYTES; b++) {
+            const bits = beyondCut.get(e.h.volume)!;
+            const c = Math.floor(b / chunkBlocks);
+            bits[c >> 3] = bits[c >> 3]! | (1 << (c & 7));
+          }
+        }
+      }
+      const cuts = new Map(
+        this.ctx.cfg.sets.map((set) => [set.name, this.coordinators.get(set.groups[0]!)!.cut]),
+      );
+      done({ epoch: this.ctx.epoch + 1, takeoverSeq, cuts, beyondCut });
+    });
+    return true;
+  }
+
   /** Every group's image is consistent (`pair` announced and applied up to its copyEndSeq). */
   get consistent(): boolean {
     return this.ctx.cfg.groups.every((g) => this.groupConsistentNow(g.name));
@@ -158,6 +226,7 @@ export class TargetNode {
   }
 
   onFrame(f: Frame): void {
+    if (this.takingOver) return;
     if (f.type === 'connect') return this.onConnect(f.session);
     const s = this.session;
     if (s === undefined || f.session !== s.id) return;
@@ -227,7 +296,10 @@ export class TargetNode {
     const j = this.disk.journal(group);
     const seqLast = j.seqDurable(group);
     const keyLast = seqLast === j.seqReleased(group) ? j.keyReleased(group) : keyOf(j.get(group, seqLast)!.h);
-    this.receivers.set(group, new GroupReceiver(group, { epoch: SIM_EPOCH, seqLast: seq(seqLast), keyLast }));
+    this.receivers.set(
+      group,
+      new GroupReceiver(group, { epoch: this.ctx.epoch, seqLast: seq(seqLast), keyLast }),
+    );
     const arrival = new GroupArrival(group, ARRIVAL_LIMITS_DEFAULT, {
       seqReleased: seq(j.seqReleased(group)),
       keyReleased: j.keyReleased(group),
@@ -258,7 +330,7 @@ export class TargetNode {
   private onRecords(s: TargetSession, group: string, records: readonly ShippedRecord[]): void {
     const receiver = this.receivers.get(group)!;
     const r = receiver.accept(
-      SIM_EPOCH,
+      this.ctx.epoch,
       records.map((x) => x.h),
     );
     switch (r.kind) {

@@ -17,7 +17,8 @@ import type { SetSpec, VolumeSpec } from './config.js';
 import { ACCOUNT_OPENING_BALANCE } from './config.js';
 import type { SimContext } from './context.js';
 import type { Rng } from './rng.js';
-import type { SourceNode, WriteRequest } from './source.js';
+import type { HostNode } from './failback.js';
+import type { WriteRequest } from './source.js';
 
 /** A host that finds the source down tries again after this long. */
 const SOURCE_DOWN_RETRY_US = 5_000;
@@ -41,7 +42,10 @@ export class Workload {
   constructor(
     private readonly ctx: SimContext,
     private readonly rng: Rng,
-    private readonly source: () => SourceNode | undefined,
+    /** The node a host sends its next operation to (the bank's: `bank`); undefined: it is down. */
+    private readonly route: (bank: boolean) => HostNode | undefined,
+    /** The balance an account block holds at the node the bank writes to. */
+    private readonly balanceAt: (volume: string, block: number) => number | undefined,
   ) {}
 
   start(): void {
@@ -83,7 +87,7 @@ export class Workload {
     const set = this.ctx.cfg.sets.find((s) => s.name === g.set)!;
     const reserved = v === g.volumes[0] ? set.accountsPerGroup : 0;
     const block = this.randomBlock(v, reserved);
-    this.write({ set: g.set, group: g.name, volume: v.name, block, balance: undefined }, skew, next);
+    this.write({ set: g.set, group: g.name, volume: v.name, block, balance: undefined }, skew, next, false);
   }
 
   private randomBlock(v: VolumeSpec, reserved: number): number {
@@ -95,23 +99,29 @@ export class Workload {
   private bankLoop(accounts: readonly Account[], skew: number): void {
     if (this.done) return;
     const again = (): void => this.ctx.sched.after(this.think(), () => this.bankLoop(accounts, skew));
-    const balance = (a: Account): number | undefined => this.ctx.history.current(a.volume, a.block)?.balance;
+    const balance = (a: Account): number | undefined => this.balanceAt(a.volume, a.block);
     const empty = accounts.find((a) => balance(a) === undefined);
-    if (empty !== undefined) return this.write({ ...empty, balance: ACCOUNT_OPENING_BALANCE }, skew, again);
+    if (empty !== undefined)
+      return this.write({ ...empty, balance: ACCOUNT_OPENING_BALANCE }, skew, again, true);
     const from = this.rng.pick(accounts);
     const to = this.rng.pick(accounts.filter((a) => a.group !== from.group));
     const fromBalance = balance(from)!;
     if (fromBalance === 0) return again();
     const amount = this.rng.int(1, fromBalance);
-    this.write({ ...from, balance: fromBalance - amount }, skew, (ok) => {
-      const toBalance = balance(to);
-      if (!ok || toBalance === undefined) return again();
-      this.write({ ...to, balance: toBalance + amount }, skew, again);
-    });
+    this.write(
+      { ...from, balance: fromBalance - amount },
+      skew,
+      (ok) => {
+        const toBalance = balance(to);
+        if (!ok || toBalance === undefined) return again();
+        this.write({ ...to, balance: toBalance + amount }, skew, again, true);
+      },
+      true,
+    );
   }
 
-  private write(target: Target, skew: number, then: (ok: boolean) => void): void {
-    const src = this.source();
+  private write(target: Target, skew: number, then: (ok: boolean) => void, bank: boolean): void {
+    const src = this.route(bank);
     if (src === undefined) {
       this.ctx.sched.after(SOURCE_DOWN_RETRY_US, () => then(false));
       return;
@@ -130,7 +140,7 @@ export class Workload {
   }
 
   private flush(then: () => void): void {
-    const src = this.source();
+    const src = this.route(false);
     if (src === undefined) {
       this.ctx.sched.after(SOURCE_DOWN_RETRY_US, then);
       return;
