@@ -46,7 +46,10 @@ export async function pairedSites(
   const topo = await writeTopology(mkdtempSync(join(root, prefix)), nodes, groups, sets);
   const pa = topo.ports.get('a')!;
   const pb = topo.ports.get('b')!;
-  const [A, B] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
+  // b first, ready before a dials it: a group with a short suspendAfter (1 s in the delta tests)
+  // would otherwise be suspended when b comes up late on a loaded machine (a CI run did).
+  const B = await startNodeProcess(topo.file, 'b');
+  const A = await startNodeProcess(topo.file, 'a');
   for (const g of Object.keys(groups)) {
     await copyJournalled(apiOf(pa.api), topo.secret, g);
     await waitState(apiOf(pb.api), topo.secret, g, 'pair');
