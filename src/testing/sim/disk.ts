@@ -36,6 +36,30 @@ export interface CopyPayload {
   readonly blocks: readonly (number | undefined)[];
 }
 
+/** Sets a chunk's bit in a bitmap's bytes (DirtyBitmap's layout). */
+export function setChunkBit(bits: Uint8Array, chunk: number): void {
+  bits[chunk >> 3] = bits[chunk >> 3]! | (1 << (chunk & 7));
+}
+
+/**
+ * Sets, in per-volume bits, the chunks of every record of `entries` past `afterSeq`: what a
+ * takeover's records beyond its cut, and a demote's records past takeoverSeq, hand over.
+ */
+export function markRecordsAfter(
+  bits: ReadonlyMap<string, Uint8Array>,
+  entries: readonly JournalEntry[],
+  afterSeq: number,
+  chunkBlocks: number,
+  blockBytes: number,
+): void {
+  for (const e of entries) {
+    if (e.h.seq <= afterSeq) continue;
+    const first = e.h.offset / blockBytes;
+    for (let b = first; b < first + e.h.length / blockBytes; b++)
+      setChunkBit(bits.get(e.h.volume)!, Math.floor(b / chunkBlocks));
+  }
+}
+
 /** `writeId` of a copy record, which carries no single write. */
 export const NO_WRITE = -1;
 

@@ -32,18 +32,18 @@ import type { SimConfig } from './config.js';
 import { BLOCK_BYTES } from './config.js';
 import type { SimContext } from './context.js';
 import type { BitmapSnapshot } from './disk.js';
+import { setChunkBit } from './disk.js';
 import { History } from './history.js';
 import type { Network } from './network.js';
 import type { Rng } from './rng.js';
 import type { WriteRequest } from './source.js';
+import { NODE_CLOCK_BASE_US } from './source.js';
 import type { TargetDisk } from './target.js';
 
 /** Ids of the promoted node's writes: above every forward-run write id. */
 const PROMOTED_ID_BASE = 1_000_000_000;
 /** Ids of the old source's blocks that differ from the new source's at the failback. */
 export const FOREIGN_ID_BASE = 2_000_000_000;
-/** The node clock at virtual time 0 (the same for both nodes). */
-const NODE_CLOCK_BASE_US = 1_700_000_000_000_000;
 
 /** A node the hosts write to. */
 export interface HostNode {
@@ -286,8 +286,7 @@ export function reverseStart(x: FailbackInputs): ReverseStart {
       truth.set(v.name, t);
       const a = x.oldDirty.get(v.name)!;
       const bits = Uint8Array.from(x.newDirty.get(v.name)!, (byte, i) => byte | a[i]!);
-      if (x.bug === 'failback-whole-volume')
-        for (let c = 0; c < chunks; c++) bits[c >> 3] = bits[c >> 3]! | (1 << (c & 7));
+      if (x.bug === 'failback-whole-volume') for (let c = 0; c < chunks; c++) setChunkBit(bits, c);
       dirty.set(v.name, bits);
     }
   }

@@ -69,11 +69,11 @@ import { BLOCK_BYTES } from './config.js';
 import type { SimContext } from './context.js';
 import { countDrop } from './context.js';
 import type { BitmapSnapshot, SimBitmapFile, SimJournal } from './disk.js';
-import { NO_WRITE } from './disk.js';
+import { markRecordsAfter, NO_WRITE } from './disk.js';
 import type { AnnouncedState, Frame, Network } from './network.js';
 import type { Rng } from './rng.js';
 /** The node clock at virtual time 0, in microseconds since the Unix epoch. */
-const NODE_CLOCK_BASE_US = 1_700_000_000_000_000;
+export const NODE_CLOCK_BASE_US = 1_700_000_000_000_000;
 
 export interface WriteRequest {
   readonly set: string;
@@ -292,14 +292,8 @@ export class SourceNode {
       for (const [group, d] of this.delta) {
         const from = takeoverSeq.get(group)!;
         const marked = new Map([...d.bitmaps].map(([v, bm]) => [v, bm.toBytes()]));
-        if (this.ctx.bug !== 'failback-skips-journal') {
-          for (const e of this.journal.entries(group)) {
-            if (e.h.seq <= from) continue;
-            const first = e.h.offset / BLOCK_BYTES;
-            for (let b = first; b < first + e.h.length / BLOCK_BYTES; b++)
-              setBit(marked.get(e.h.volume)!, Math.floor(b / chunkBlocks));
-          }
-        }
+        if (this.ctx.bug !== 'failback-skips-journal')
+          markRecordsAfter(marked, this.journal.entries(group), from, chunkBlocks, BLOCK_BYTES);
         for (const [v, bits] of marked) out.set(v, bits);
       }
       done(out);
@@ -767,10 +761,6 @@ export class SourceNode {
     // Soon durable, so that a restart does not copy these chunks again.
     this.persistBits();
   }
-}
-
-function setBit(bits: Uint8Array, chunk: number): void {
-  bits[chunk >> 3] = bits[chunk >> 3]! | (1 << (chunk & 7));
 }
 
 function dirtyChunks(bm: DirtyBitmap): number[] {

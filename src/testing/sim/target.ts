@@ -31,6 +31,7 @@
  * takeover-forgets-beyond-cut: none), and the node comes back as a PromotedNode (failback.ts).
  */
 import { ARRIVAL_LIMITS_DEFAULT, GroupArrival } from '../../core/arrival.js';
+import { DirtyBitmap } from '../../core/dirty-bitmap.js';
 import type { ApplyState } from '../../core/apply-plan.js';
 import { GroupReceiver } from '../../core/receiver.js';
 import type { OrderKey, RecordHeader } from '../../core/types.js';
@@ -41,7 +42,7 @@ import { ApplyCoordinator } from './apply.js';
 import type { SimContext } from './context.js';
 import { countDrop } from './context.js';
 import type { BitmapSnapshot } from './disk.js';
-import { SimBitmapFile, SimJournal, SimVolumes } from './disk.js';
+import { markRecordsAfter, SimBitmapFile, SimJournal, SimVolumes } from './disk.js';
 import type { CopyRecord } from './history.js';
 import type { AnnouncedState, Frame, Network, ShippedRecord } from './network.js';
 import type { Rng } from './rng.js';
@@ -194,18 +195,13 @@ export class TargetNode {
       for (const g of this.ctx.cfg.groups) {
         const applied = this.coordinators.get(g.name)!.seqApplied(g.name);
         takeoverSeq.set(g.name, applied);
-        for (const v of g.volumes)
-          beyondCut.set(v.name, new Uint8Array(Math.ceil(v.blocks / chunkBlocks / 8)));
-        if (this.ctx.bug === 'takeover-forgets-beyond-cut') continue;
-        for (const e of this.disk.journal(g.name).entries(g.name)) {
-          if (e.h.seq <= applied) continue;
-          const first = e.h.offset / BLOCK_BYTES;
-          for (let b = first; b < first + e.h.length / BLOCK_BYTES; b++) {
-            const bits = beyondCut.get(e.h.volume)!;
-            const c = Math.floor(b / chunkBlocks);
-            bits[c >> 3] = bits[c >> 3]! | (1 << (c & 7));
-          }
+        for (const v of g.volumes) {
+          const bytes = DirtyBitmap.byteLength(v.blocks * BLOCK_BYTES, chunkBlocks * BLOCK_BYTES);
+          beyondCut.set(v.name, new Uint8Array(bytes));
         }
+        if (this.ctx.bug === 'takeover-forgets-beyond-cut') continue;
+        const entries = this.disk.journal(g.name).entries(g.name);
+        markRecordsAfter(beyondCut, entries, applied, chunkBlocks, BLOCK_BYTES);
       }
       const cuts = new Map(
         this.ctx.cfg.sets.map((set) => [set.name, this.coordinators.get(set.groups[0]!)!.cut]),
