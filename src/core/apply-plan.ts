@@ -31,6 +31,24 @@
  *   its journal and calls planCycle again, which re-plans exactly that cut. Re-applying a record is
  *   idempotent, so the volumes reach the state at T. The cut must be pinned: recomputing it could
  *   give a lower one (ticks are lost), and re-applying cannot undo records applied beyond it.
+ *
+ * Markers (DESIGN.md §3.4; patent figs 19, 20), when the caller passes `markersReleased`: a group
+ * stops at the first marker numbered above it, the marker included (it is never written to a
+ * volume), and plans nothing more until the caller releases that number. The set's groups thus
+ * line up at marker n, where the caller takes its snapshot. A marker names the marker before it
+ * in its group (`markerPrev`); one whose predecessor is not the group's last marker stops the group
+ * before it, as an abnormal state (a marker lost or out of place), and the group goes no further.
+ * - A stopping marker is taken whatever its key: it writes nothing, so the image does not change,
+ *   and a group must reach its marker n even when another group's marker n holds the cut below
+ *   it (the markers of one freeze follow each other in the source's order).
+ * - The image stays a cut of the source while some groups wait at n and others catch up: every
+ *   group of a set here comes from one source node, which appends the markers of one freeze to all
+ *   its groups in one step while host writes wait, so every data record before marker n in any
+ *   group has a key below every marker n, and every record after it a key above.
+ * - While a group waits at a marker, the set's cut may pass keys of records after its marker;
+ *   they are applied once it is released. So with markers the cut is a bound, not an exact image
+ *   boundary, and the rule "every record after seqApplied is above the completed cut" holds only
+ *   for groups that did not wait.
  */
 import { assert } from './assert.js';
 import type { ArrivalView, HeldRecord } from './arrival.js';
@@ -44,6 +62,11 @@ export interface ApplyState {
   readonly cutPlanned: OrderKey | undefined;
   /** Per group of the set: the last seq applied by completed cycles (0 if none). */
   readonly seqApplied: ReadonlyMap<string, Seq>;
+  /**
+   * Per group: the number of the last marker within its applied records (0 if none; undefined when
+   * not known, after a failback reset: the next marker is then taken whatever it names before it).
+   */
+  readonly markerReached: ReadonlyMap<string, number | undefined>;
 }
 
 export interface GroupPlan {
@@ -56,8 +79,15 @@ export interface GroupPlan {
   readonly apply: readonly HeldRecord[];
   /** Marker records in the range: never written to a volume. */
   readonly markers: readonly HeldRecord[];
-  /** Why the range ends: the next record's key is above the cut, or the prefix ends there. */
-  readonly stop: 'above-cut' | 'end-of-prefix';
+  /**
+   * Why the range ends: the next record's key is above the cut; the prefix ends there; the range
+   * ends with (or the group already waits at) a marker above `markersReleased`; or the next record
+   * is a marker that does not follow the group's last one (`abnormal` says how).
+   */
+  readonly stop: 'above-cut' | 'end-of-prefix' | 'marker' | 'abnormal-marker';
+  /** The group's last marker number once the range is applied (see ApplyState.markerReached). */
+  readonly markerReached: number | undefined;
+  readonly abnormal?: string;
 }
 
 export interface CyclePlan {
@@ -82,7 +112,15 @@ export function initialApplyState(groups: readonly string[]): ApplyState {
     cutCompleted: undefined,
     cutPlanned: undefined,
     seqApplied: new Map(groups.map((g) => [g, seq(0)])),
+    markerReached: new Map(groups.map((g) => [g, 0])),
   };
+}
+
+/** Groups that wait at a marker above `released`, with its number. */
+export function waitingAtMarker(state: ApplyState, released: number): Map<string, number> {
+  const waiting = new Map<string, number>();
+  for (const [g, m] of state.markerReached) if (m !== undefined && m > released) waiting.set(g, m);
+  return waiting;
 }
 
 /**
@@ -123,8 +161,15 @@ export function planCycle(
   }
   const completed = state.cutCompleted;
   assert(completed === undefined || compareKeys(cut, completed) >= 0, 'cuts never go back');
-  if (!redo && completed !== undefined && compareKeys(cut, completed) === 0) return { kind: 'idle', cut };
-  const groups = arrivals.map((a) => planGroup(a, state.seqApplied.get(a.group)!, completed, cut));
+  const released = limits.markersReleased;
+  const same = completed !== undefined && compareKeys(cut, completed) === 0;
+  // Without markers nothing after seqApplied lies at or below the completed cut; with them a group
+  // released from a marker may hold such records, so a cut that did not move can still apply.
+  if (!redo && same && released === undefined) return { kind: 'idle', cut };
+  const groups = arrivals.map((a) =>
+    planGroup(a, state.seqApplied.get(a.group)!, state.markerReached.get(a.group), completed, cut, released),
+  );
+  if (!redo && same && groups.every((g) => g.seqLast < g.seqFirst)) return { kind: 'idle', cut };
   return {
     kind: 'cycle',
     state: { ...state, cutPlanned: cut },
@@ -140,6 +185,11 @@ export interface PlanLimits {
    * cycle goes on from there. A redo keeps its planned cut.
    */
   readonly recordsPerGroupMax?: number;
+  /**
+   * Markers numbered up to this one are passed; a group stops at the first above it (see the file
+   * comment). Undefined: markers never stop a group.
+   */
+  readonly markersReleased?: number;
 }
 
 function capCut(
@@ -168,13 +218,15 @@ export function completeCycle(state: ApplyState, plan: CyclePlan): ApplyState {
   assert(state.cutPlanned !== undefined, 'a cycle is in progress');
   assert(compareKeys(state.cutPlanned, plan.cut) === 0, 'completing the cycle that was planned');
   const seqApplied = new Map(state.seqApplied);
+  const markerReached = new Map(state.markerReached);
   for (const g of plan.groups) {
     const before = seqApplied.get(g.group);
     assert(before !== undefined && g.seqFirst === before + 1, `plan of ${g.group} starts after seqApplied`);
     seqApplied.set(g.group, g.seqLast);
+    markerReached.set(g.group, g.markerReached);
   }
   assert(seqApplied.size === state.seqApplied.size, 'the plan covers the set');
-  return { cutCompleted: plan.cut, cutPlanned: undefined, seqApplied };
+  return { cutCompleted: plan.cut, cutPlanned: undefined, seqApplied, markerReached };
 }
 
 function assertSameGroups(state: ApplyState, arrivals: readonly ArrivalView[]): void {
@@ -182,12 +234,17 @@ function assertSameGroups(state: ApplyState, arrivals: readonly ArrivalView[]): 
   for (const a of arrivals) assert(state.seqApplied.has(a.group), `group ${a.group} belongs to the set`);
 }
 
-/** Records of one group after seqApplied with key <= cut, in seq order, up to a gap. */
+/**
+ * Records of one group after seqApplied with key <= cut, in seq order, up to a gap; with
+ * `released` defined, up to and including the first marker numbered above it.
+ */
 function planGroup(
   a: ArrivalView,
   seqApplied: Seq,
+  markerBefore: number | undefined,
   cutCompleted: OrderKey | undefined,
   cut: OrderKey,
+  released: number | undefined,
 ): GroupPlan {
   assert(a.seqReleased <= seqApplied, `${a.group}: released ${a.seqReleased} beyond applied ${seqApplied}`);
   assert(
@@ -196,23 +253,53 @@ function planGroup(
   );
   const apply: HeldRecord[] = [];
   const markers: HeldRecord[] = [];
+  let markerReached = markerBefore;
+  const result = (stop: GroupPlan['stop'], last: number, abnormal?: string): GroupPlan => ({
+    group: a.group,
+    seqFirst: seq(seqApplied + 1),
+    seqLast: seq(last),
+    apply,
+    markers,
+    stop,
+    markerReached,
+    ...(abnormal === undefined ? {} : { abnormal }),
+  });
+  if (released !== undefined && markerBefore !== undefined && markerBefore > released) {
+    return result('marker', seqApplied);
+  }
   let prev: OrderKey | undefined = seqApplied > 0 ? a.heldAt(seqApplied)?.key : undefined;
-  let s = seqApplied + 1;
-  let stop: GroupPlan['stop'] = 'end-of-prefix';
-  for (; s <= a.seqContiguous; s++) {
+  for (let s = seqApplied + 1; s <= a.seqContiguous; s++) {
     const r = a.heldAt(seq(s));
     assert(r !== undefined && r.seq === s, `${a.group}: record ${s} of the prefix is held`);
     assert(prev === undefined || compareKeys(prev, r.key) < 0, `${a.group}: keys increase at seq ${s}`);
     assert(
-      cutCompleted === undefined || compareKeys(r.key, cutCompleted) > 0,
+      released !== undefined || cutCompleted === undefined || compareKeys(r.key, cutCompleted) > 0,
       `${a.group}: record ${s} after seqApplied is above the completed cut`,
     );
-    if (compareKeys(r.key, cut) > 0) {
-      stop = 'above-cut';
-      break;
+    const stopsHere = released !== undefined && r.kind === RecordKind.marker && r.markerNo > released;
+    if (!stopsHere && compareKeys(r.key, cut) > 0) return result('above-cut', s - 1);
+    if (r.kind === RecordKind.marker) {
+      if (released !== undefined && !markerFollows(r, markerReached)) {
+        return result(
+          'abnormal-marker',
+          s - 1,
+          `${a.group}: marker ${r.markerNo} at seq ${s} names marker ${r.markerPrev} before it, ` +
+            `but the group's last marker was ${markerReached}`,
+        );
+      }
+      markers.push(r);
+      markerReached = r.markerNo;
+      if (stopsHere) return result('marker', s);
+    } else {
+      apply.push(r);
     }
-    (r.kind === RecordKind.marker ? markers : apply).push(r);
     prev = r.key;
   }
-  return { group: a.group, seqFirst: seq(seqApplied + 1), seqLast: seq(s - 1), apply, markers, stop };
+  return result('end-of-prefix', a.seqContiguous);
+}
+
+/** A marker follows the group's last one: it names it, and its number is higher. */
+function markerFollows(r: HeldRecord, last: number | undefined): boolean {
+  if (r.markerNo <= r.markerPrev) return false;
+  return last === undefined || r.markerPrev === last;
 }

@@ -31,7 +31,7 @@
  */
 import { assert } from './assert.js';
 import type { OrderKey, RecordHeader, Seq } from './types.js';
-import { compareKeys, keyOf, RecordKind, seq } from './types.js';
+import { compareKeys, keyOf, markerPrev, RecordKind, seq } from './types.js';
 
 /** Records held in memory between the last released seq and the newest arrival, per group. */
 export const ARRIVAL_RECORDS_HELD_MAX = 65_536;
@@ -58,6 +58,8 @@ export interface HeldRecord {
   readonly key: OrderKey;
   readonly kind: RecordKind;
   readonly markerNo: number;
+  /** For a marker: the number of the marker before it in the group (0 if none); else 0. */
+  readonly markerPrev: number;
 }
 
 /** What the apply planner reads from a group's arrival state. */
@@ -212,7 +214,13 @@ export class GroupArrival implements ArrivalView {
   onRecord(h: RecordHeader): ArrivalResult<RecordOutcome> {
     const checked = this.check(h);
     if (!checked.ok || checked.outcome !== 'new') return checked;
-    const rec: HeldRecord = { seq: h.seq, key: keyOf(h), kind: h.kind, markerNo: h.markerNo };
+    const rec: HeldRecord = {
+      seq: h.seq,
+      key: keyOf(h),
+      kind: h.kind,
+      markerNo: h.markerNo,
+      markerPrev: markerPrev(h),
+    };
     if (h.seq === this.seqContiguousNow + 1) {
       this.held.set(h.seq, rec);
       this.extendContiguous(rec);
@@ -268,7 +276,10 @@ export class GroupArrival implements ArrivalView {
 
   private checkDuplicate(known: HeldRecord, h: RecordHeader): ArrivalResult<RecordOutcome> {
     const same =
-      compareKeys(known.key, keyOf(h)) === 0 && known.kind === h.kind && known.markerNo === h.markerNo;
+      compareKeys(known.key, keyOf(h)) === 0 &&
+      known.kind === h.kind &&
+      known.markerNo === h.markerNo &&
+      known.markerPrev === markerPrev(h);
     if (same) return { ok: true, outcome: 'duplicate' };
     return fail('conflict', `seq ${h.seq} is held with key ${fmt(known.key)} kind ${known.kind}`);
   }

@@ -90,11 +90,21 @@ export interface RecordHeader {
   readonly epoch: number;
   /** Volume name ('' for markers and ticks). */
   readonly volume: string;
+  /**
+   * Byte offset in the volume. A marker record has no range: its `offset` holds the number of the
+   * marker before it in the same group (0 if none), so a target can tell a skipped number (a cycle
+   * that failed on another node) from a lost marker (markerPrev()).
+   */
   readonly offset: ByteOffset;
   /** Bytes of the volume the record covers (payload bytes for data/copy). */
   readonly length: number;
   /** Marker number for marker records, else 0. */
   readonly markerNo: number;
+}
+
+/** The marker number before this marker in its group (carried in `offset`); 0 for other kinds. */
+export function markerPrev(h: RecordHeader): number {
+  return h.kind === RecordKind.marker ? h.offset : 0;
 }
 
 export function keyOf(h: RecordHeader): OrderKey {

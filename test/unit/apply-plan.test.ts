@@ -188,7 +188,7 @@ test('programmer errors are asserted: a cut going back, keys not increasing, a f
     seqReleased: seq(0),
     seqContiguous: seq(2),
     keyArrived: key(100, 5),
-    heldAt: (s) => ({ seq: s, key: key(100, s === 1 ? 5 : 4), kind: Kind.data, markerNo: 0 }),
+    heldAt: (s) => ({ seq: s, key: key(100, s === 1 ? 5 : 4), kind: Kind.data, markerNo: 0, markerPrev: 0 }),
   };
   assert.throws(() => planCycle(initialApplyState(['A']), [decreasing]), /keys increase/);
 });
@@ -329,6 +329,7 @@ class PastGapView implements ArrivalView {
       key: { ...b, ordinal: ordinal(b.ordinal + (s - p) * 1e-6) },
       kind: Kind.marker,
       markerNo: 0,
+      markerPrev: 0,
     };
   }
 }

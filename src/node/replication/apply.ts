@@ -105,7 +105,12 @@ const fileSchema = z.object({
   cutPlanned: keySchema.nullable(),
   groups: z.record(
     z.string(),
-    z.object({ seqApplied: z.number().int().nonnegative(), keyApplied: keySchema.nullable() }),
+    z.object({
+      seqApplied: z.number().int().nonnegative(),
+      keyApplied: keySchema.nullable(),
+      /** The last marker number within the applied records; null when not known (after a reset). */
+      markerReached: z.number().int().nonnegative().nullable().default(0),
+    }),
   ),
 });
 type KeyJson = z.infer<typeof keySchema>;
@@ -141,6 +146,7 @@ export function loadApplyState(file: string, groups: readonly string[]): SavedAp
       cutCompleted: toKey(saved.cutCompleted),
       cutPlanned: toKey(saved.cutPlanned),
       seqApplied: new Map(groups.map((g) => [g, seq(saved.groups[g]?.seqApplied ?? 0)])),
+      markerReached: new Map(groups.map((g) => [g, saved.groups[g]?.markerReached ?? undefined])),
     },
     keyApplied: new Map(groups.map((g) => [g, toKey(saved.groups[g]?.keyApplied ?? null)])),
   };
@@ -159,7 +165,12 @@ export function resetApplyState(file: string, seqApplied: ReadonlyMap<string, nu
     groups: Object.fromEntries(
       [...seqApplied].map(([g, sq]) => [
         g,
-        { seqApplied: sq, keyApplied: sq === 0 ? null : { writeTimeUs: 0, nodeId: 0, ordinal: 0 } },
+        {
+          seqApplied: sq,
+          keyApplied: sq === 0 ? null : { writeTimeUs: 0, nodeId: 0, ordinal: 0 },
+          // The new source numbers its markers on from its own last one.
+          markerReached: null,
+        },
       ]),
     ),
   });
@@ -284,8 +295,10 @@ export class ApplyCoordinator {
     this.groups = this.groups.filter((g) => g.name !== group);
     const without = (st: ApplyState): ApplyState => {
       const seqApplied = new Map(st.seqApplied);
+      const markerReached = new Map(st.markerReached);
       seqApplied.delete(group);
-      return { ...st, seqApplied };
+      markerReached.delete(group);
+      return { ...st, seqApplied, markerReached };
     };
     this.state = without(this.state);
     this.durable = without(this.durable);
@@ -456,7 +469,10 @@ export class ApplyCoordinator {
       cutCompleted: fromKey(s.cutCompleted),
       cutPlanned: fromKey(s.cutPlanned),
       groups: Object.fromEntries(
-        [...s.seqApplied].map(([g, sq]) => [g, { seqApplied: sq, keyApplied: fromKey(keys.get(g)) }]),
+        [...s.seqApplied].map(([g, sq]) => [
+          g,
+          { seqApplied: sq, keyApplied: fromKey(keys.get(g)), markerReached: s.markerReached.get(g) ?? null },
+        ]),
       ),
     });
   }

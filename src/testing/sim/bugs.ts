@@ -88,7 +88,7 @@ class GapBlindView implements ArrivalView {
     };
     const span = prev.writeTimeUs === next.writeTimeUs ? next.ordinal - prev.ordinal : 1;
     const key = { ...prev, ordinal: ordinal(prev.ordinal + (span * (s - p)) / (n - p)) };
-    return { seq: s, key, kind: RecordKind.marker, markerNo: 0 };
+    return { seq: s, key, kind: RecordKind.marker, markerNo: 0, markerPrev: 0 };
   }
 }
 

@@ -212,6 +212,7 @@ class Simulation {
         cutCompleted: undefined,
         cutPlanned: undefined,
         seqApplied: new Map(set.groups.map((g) => [g, seq(start.bases.get(g)!)])),
+        markerReached: new Map(set.groups.map((g) => [g, undefined])),
       });
     }
     bitmaps.preset(start.dirty);
