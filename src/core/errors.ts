@@ -25,6 +25,9 @@ export const ErrorCodes = {
   RC_ERR_RESUME: 'source and target histories of a group do not join (a resync is needed)',
   RC_ERR_STATE: 'the group is not in a state that allows this operation',
   RC_ERR_MISMATCH: 'source and target differ',
+  RC_ERR_SNAPSHOT: 'snapshot metadata is corrupt or does not match its volume',
+  RC_ERR_UNKNOWN_SNAPSHOT: 'no such snapshot of this volume',
+  RC_ERR_SNAPSHOT_NUMBER: 'a new snapshot needs a positive integer number above every existing one',
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;
 
