@@ -12,6 +12,8 @@ import type { PairOptions, TakeoverOptions, VerifyOptions } from './manage.js';
 import { runPairCommand, runTakeover, runVerify } from './manage.js';
 import { runNode, runUp } from './run.js';
 import { runStatus } from './status.js';
+import type { CheckpointOptions, SnapshotsOptions } from './markers.js';
+import { runCheckpoint, runSnapshots } from './markers.js';
 
 function program(setCode: (code: number) => void): Command {
   const run =
@@ -83,6 +85,21 @@ function program(setCode: (code: number) => void): Command {
     .option('--timeout <ms>', 'how long the target may take to catch up (writes are held meanwhile)', '30000')
     .option('--json', 'print JSON')
     .action(run((o: VerifyOptions & { config: string }) => runVerify(o.config, o)));
+  p.command('checkpoint')
+    .description('one consistent point across every node of a consistency set: prints its marker number N')
+    .requiredOption('--config <file>', 'topology YAML file')
+    .requiredOption('--set <name>', 'the consistency set')
+    .option('--timeout <ms>', 'how long every target may take to reach the marker', '60000')
+    .option('--json', 'print JSON')
+    .action(run((o: CheckpointOptions & { config: string }) => runCheckpoint(o.config, o)));
+  p.command('snapshots')
+    .description('list the snapshots of the target volumes of a consistency set; delete some')
+    .requiredOption('--config <file>', 'topology YAML file')
+    .requiredOption('--set <name>', 'the consistency set')
+    .option('--delete <N>', "delete marker N's snapshots")
+    .option('--keep <K>', 'delete all but the newest K snapshots of each volume')
+    .option('--json', 'print JSON')
+    .action(run((o: SnapshotsOptions & { config: string }) => runSnapshots(o.config, o)));
   p.command('demo')
     .description(
       'two sites in a temporary directory: bank transfers replicated, checked at live cuts, verified, taken over',

@@ -16,6 +16,15 @@
  *   GET  /v1/volumes/:volume/checksums?chunk=N        per-chunk checksums (target: at a completed cut)
  *   POST /v1/sets/:set/read {reads: [{volume, offset, length}]}  bytes of several target volumes
  *                                            read at one completed cut (dependent-write checks)
+ *   Markers (DESIGN.md §3.4; src/node/markers.ts, src/mgmt/checkpoint.ts):
+ *   POST /v1/sets/:set/freeze {id, boundMs}  hold the set's host writes here, bounded; -> lastMarker
+ *   POST /v1/sets/:set/mark {id, marker}     put marker N into the set's groups here and thaw
+ *   POST /v1/sets/:set/thaw {id}             thaw without a marker
+ *   POST /v1/sets/:set/wait-marker {marker, timeoutMs}  until this target dealt with marker N
+ *   POST /v1/sets/:set/go {marker}           a target waiting after its snapshot goes on (fig 19)
+ *   GET  /v1/sets/:set/markers               the set's marker state here (source and target)
+ *   GET  /v1/volumes/:volume/snapshots       the snapshots of a target volume
+ *   POST /v1/volumes/:volume/delete-snapshot {number}
  * Request bodies are bounded; bad input gets a 4xx with a JSON error and changes nothing.
  */
 import { timingSafeEqual } from 'node:crypto';
@@ -38,6 +47,8 @@ export interface ApiHandlers {
   unhold(group: string): unknown;
   waitApplied(group: string, timeoutMs: number): Promise<unknown>;
   checksums(volume: string, chunkBytes: number): Promise<unknown>;
+  markers(set: string, action: string, body: Record<string, unknown>): Promise<unknown>;
+  snapshots(volume: string, action: string, body: Record<string, unknown>): Promise<unknown>;
   readAtCut(
     set: string,
     reads: readonly { volume: string; offset: number; length: number }[],
@@ -168,6 +179,26 @@ export class ApiServer {
         }
         return this.reply(res, 200, await h.checksums(name, chunk));
       }
+      case 'POST sets/freeze':
+      case 'POST sets/mark':
+      case 'POST sets/thaw':
+      case 'POST sets/wait-marker':
+      case 'POST sets/go':
+        return this.reply(
+          res,
+          200,
+          await h.markers(name, action!, (await readJson(req)) as Record<string, unknown>),
+        );
+      case 'GET sets/markers':
+        return this.reply(res, 200, await h.markers(name, action!, {}));
+      case 'GET volumes/snapshots':
+        return this.reply(res, 200, await h.snapshots(name, action!, {}));
+      case 'POST volumes/delete-snapshot':
+        return this.reply(
+          res,
+          200,
+          await h.snapshots(name, action!, (await readJson(req)) as Record<string, unknown>),
+        );
       case 'POST sets/read': {
         const body = (await readJson(req)) as { reads?: unknown };
         return this.reply(res, 200, await h.readAtCut(name, parseReads(body.reads)));
@@ -195,7 +226,7 @@ export class ApiServer {
 /** Longest hold of a group's writes (and longest wait-applied) one request may ask for. */
 export const HOLD_MS_MAX = 120_000;
 
-function numberField(body: unknown, name: string, min: number, max: number): number {
+export function numberField(body: unknown, name: string, min: number, max: number): number {
   const v = (body as Record<string, unknown>)[name];
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
     throw new ApiError(400, `${name} must be an integer from ${min} to ${max}`);

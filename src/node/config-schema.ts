@@ -248,16 +248,72 @@ const groupSchema = z.strictObject({
   resyncRate: size(64 * 1024, Number.MAX_SAFE_INTEGER).optional(),
 });
 
+/** Longest freeze of host writes a set may configure (the default is IBM Global Mirror's 50 ms). */
+export const FREEZE_BOUND_MS_MAX = 10_000;
+export const DEFAULT_FREEZE_BOUND_MS = 50;
+export const DEFAULT_KEEP_SNAPSHOTS = 8;
+export const KEEP_SNAPSHOTS_MAX = 1000;
+export const CYCLE_SECONDS_MAX = 86_400;
+
+const positiveSeconds = scalar(
+  'a number of seconds such as 2 or 0.5',
+  (v) => typeof v === 'number',
+  (v) => {
+    const n = v as number;
+    if (!Number.isFinite(n) || n < 0.1 || n > CYCLE_SECONDS_MAX) {
+      return {
+        ok: false,
+        error: `${describeValue(v)} is out of range (0.1 to ${CYCLE_SECONDS_MAX} seconds)`,
+      };
+    }
+    return { ok: true, value: n };
+  },
+);
+
+const count = (min: number, max: number) =>
+  scalar(
+    'a whole number',
+    (v) => typeof v === 'number',
+    (v) => {
+      const n = v as number;
+      if (!Number.isSafeInteger(n) || n < min || n > max) {
+        return { ok: false, error: `${describeValue(v)} is not a whole number from ${min} to ${max}` };
+      }
+      return { ok: true, value: n };
+    },
+  );
+
+const setGroups = z.array(nameRef('group')).min(1, { error: 'must list at least one group' });
+
+/**
+ * A consistency set: its groups, as a list, or a mapping with the consistency-cycle settings
+ * (DESIGN.md §3.4): markers every `cycleSeconds`, host writes frozen at most `freezeBound`, the last
+ * `keepSnapshots` snapshots kept per target volume, targets going on after a snapshot by themselves
+ * (`resume: auto`, patent fig 20) or when the coordinator says so (`coordinator`, fig 19).
+ */
+const setSchema = z.union(
+  [
+    setGroups,
+    z.strictObject({
+      groups: setGroups,
+      cycleSeconds: positiveSeconds.optional(),
+      freezeBound: durationMs(1, FREEZE_BOUND_MS_MAX).default(DEFAULT_FREEZE_BOUND_MS),
+      keepSnapshots: count(1, KEEP_SNAPSHOTS_MAX).default(DEFAULT_KEEP_SNAPSHOTS),
+      resume: oneOf(['auto', 'coordinator']).default('auto'),
+      coordinator: nameRef('node').optional(),
+    }),
+  ],
+  {
+    error: (iss) =>
+      `expected a list of groups or a mapping { groups, cycleSeconds, freezeBound, keepSnapshots, resume, coordinator }, got ${describeValue(iss.input)}`,
+  },
+);
+
 export const configSchema = z.strictObject({
   secret: text('a string').optional(),
   nodes: z.record(nameOf('node'), nodeSchema),
   groups: z.record(nameOf('group'), groupSchema).default({}),
-  consistencySets: z
-    .record(
-      nameOf('consistency set'),
-      z.array(nameRef('group')).min(1, { error: 'must list at least one group' }),
-    )
-    .default({}),
+  consistencySets: z.record(nameOf('consistency set'), setSchema).default({}),
 });
 
 /** The file after per-key checks: sizes in bytes, durations in ms, addresses split, defaults filled. */

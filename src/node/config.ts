@@ -19,6 +19,8 @@ import type { NodeId, WriteTimeMode } from '../core/types.js';
 import { nodeIdOf } from '../core/types.js';
 import { formatBytes } from '../core/units.js';
 import {
+  DEFAULT_FREEZE_BOUND_MS,
+  DEFAULT_KEEP_SNAPSHOTS,
   type Address,
   type ConfigProblem,
   closest,
@@ -100,6 +102,22 @@ export interface Topology {
   groups: Map<string, GroupConfig>;
   /** Set name -> its group names, in file order. */
   consistencySets: Map<string, string[]>;
+  /** Set name -> its consistency-cycle settings (defaults when the file lists only groups). */
+  setOptions: Map<string, SetOptions>;
+}
+
+/** A consistency set's markers, snapshots and cycles (DESIGN.md §3.4; config `consistencySets`). */
+export interface SetOptions {
+  /** Seconds between consistency cycles run by the coordinator node; undefined: none. */
+  readonly cycleSeconds: number | undefined;
+  /** Longest a source node holds host writes for one marker; past it, it thaws and the cycle fails. */
+  readonly freezeBoundMs: number;
+  /** Snapshots kept per target volume: creating one more deletes the oldest. */
+  readonly keepSnapshots: number;
+  /** After its snapshot a target goes on by itself (`auto`), or when the coordinator says so. */
+  readonly resume: 'auto' | 'coordinator';
+  /** The node that runs the cycles: given, or the source node of the set's first group. */
+  readonly coordinator: string;
 }
 
 /** A bad config file. `message` is one line per problem: `file: key.path: what is wrong`. */
@@ -232,8 +250,21 @@ function assemble(data: ParsedConfig, frame: Frame, problems: ConfigProblem[]): 
     if (group !== undefined) groups.set(name, group);
   }
   checkVolumeMembership(groups, problems);
-  const consistencySets = assembleSets(data.consistencySets, data.groups, Object.keys(data.nodes), problems);
-  return { file: frame.file, baseDir: frame.baseDir, secret: frame.secret, nodes, groups, consistencySets };
+  const { sets: consistencySets, options: setOptions } = assembleSets(
+    data.consistencySets,
+    data.groups,
+    Object.keys(data.nodes),
+    problems,
+  );
+  return {
+    file: frame.file,
+    baseDir: frame.baseDir,
+    secret: frame.secret,
+    nodes,
+    groups,
+    consistencySets,
+    setOptions,
+  };
 }
 
 type RawNode = ParsedConfig['nodes'][string];
@@ -426,13 +457,16 @@ function assembleSets(
   groups: ParsedConfig['groups'],
   nodeNames: readonly string[],
   problems: ConfigProblem[],
-): Map<string, string[]> {
+): { sets: Map<string, string[]>; options: Map<string, SetOptions> } {
   const sets = new Map<string, string[]>();
+  const options = new Map<string, SetOptions>();
   const setOf = new Map<string, string>();
   const groupNames = Object.keys(groups);
-  for (const [name, members] of Object.entries(raw)) {
+  for (const [name, entry] of Object.entries(raw)) {
+    const members = Array.isArray(entry) ? entry : entry.groups;
+    const listPath = Array.isArray(entry) ? ['consistencySets', name] : ['consistencySets', name, 'groups'];
     members.forEach((group, i) => {
-      const path = formatPath(['consistencySets', name, i]);
+      const path = formatPath([...listPath, i]);
       const first = setOf.get(group);
       if (!Object.hasOwn(groups, group))
         problems.push({ path, message: `no group named "${group}"${hint(group, groupNames)}` });
@@ -442,22 +476,23 @@ function assembleSets(
       else setOf.set(group, name);
     });
     sets.set(name, [...members]);
-    // The apply coordinator of a set runs on its target node (DESIGN.md §3.3); a set across
-    // target nodes needs markers (§3.4).
-    const targets = [
-      ...new Set(
-        members
-          .filter((g) => Object.hasOwn(groups, g))
-          .map((g) => groups[g]!.target)
-          .filter((n) => nodeNames.includes(n)),
-      ),
-    ];
-    if (targets.length > 1) {
+    // A set may span source and target nodes: each target node applies its part of the set, and
+    // markers line the parts up at one consistent point (DESIGN.md §3.4).
+    const first = Object.hasOwn(groups, members[0]!) ? groups[members[0]!]!.source : nodeNames[0]!;
+    const o = Array.isArray(entry) ? undefined : entry;
+    if (o?.coordinator !== undefined && !nodeNames.includes(o.coordinator)) {
       problems.push({
-        path: formatPath(['consistencySets', name]),
-        message: `its groups have different target nodes (${targets.join(', ')}); a set is applied by one target node`,
+        path: formatPath(['consistencySets', name, 'coordinator']),
+        message: `no node named "${o.coordinator}"${hint(o.coordinator, nodeNames)}`,
       });
     }
+    options.set(name, {
+      cycleSeconds: o?.cycleSeconds,
+      freezeBoundMs: o?.freezeBound ?? DEFAULT_FREEZE_BOUND_MS,
+      keepSnapshots: o?.keepSnapshots ?? DEFAULT_KEEP_SNAPSHOTS,
+      resume: o?.resume ?? 'auto',
+      coordinator: o?.coordinator ?? first,
+    });
     // A group in no set is applied as a set of its own, named after it.
     if (Object.hasOwn(groups, name) && !members.includes(name)) {
       problems.push({
@@ -466,7 +501,7 @@ function assembleSets(
       });
     }
   }
-  return sets;
+  return { sets, options };
 }
 
 /** The groups a node takes part in, in file order. Unknown nodes have none. */

@@ -20,7 +20,12 @@ import { NbdServer } from '../frontend/nbd/server.js';
 import type { BlockDevice } from '../storage/blockdev.js';
 import { FileBlockDevice } from '../storage/blockdev.js';
 import { Journal } from '../storage/journal.js';
-import { ApiError, ApiServer } from './api.js';
+import { ApiError, ApiServer, apiCall } from './api.js';
+import type { NodeCall } from '../mgmt/checkpoint.js';
+import { CycleRunner } from '../mgmt/cycles.js';
+import { MarkerSource } from './markers.js';
+import { SnapshotExport } from './snapshot-export.js';
+import type { VolumeSnapshots } from '../storage/snapshots.js';
 import type { NodeConfig, Topology } from './config.js';
 import { effectiveTopology, volumeRole } from './config.js';
 import type { Log } from './log.js';
@@ -59,6 +64,11 @@ export class RemcopyNode {
   private api?: ApiServer;
   private linkServer?: LinkServer;
   private readonly ops = new NodeOperations(this);
+  /** Freeze, markers and thaw at this node as a source (DESIGN.md §3.4). */
+  readonly markerSource = new MarkerSource(this);
+  /** Consistency cycles of the sets this node coordinates (`cycleSeconds`). */
+  readonly cycles: CycleRunner[] = [];
+  private readonly snapshotExports = new Map<string, SnapshotExport>();
   /** Dirty bitmaps of the groups taken over at this node, since their takeover. */
   readonly promoted = new Map<string, GroupBitmaps>();
   source?: SourceReplicator;
@@ -169,6 +179,7 @@ export class RemcopyNode {
         await node.openReplication(zeroMaps);
         await node.listen();
         await node.source!.start();
+        node.startCycles();
       } catch (e) {
         await node.stop();
         throw e;
@@ -181,9 +192,51 @@ export class RemcopyNode {
     }
   }
 
+  /** Volumes, and the snapshots of target volumes as `VOLUME@N` (read-only). */
   get catalog(): ExportCatalog {
-    const list = [...this.volumes.values()];
-    return { list: () => list, get: (name) => this.volumes.get(name) };
+    const volumes = [...this.volumes.values()];
+    // One object per snapshot: the NBD handshake matches exports by identity (SET_META_CONTEXT, GO).
+    const exportOf = (v: NodeVolume, s: VolumeSnapshots, n: number): SnapshotExport => {
+      const key = `${v.name}@${n}`;
+      let e = this.snapshotExports.get(key);
+      if (e === undefined || e.snapshots !== s)
+        this.snapshotExports.set(key, (e = new SnapshotExport(v, s, n)));
+      return e;
+    };
+    const snapshotsOf = (v: NodeVolume): SnapshotExport[] => {
+      const s = this.target?.snapshotsOf(v.name);
+      return s === undefined ? [] : s.list().map((i) => exportOf(v, s, i.number));
+    };
+    return {
+      list: () => [...volumes, ...volumes.flatMap(snapshotsOf)],
+      get: (name) => {
+        const at = name.lastIndexOf('@');
+        if (at < 0) return this.volumes.get(name);
+        const v = this.volumes.get(name.slice(0, at));
+        const n = name.slice(at + 1);
+        const s = v === undefined ? undefined : this.target?.snapshotsOf(v.name);
+        if (v === undefined || s === undefined || !/^[1-9]\d{0,15}$/.test(n) || !s.has(Number(n)))
+          return undefined;
+        return exportOf(v, s, Number(n));
+      },
+    };
+  }
+
+  /** Starts the consistency cycles of every set this node coordinates. */
+  private startCycles(): void {
+    for (const [set, o] of this.configTopo.setOptions) {
+      if (o.cycleSeconds === undefined || o.coordinator !== this.cfg.name) continue;
+      const call: NodeCall = (node, method, path, body) => {
+        const n = this.topo.nodes.get(node)!;
+        return apiCall(n.api, this.topo.secret, method, path, body).catch((e: unknown) => {
+          throw new Error(`${node}: ${(e as Error).message}`);
+        });
+      };
+      const runner = new CycleRunner(set, o.cycleSeconds, () => this.topo, call, this.log);
+      this.cycles.push(runner);
+      runner.start();
+      this.log('info', 'consistency cycles started', { set, cycleSeconds: o.cycleSeconds });
+    }
   }
 
   /**
@@ -204,6 +257,7 @@ export class RemcopyNode {
         this.setGroupRole(g.name, 'promoted', this.promoted.get(g.name) ?? bitmapsOn(cfg, g));
       }
     }
+    for (const v of this.volumes.values()) v.snapshots = target.snapshotsOf(v.name) ?? v.snapshots;
     for (const v of this.volumes.values()) {
       if (v.role.kind !== 'target') continue;
       const group = v.role.group;
@@ -305,6 +359,8 @@ export class RemcopyNode {
         waitApplied: (g, ms) => this.ops.waitApplied(g, ms),
         checksums: (v, chunk) => this.ops.checksums(v, chunk),
         readAtCut: (set, reads) => this.ops.readAtCut(set, reads),
+        markers: (set, action, body) => this.ops.markers(set, action, body),
+        snapshots: (volume, action, body) => this.ops.snapshots(volume, action, body),
       },
       this.log,
     );
@@ -355,6 +411,11 @@ export class RemcopyNode {
       groups,
       journal: this.journal.usage(),
       writePath: { ...this.writePath.stats, throttling: this.writePath.throttling },
+      markers: {
+        source: this.markerSource.status(),
+        sets: [...(this.target?.markers().values() ?? [])].map((m) => m.status()),
+      },
+      cycles: this.cycles.map((c) => c.status()),
     };
   }
 
@@ -397,6 +458,8 @@ export class RemcopyNode {
 
   private async doStop(): Promise<void> {
     this.log('info', 'stopping', { node: this.cfg.name });
+    await Promise.all(this.cycles.map((c) => c.stop()));
+    this.markerSource.close();
     await Promise.all([this.nbd?.close(), this.native?.close(), this.api?.close(), this.linkServer?.close()]);
     this.ops.close();
     await this.reconfiguring;

@@ -6,7 +6,9 @@
  */
 import { createHash } from 'node:crypto';
 import * as prom from 'prom-client';
-import { ApiError } from './api.js';
+import { ApiError, numberField } from './api.js';
+import { HOLD_MS_MAX } from './api.js';
+import { FREEZE_BOUND_MS_MAX } from './config-schema.js';
 import type { RemcopyNode } from './node.js';
 import { setOf } from './replication/target.js';
 import { RemcopyError } from '../core/errors.js';
@@ -126,7 +128,7 @@ export class NodeOperations {
         reason: r.delta.reason,
       };
     } catch (e) {
-      if (e instanceof RemcopyError) throw new ApiError(409, `${e.code}: ${e.message}`);
+      if (e instanceof RemcopyError) throw new ApiError(409, e.message);
       throw e;
     }
   }
@@ -138,7 +140,7 @@ export class NodeOperations {
       const r = await this.node.source!.resume(group, force);
       return { group, groups: r.groups, state: 'resync', dirtyBytes: r.dirtyBytes };
     } catch (e) {
-      if (e instanceof RemcopyError) throw new ApiError(409, `${e.code}: ${e.message}`);
+      if (e instanceof RemcopyError) throw new ApiError(409, e.message);
       throw e;
     }
   }
@@ -237,6 +239,89 @@ export class NodeOperations {
         })),
       ),
     }));
+  }
+
+  /** Marker requests (DESIGN.md §3.4): freeze / mark / thaw at a source, wait-marker / go at a target. */
+  async markers(set: string, action: string, body: Record<string, unknown>): Promise<unknown> {
+    const { topo } = this.node;
+    if (!topo.consistencySets.has(set) && !topo.groups.has(set)) {
+      throw new ApiError(404, `no consistency set or group ${set}`);
+    }
+    const id = (): string => {
+      const v = body.id;
+      if (typeof v !== 'string' || v.length === 0 || v.length > 100) {
+        throw new ApiError(400, 'id must be a string of 1 to 100 characters');
+      }
+      return v;
+    };
+    const target = this.node.target?.markers().get(set);
+    const needTarget = (): NonNullable<typeof target> => {
+      if (target === undefined)
+        throw new ApiError(409, `RC_ERR_STATE: ${this.node.cfg.name} is not a target of ${set}`);
+      return target;
+    };
+    try {
+      switch (action) {
+        case 'freeze':
+          return this.node.markerSource.freeze(
+            set,
+            id(),
+            numberField(body, 'boundMs', 1, FREEZE_BOUND_MS_MAX),
+          );
+        case 'mark':
+          return await this.node.markerSource.mark(
+            set,
+            id(),
+            numberField(body, 'marker', 1, Number.MAX_SAFE_INTEGER),
+          );
+        case 'thaw':
+          return this.node.markerSource.thaw(set, id());
+        case 'wait-marker': {
+          const marker = numberField(body, 'marker', 1, Number.MAX_SAFE_INTEGER);
+          const h = await needTarget().waitFor(marker, numberField(body, 'timeoutMs', 1, HOLD_MS_MAX));
+          if (h === undefined) {
+            throw new ApiError(
+              504,
+              `RC_ERR_TIMEOUT: ${this.node.cfg.name} has not reached marker ${marker} of ${set}`,
+            );
+          }
+          return { set, node: this.node.cfg.name, ...h };
+        }
+        case 'go':
+          return await needTarget().go(numberField(body, 'marker', 1, Number.MAX_SAFE_INTEGER));
+        case 'markers':
+          return {
+            set,
+            node: this.node.cfg.name,
+            source:
+              this.node.markerSource.groupsOf(set).length > 0 ? this.node.markerSource.status() : undefined,
+            target: target?.status(),
+          };
+        default:
+          throw new ApiError(404, `no marker action ${action}`);
+      }
+    } catch (e) {
+      if (e instanceof RemcopyError) throw new ApiError(409, e.message);
+      throw e;
+    }
+  }
+
+  /** The snapshots of a target volume: list, delete. */
+  async snapshots(volume: string, action: string, body: Record<string, unknown>): Promise<unknown> {
+    const snaps = this.node.target?.snapshotsOf(volume);
+    if (snaps === undefined) {
+      throw new ApiError(404, `${volume} is not a target volume with snapshots on ${this.node.cfg.name}`);
+    }
+    if (action === 'delete-snapshot') {
+      const n = numberField(body, 'number', 1, Number.MAX_SAFE_INTEGER);
+      try {
+        await snaps.delete(n);
+      } catch (e) {
+        if (e instanceof RemcopyError) throw new ApiError(409, e.message);
+        throw e;
+      }
+    }
+    return { volume, snapshots: snaps.list(), usedBytes: snaps.usedBytes() };
   }
 
   metrics(): Promise<string> {
@@ -351,6 +436,47 @@ export class NodeOperations {
         for (const d of node.source?.deltaFigures() ?? []) this.inc({ group: d.group }, d.resyncBytesTotal);
       },
     });
+    gauge(
+      'remcopy_freeze_ms',
+      'Freeze time of host writes for markers on this node (p50, p99, max)',
+      ['q'],
+      (g) => {
+        const f = node.markerSource.freezeMs.summary();
+        if (f.p50 !== undefined) g.set({ q: 'p50' }, f.p50);
+        if (f.p99 !== undefined) g.set({ q: 'p99' }, f.p99);
+        if (f.max !== undefined) g.set({ q: 'max' }, f.max);
+      },
+    );
+    counter(
+      'remcopy_markers_total',
+      'Markers this node put into its groups',
+      () => node.markerSource.stats.markers,
+    );
+    counter(
+      'remcopy_freeze_bound_passed_total',
+      'Freezes that passed their bound (thawed by the node, the cycle failed)',
+      () => node.markerSource.stats.boundPassed,
+    );
+    gauge('remcopy_marker_reached', 'Last marker whose snapshots were taken here, per set', ['set'], (g) => {
+      for (const [set, m] of node.target?.markers() ?? []) g.set({ set }, m.status().reached);
+    });
+    gauge('remcopy_snapshot_bytes', 'Bytes used by the snapshots of a target volume', ['volume'], (g) => {
+      for (const [set, m] of node.target?.markers() ?? []) {
+        void set;
+        for (const s of m.status().snapshots) g.set({ volume: s.volume }, s.usedBytes);
+      }
+    });
+    gauge(
+      'remcopy_consistent_point_age_seconds',
+      'Age of the newest point every target of the set snapshotted (the RPO), on the coordinator node',
+      ['set'],
+      (g) => {
+        for (const c of node.cycles) {
+          const age = c.status().consistentPointAgeMs;
+          if (age !== undefined) g.set({ set: c.set }, age / 1000);
+        }
+      },
+    );
     gauge('remcopy_dirty_bytes', 'Bytes of source volumes marked in the dirty bitmaps', ['group'], (g) => {
       for (const d of node.source?.deltaFigures() ?? []) g.set({ group: d.group }, d.dirtyBytes);
     });

@@ -7,6 +7,7 @@ import { RecordKind } from '../core/types.js';
 import type { Extent, VolumeExport, WriteOptions, ZeroOptions } from '../frontend/backend.js';
 import { appendExtent, BackendError } from '../frontend/backend.js';
 import type { BlockDevice } from '../storage/blockdev.js';
+import type { VolumeSnapshots } from '../storage/snapshots.js';
 import { isZero } from '../storage/zeroes.js';
 import type { TrackPort, WritePath } from './write-path.js';
 
@@ -27,6 +28,26 @@ export interface ReadGate {
   read<T>(f: () => Promise<T>): Promise<T>;
 }
 
+/**
+ * BLOCK_STATUS by reading: runs of all-zero 4 KiB blocks are reported as zero, everything else as
+ * allocated data; at most BLOCK_STATUS_SCAN_BYTES per request.
+ */
+export async function zeroScanExtents(
+  read: (offset: number, length: number) => Promise<Buffer>,
+  offset: number,
+  length: number,
+): Promise<Extent[]> {
+  const scan = Math.min(length, BLOCK_STATUS_SCAN_BYTES);
+  const buf = await read(offset, scan);
+  const extents: Extent[] = [];
+  for (let at = 0; at < scan;) {
+    const end = Math.min(scan, at + BLOCK_STATUS_GRAIN_BYTES - ((offset + at) % BLOCK_STATUS_GRAIN_BYTES));
+    appendExtent(extents, end - at, isZero(buf, at, end) ? STATE_ZERO : 0);
+    at = end;
+  }
+  return extents;
+}
+
 /** Zero detection for BLOCK_STATUS looks at most this much per request. */
 const BLOCK_STATUS_SCAN_BYTES = 1 << 20;
 const BLOCK_STATUS_GRAIN_BYTES = 4096;
@@ -43,6 +64,8 @@ export class NodeVolume implements VolumeExport {
    * §3.7). Each write's bits are durable before the write is applied and acknowledged.
    */
   tracked: TrackPort | undefined;
+  /** Set by the node on a target volume: its snapshots, preserved before a direct write (promoted). */
+  snapshots: VolumeSnapshots | undefined;
   private readonly direct = new Set<Promise<void>>();
 
   constructor(
@@ -108,19 +131,10 @@ export class NodeVolume implements VolumeExport {
     });
   }
 
-  /** Runs of all-zero 4 KiB blocks are reported as zero; everything else as allocated data. */
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     const bad = this.rangeError(offset, length, 'EINVAL');
     if (bad) throw bad;
-    const scan = Math.min(length, BLOCK_STATUS_SCAN_BYTES);
-    const buf = await this.read(offset, scan);
-    const extents: Extent[] = [];
-    for (let at = 0; at < scan;) {
-      const end = Math.min(scan, at + BLOCK_STATUS_GRAIN_BYTES - ((offset + at) % BLOCK_STATUS_GRAIN_BYTES));
-      appendExtent(extents, end - at, isZero(buf, at, end) ? STATE_ZERO : 0);
-      at = end;
-    }
-    return extents;
+    return zeroScanExtents((o, l) => this.read(o, l), offset, length);
   }
 
   cache(offset: number, length: number): Promise<void> {
@@ -168,6 +182,8 @@ export class NodeVolume implements VolumeExport {
     try {
       if (this.roleNow.kind === 'promoted' && this.tracked)
         await this.tracked.mark(this.name, offset, length);
+      // Snapshots taken while this was a target keep their image (copy-on-write).
+      if (this.snapshots?.needsPreserve(offset, length)) await this.snapshots.preserve([{ offset, length }]);
       if (payload) this.device.writeSync(offset, payload);
       else this.device.zeroSync(offset, length);
       if (opts.fua) await this.device.sync();

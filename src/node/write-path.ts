@@ -121,7 +121,8 @@ interface Tracking {
 
 export class WritePath {
   private pending: Pending[] = [];
-  private readonly held = new Set<string>();
+  /** Groups whose new writes wait, with why (a verify's hold, a marker's freeze): all must end. */
+  private readonly held = new Map<string, Set<string>>();
   private readonly tracked = new Map<string, Tracking>();
   private heldWrites: Pending[] = [];
   private scheduled = false;
@@ -220,11 +221,63 @@ export class WritePath {
   }
 
   /**
-   * Holds new writes of `group` (queued, not failed) until unhold(): the group's journal stops
-   * growing, so a target can catch up to one point (verify). Writes already submitted go on.
+   * Holds new writes of `group` (queued, not failed) until unhold() with the same `reason`: the
+   * group's journal stops growing, so a target can catch up to one point (verify), or a marker
+   * goes in at one point (freeze). Writes already submitted go on. Holds for different reasons
+   * stack: the writes go on when the last one ends.
    */
-  hold(group: string): void {
-    this.held.add(group);
+  hold(group: string, reason = 'operator'): void {
+    let reasons = this.held.get(group);
+    if (reasons === undefined) this.held.set(group, (reasons = new Set()));
+    reasons.add(reason);
+  }
+
+  /**
+   * Freeze for a marker (DESIGN.md §3.4; patent fig 15 steps 1600-1602): new writes of `groups`
+   * wait (queued, not failed), and every write submitted before now that can be journalled is
+   * journalled now, so a marker appended next follows every write acknowledged before the freeze.
+   * A write that waits for journal space (throttle) was never acknowledged: it may land on either
+   * side of the marker. thaw() ends it.
+   */
+  freeze(groups: readonly string[]): void {
+    for (const g of groups) this.hold(g, 'freeze');
+    if (!this.throttleTimer && !this.closed) this.runBatch();
+  }
+
+  thaw(groups: readonly string[]): void {
+    for (const g of groups) this.unhold(g, 'freeze');
+  }
+
+  /**
+   * Appends one marker record per group in one step (patent figs 15-17: a marker takes a seq like
+   * data and is never written to a volume). `prev` is the group's marker before it, carried in the
+   * record's offset. Throws RC_ERR_JOURNAL_FULL (nothing appended, no seq taken) when it does not fit.
+   */
+  appendMarkers(markers: ReadonlyArray<{ group: string; markerNo: number; prev: number }>): RecordHeader[] {
+    assert(!this.closed, 'appendMarkers on a closed write path');
+    const snap = this.o.sequencer.snapshot();
+    const records = markers.map((m) => ({
+      header: {
+        ...this.headerOf({
+          group: m.group,
+          kind: Kind.marker,
+          volume: '',
+          offset: m.prev,
+          length: 0,
+          hostTimeUs: undefined,
+        }),
+        markerNo: m.markerNo,
+      },
+    }));
+    try {
+      this.o.journal.append(records);
+    } catch (e) {
+      this.o.sequencer.restore(snap);
+      throw e;
+    }
+    this.stats.recordsAppended += records.length;
+    this.o.onAppended?.(records, this.o.nowMs());
+    return records.map((r) => r.header);
   }
 
   /**
@@ -241,8 +294,10 @@ export class WritePath {
     this.pending = drop(this.pending);
   }
 
-  unhold(group: string): void {
-    if (!this.held.delete(group)) return;
+  unhold(group: string, reason = 'operator'): void {
+    const reasons = this.held.get(group);
+    if (reasons === undefined || !reasons.delete(reason) || reasons.size > 0) return;
+    this.held.delete(group);
     const mine = this.heldWrites.filter((p) => p.group === group);
     this.heldWrites = this.heldWrites.filter((p) => p.group !== group);
     if (mine.length === 0) return;

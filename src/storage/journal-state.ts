@@ -15,7 +15,9 @@
  *   { "version": 1,
  *     "ordinalMax": 1234,          highest ordinal appended when the file was written
  *     "writeTimeUsMax": 1700...,   highest effective write time appended when the file was written
- *     "groups": { "g-db": { "releasedSeq": 17 } } }   per group: every seq <= releasedSeq is released
+ *     "groups": { "g-db": { "releasedSeq": 17,     per group: every seq <= releasedSeq is released
+ *                           "lastMarker": 3 } } }  the highest marker number ever appended to it
+ *                                                  (written when not 0; DESIGN.md §3.4)
  *
  * ordinalMax / writeTimeUsMax are taken over everything appended so far, which includes every
  * released record: a restart resumes above them even when no record is left on disk.
@@ -36,9 +38,19 @@ export interface JournalState {
   readonly writeTimeUsMax: number;
   /** Per group, the highest released seq. */
   readonly releasedSeq: ReadonlyMap<string, number>;
+  /**
+   * Per group, the highest marker number appended (groups without a marker are absent). A segment
+   * holding a marker is deleted only after a state file covering it is written, so this survives.
+   */
+  readonly lastMarker: ReadonlyMap<string, number>;
 }
 
-export const EMPTY_STATE: JournalState = { ordinalMax: 0, writeTimeUsMax: 0, releasedSeq: new Map() };
+export const EMPTY_STATE: JournalState = {
+  ordinalMax: 0,
+  writeTimeUsMax: 0,
+  releasedSeq: new Map(),
+  lastMarker: new Map(),
+};
 
 function isCount(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -61,19 +73,30 @@ export function parseState(text: string): JournalState | string {
   if (typeof groups !== 'object' || groups === null || Array.isArray(groups))
     return 'groups is not an object';
   const releasedSeq = new Map<string, number>();
+  const lastMarker = new Map<string, number>();
   for (const [name, g] of Object.entries(groups)) {
     if (typeof g !== 'object' || g === null) return `group ${JSON.stringify(name)} is not an object`;
     const r = (g as Record<string, unknown>)['releasedSeq'];
     if (!isCount(r)) return `group ${JSON.stringify(name)}: releasedSeq is not a non-negative integer`;
     releasedSeq.set(name, r);
+    const m = (g as Record<string, unknown>)['lastMarker'];
+    if (m !== undefined && !isCount(m)) {
+      return `group ${JSON.stringify(name)}: lastMarker is not a non-negative integer`;
+    }
+    if (m !== undefined && m > 0) lastMarker.set(name, m);
   }
-  return { ordinalMax: d['ordinalMax'], writeTimeUsMax: d['writeTimeUsMax'], releasedSeq };
+  return { ordinalMax: d['ordinalMax'], writeTimeUsMax: d['writeTimeUsMax'], releasedSeq, lastMarker };
 }
 
 export function formatState(s: JournalState): string {
-  const groups: Record<string, { releasedSeq: number }> = {};
-  for (const [name, r] of [...s.releasedSeq].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    groups[name] = { releasedSeq: r };
+  const groups: Record<string, { releasedSeq: number; lastMarker?: number }> = {};
+  const names = new Set([...s.releasedSeq.keys(), ...s.lastMarker.keys()]);
+  for (const name of [...names].sort()) {
+    const m = s.lastMarker.get(name);
+    groups[name] = {
+      releasedSeq: s.releasedSeq.get(name) ?? 0,
+      ...(m === undefined ? {} : { lastMarker: m }),
+    };
   }
   return `${JSON.stringify({ version: STATE_VERSION, ordinalMax: s.ordinalMax, writeTimeUsMax: s.writeTimeUsMax, groups }, null, 2)}\n`;
 }
@@ -143,6 +166,8 @@ export class GroupIndex {
   releasedSeq = 0;
   /** Highest seq ever appended (or known from the state file). */
   lastSeq = 0;
+  /** Highest marker number ever appended (or known from the state file); 0 if none. */
+  lastMarker = 0;
   readonly segNo: number[] = [];
   readonly offset: number[] = [];
   readonly bytes: number[] = [];

@@ -304,6 +304,7 @@ export class Journal {
       g.lastSeq = released;
       this.persistedReleased.set(name, released);
     }
+    for (const [name, m] of state.lastMarker) this.group(name).lastMarker = m;
   }
 
   private group(name: string): GroupIndex {
@@ -338,6 +339,7 @@ export class Journal {
       this.retainedRecords++;
     }
     g.lastSeq = Math.max(g.lastSeq, h.seq);
+    if (h.kind === RecordKind.marker) g.lastMarker = Math.max(g.lastMarker, h.markerNo);
     this.lastOrdinalValue = Math.max(this.lastOrdinalValue, h.ordinal);
     this.lastWriteTimeUsValue = Math.max(this.lastWriteTimeUsValue, h.writeTimeUs);
     let seg = this.recoveringSegments.get(segNo);
@@ -606,6 +608,7 @@ export class Journal {
       const g = this.group(p.header.group);
       g.push(p.segNo, p.offset, p.bytes);
       g.lastSeq = p.header.seq;
+      if (p.header.kind === RecordKind.marker) g.lastMarker = Math.max(g.lastMarker, p.header.markerNo);
       this.lastOrdinalValue = p.header.ordinal;
       this.lastWriteTimeUsValue = Math.max(this.lastWriteTimeUsValue, p.header.writeTimeUs);
       this.usedBytes += p.bytes;
@@ -818,8 +821,17 @@ export class Journal {
 
   private stateSnapshot(): JournalState {
     const releasedSeq = new Map<string, number>();
-    for (const [name, g] of this.groups) if (g.releasedSeq > 0) releasedSeq.set(name, g.releasedSeq);
-    return { ordinalMax: this.lastOrdinalValue, writeTimeUsMax: this.lastWriteTimeUsValue, releasedSeq };
+    const lastMarker = new Map<string, number>();
+    for (const [name, g] of this.groups) {
+      if (g.releasedSeq > 0) releasedSeq.set(name, g.releasedSeq);
+      if (g.lastMarker > 0) lastMarker.set(name, g.lastMarker);
+    }
+    return {
+      ordinalMax: this.lastOrdinalValue,
+      writeTimeUsMax: this.lastWriteTimeUsValue,
+      releasedSeq,
+      lastMarker,
+    };
   }
 
   /** Deletes every non-active segment whose records are all released in the persisted state. */
@@ -954,7 +966,6 @@ export class Journal {
     return seq(this.groups.get(group)?.lastSeq ?? 0);
   }
 
-  /** Highest released seq of `group` (0 if none). */
   /** Bytes of `group`'s retained records (headers included), for lag figures. */
   retainedBytes(group: string): number {
     const g = this.groups.get(group);
@@ -964,6 +975,12 @@ export class Journal {
     return n;
   }
 
+  /** Highest marker number ever appended to `group` (0 if none): a new marker names it. */
+  lastMarker(group: string): number {
+    return this.groups.get(group)?.lastMarker ?? 0;
+  }
+
+  /** Highest released seq of `group` (0 if none). */
   releasedSeq(group: string): Seq {
     return seq(this.groups.get(group)?.releasedSeq ?? 0);
   }

@@ -54,7 +54,8 @@ export async function writeTopology(
   dir: string,
   nodes: Record<string, TestNodeSpec>,
   groups: Record<string, [string, string, string] | [string, string, string, string]> = {},
-  sets: Record<string, string[]> = {},
+  /** Set name -> its groups, or a YAML flow mapping (`{ groups: [g1, g2], cycleSeconds: 1 }`). */
+  sets: Record<string, string[] | string> = {},
 ): Promise<TestTopology> {
   const secret = 'test-secret-0123456789';
   const ports = new Map<string, { nbd: number; link: number; api: number; native?: number }>();
@@ -85,7 +86,9 @@ export async function writeTopology(
   }
   if (Object.keys(sets).length > 0) {
     lines.push('consistencySets:');
-    for (const [set, gs] of Object.entries(sets)) lines.push(`  ${set}: [${gs.join(', ')}]`);
+    for (const [set, gs] of Object.entries(sets)) {
+      lines.push(`  ${set}: ${typeof gs === 'string' ? gs : `[${gs.join(', ')}]`}`);
+    }
   }
   const file = join(dir, 'remcopy.yaml');
   writeFileSync(file, `${lines.join('\n')}\n`);

@@ -598,7 +598,42 @@ describe('consistencySets', () => {
     rejectsEdit(
       (c) => (c.consistencySets.bank = 'g-db'),
       'consistencySets.bank',
-      /expected a list, got "g-db"/,
+      /expected a list of groups or a mapping \{ groups, cycleSeconds, freezeBound, keepSnapshots, resume, coordinator \}, got "g-db"/,
+    );
+    rejectsEdit(
+      (c) => (c.consistencySets.bank = { groups: ['g-db'], cycleSecond: 2 }),
+      'consistencySets.bank.cycleSecond',
+      /unknown key \(did you mean "cycleSeconds"\?\)/,
+    );
+    rejectsEdit(
+      (c) => (c.consistencySets.bank = { groups: ['g-db'], cycleSeconds: 0 }),
+      'consistencySets.bank.cycleSeconds',
+      /0 is out of range \(0.1 to 86400 seconds\)/,
+    );
+    rejectsEdit(
+      (c) => (c.consistencySets.bank = { groups: ['g-db'], freezeBound: '20s' }),
+      'consistencySets.bank.freezeBound',
+      /out of range \(1 ms to 10000 ms\)/,
+    );
+    rejectsEdit(
+      (c) => (c.consistencySets.bank = { groups: ['g-db'], keepSnapshots: 0 }),
+      'consistencySets.bank.keepSnapshots',
+      /not a whole number from 1 to 1000/,
+    );
+    rejectsEdit(
+      (c) => (c.consistencySets.bank = { groups: ['g-db'], resume: 'manual' }),
+      'consistencySets.bank.resume',
+      /expected one of auto, coordinator, got "manual"/,
+    );
+    rejectsEdit(
+      (c) => (c.consistencySets.bank = { groups: ['g-db', 'g-lgo'] }),
+      'consistencySets.bank.groups[1]',
+      /no group named "g-lgo"/,
+    );
+    rejectsEdit(
+      (c) => (c.consistencySets.bank = { groups: ['g-db'], coordinator: 'siteZ' }),
+      'consistencySets.bank.coordinator',
+      /no node named "siteZ"/,
     );
     rejectsEdit((c) => (c.consistencySets.bank = []), 'consistencySets.bank', /must list at least one group/);
     rejectsEdit(
@@ -626,21 +661,26 @@ describe('consistencySets', () => {
     );
   });
 
-  test('a set is applied by one target node and does not take the name of a group outside it', () => {
-    rejectsEdit(
-      (c) => {
-        c.nodes.siteC = {
-          ...c.nodes.siteB,
-          dataDir: './var/siteC',
-          nbd: '127.0.0.1:10811',
-          link: '127.0.0.1:7703',
-          api: '127.0.0.1:7803',
-        };
-        c.groups['g-log'].target = 'siteC';
-      },
-      'consistencySets.bank',
-      /its groups have different target nodes \(siteB, siteC\)/,
-    );
+  test('a set may span target nodes (markers line them up) and does not take the name of a group outside it', () => {
+    const c = twoSiteConfig();
+    c.nodes.siteC = {
+      ...c.nodes.siteB,
+      dataDir: './var/siteC',
+      nbd: '127.0.0.1:10811',
+      link: '127.0.0.1:7703',
+      api: '127.0.0.1:7803',
+    };
+    c.groups['g-log'].target = 'siteC';
+    c.consistencySets.bank = { groups: ['g-db', 'g-log'], cycleSeconds: 2 };
+    const topo = parseConfig(stringify(c), '/srv', 'test.yaml', {});
+    assert.deepEqual(topo.consistencySets.get('bank'), ['g-db', 'g-log']);
+    assert.deepEqual(topo.setOptions.get('bank'), {
+      cycleSeconds: 2,
+      freezeBoundMs: 50,
+      keepSnapshots: 8,
+      resume: 'auto',
+      coordinator: 'siteA',
+    });
     rejectsEdit(
       (c) => {
         c.consistencySets = { 'g-db': ['g-log'] };

@@ -23,13 +23,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as z from 'zod';
 import { join } from 'node:path';
 import type { ApplyState, CyclePlan, GroupPlan } from '../../core/apply-plan.js';
-import { completeCycle, initialApplyState, planCycle } from '../../core/apply-plan.js';
+import { completeCycle, initialApplyState, planCycle, waitingAtMarker } from '../../core/apply-plan.js';
 import type { GroupArrival } from '../../core/arrival.js';
 import { RemcopyError } from '../../core/errors.js';
 import type { OrderKey, Seq } from '../../core/types.js';
 import { kindCarriesData, nodeIdFromNumber, ordinal, RecordKind, seq, timeUs } from '../../core/types.js';
 import type { BlockDevice } from '../../storage/blockdev.js';
 import type { Journal } from '../../storage/journal.js';
+import type { VolumeSnapshots } from '../../storage/snapshots.js';
 import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
 import type { Log } from '../log.js';
 import { isZero } from '../../storage/zeroes.js';
@@ -59,6 +60,8 @@ export interface ApplyGroup {
   readonly zeroMaps: ReadonlyMap<string, ZeroMap>;
   /** Records received since the last apply, kept to apply without reading the journal. */
   readonly recent: RecentRecords;
+  /** Source volume name -> the snapshots of its target volume (copy-on-write before applying). */
+  readonly snapshots?: ReadonlyMap<string, VolumeSnapshots>;
   /** Called after a cycle raised the group's applied seq. */
   onApplied(seqApplied: Seq): void;
 }
@@ -176,6 +179,14 @@ export function resetApplyState(file: string, seqApplied: ReadonlyMap<string, nu
   });
 }
 
+/** Where a coordinator's marker stops are decided (set-markers.ts). */
+export interface MarkerPort {
+  /** Markers up to this number are passed; groups stop at the first above it. */
+  readonly markersReleased: number;
+  /** Called after cycles ran: groups may now wait at a marker. */
+  onProgress(): void;
+}
+
 export interface CoordinatorStats {
   cycles: number;
   recordsApplied: number;
@@ -201,6 +212,10 @@ export class ApplyCoordinator {
   private again = false;
   private stopped = false;
   failure: Error | undefined;
+  /** A marker that does not follow its group's last one stopped a group here (see apply-plan.ts). */
+  abnormal: string | undefined;
+  /** Set by the node when markers stop this set's groups (DESIGN.md §3.4). */
+  markers: MarkerPort | undefined;
   readonly stats: CoordinatorStats = {
     cycles: 0,
     recordsApplied: 0,
@@ -235,6 +250,15 @@ export class ApplyCoordinator {
   }
   get groupNames(): string[] {
     return this.groups.map((g) => g.name);
+  }
+  /** Groups that wait at a marker above `released`, with its number. */
+  waitingAtMarker(released: number): Map<string, number> {
+    return waitingAtMarker(this.state, released);
+  }
+
+  /** A checkpoint, as the coordinator's only activity (markers: volumes durable at the marker). */
+  checkpointNow(): Promise<void> {
+    return this.guarded(() => this.checkpoint());
   }
 
   /** Runs cycles until nothing more can be applied; a kick during a run causes another pass. */
@@ -384,6 +408,7 @@ export class ApplyCoordinator {
         }
       } while (this.again && !this.stopped);
       this.scheduleCheckpoint();
+      this.markers?.onProgress();
     } catch (e) {
       this.failure = e as Error;
       this.log('error', 'apply stopped: the target copy stays at its last completed cut', {
@@ -397,15 +422,23 @@ export class ApplyCoordinator {
   private async cycle(): Promise<boolean> {
     if (this.groups.length === 0) return false;
     const arrivals = this.groups.map((g) => g.arrival);
-    const r = planCycle(this.state, arrivals, { recordsPerGroupMax: CYCLE_RECORDS_PER_GROUP_MAX });
+    const r = planCycle(this.state, arrivals, {
+      recordsPerGroupMax: CYCLE_RECORDS_PER_GROUP_MAX,
+      ...(this.markers ? { markersReleased: this.markers.markersReleased } : {}),
+    });
     if (r.kind !== 'cycle') return false;
+    const bad = r.plan.groups.find((g) => g.abnormal !== undefined)?.abnormal;
+    if (bad !== undefined && this.abnormal === undefined) {
+      this.abnormal = bad;
+      this.log('error', 'abnormal marker: the group stops before it', { set: this.set, detail: bad });
+    }
     const started = performance.now();
     this.lastCycleStartMs = started;
     // The file keeps the checkpoint and pins this cycle's cut (a redo re-plans exactly it).
     await this.persist({ ...this.durable, cutPlanned: r.plan.cut }, this.durableKeys);
     this.state = r.state;
     await this.gate.exclusive(async () => {
-      for (const gp of r.plan.groups) this.applyGroup(gp);
+      for (const gp of r.plan.groups) await this.applyGroup(gp);
       this.complete(r.plan);
     });
     this.stats.cycles++;
@@ -414,7 +447,7 @@ export class ApplyCoordinator {
     return true;
   }
 
-  private applyGroup(gp: GroupPlan): void {
+  private async applyGroup(gp: GroupPlan): Promise<void> {
     if (gp.seqLast < gp.seqFirst) return;
     const g = this.groups.find((x) => x.name === gp.group)!;
     let next: number = gp.seqFirst;
@@ -427,6 +460,7 @@ export class ApplyCoordinator {
           `${g.name}: record ${next} is missing from the target journal`,
         );
       }
+      if (g.snapshots !== undefined && g.snapshots.size > 0) await preserveFor(g.snapshots, recs, gp.seqLast);
       for (const { header: h, payload } of recs) {
         if (h.seq > gp.seqLast) break;
         next = h.seq + 1;
@@ -476,6 +510,28 @@ export class ApplyCoordinator {
       ),
     });
   }
+}
+
+/**
+ * Copy-on-write before a batch is applied: the chunks its records overwrite are preserved in the
+ * newest snapshot of their volume first, durably (DESIGN.md §3.4 snapshots).
+ */
+async function preserveFor(
+  snapshots: ReadonlyMap<string, VolumeSnapshots>,
+  recs: readonly KeptRecord[],
+  seqLast: Seq,
+): Promise<void> {
+  const ranges = new Map<VolumeSnapshots, { offset: number; length: number }[]>();
+  for (const { header: h } of recs) {
+    if (h.seq > seqLast) break;
+    if (h.kind === RecordKind.marker || h.length === 0) continue;
+    const s = snapshots.get(h.volume);
+    if (s === undefined || !s.needsPreserve(h.offset, h.length)) continue;
+    let list = ranges.get(s);
+    if (list === undefined) ranges.set(s, (list = []));
+    list.push({ offset: h.offset, length: h.length });
+  }
+  await Promise.all([...ranges].map(([s, list]) => s.preserve(list)));
 }
 
 /** Zero-record ranges are checked this many bytes at a time. */

@@ -26,9 +26,12 @@ import type { BlockDevice } from '../../storage/blockdev.js';
 import { Journal } from '../../storage/journal.js';
 import type { GroupConfig, NodeConfig, Topology } from '../config.js';
 import { consistencySetOf } from '../config.js';
+import { DEFAULT_KEEP_SNAPSHOTS } from '../config-schema.js';
 import type { Log } from '../log.js';
+import { VolumeSnapshots } from '../../storage/snapshots.js';
 import type { ApplyGroup } from './apply.js';
 import { ApplyCoordinator, applyStateFile, loadApplyState } from './apply.js';
+import { markersFile, SetMarkers } from './set-markers.js';
 import type { GroupBitmaps } from './bitmaps.js';
 import { bitmapsOn } from './bitmaps.js';
 import type { GroupStateStore } from './group-state.js';
@@ -87,6 +90,7 @@ class TargetGroup implements ApplyGroup {
     readonly arrival: GroupArrival,
     readonly devices: ReadonlyMap<string, BlockDevice>,
     readonly zeroMaps: ReadonlyMap<string, ZeroMap>,
+    readonly snapshots: ReadonlyMap<string, VolumeSnapshots>,
     readonly set: string,
     private readonly sendAck: (g: TargetGroup) => void,
   ) {}
@@ -116,7 +120,11 @@ class TargetGroup implements ApplyGroup {
 
 export class TargetReplicator {
   private readonly groups = new Map<string, TargetGroup>();
+  /** Per segment of a set here (the set's groups from one source node), named by segmentName. */
   private readonly coordinators_ = new Map<string, ApplyCoordinator>();
+  private readonly markers_ = new Map<string, SetMarkers>();
+  /** Target volume name -> its snapshots (DESIGN.md §3.4). */
+  private readonly snapshots_ = new Map<string, VolumeSnapshots>();
   private readonly paused = new Set<LinkSession>();
   private closing = false;
 
@@ -148,27 +156,51 @@ export class TargetReplicator {
     }
     try {
       for (const [set, groups] of bySet) {
-        const file = applyStateFile(cfg.dataDir, set);
-        const saved = loadApplyState(
-          file,
-          groups.map((g) => g.name),
-        );
-        const members: TargetGroup[] = [];
         for (const g of groups) {
-          const tg = await t.openGroup(
-            g,
-            set,
-            devices,
-            saved.state.seqApplied.get(g.name)!,
-            saved.keyApplied.get(g.name),
-          );
-          members.push(tg);
-          t.groups.set(g.name, tg);
+          for (const dst of g.pairs.values()) {
+            t.snapshots_.set(
+              dst,
+              VolumeSnapshots.open(join(cfg.dataDir, 'snapshots', dst), devices.get(dst)!),
+            );
+          }
         }
-        const coord = new ApplyCoordinator(set, file, members, saved, log);
-        for (const tg of members) tg.coordinator = coord;
-        t.coordinators_.set(set, coord);
-        coord.kick();
+        const sources = [...new Set(groups.map((g) => g.source))];
+        const segments: ApplyCoordinator[] = [];
+        for (const source of sources) {
+          const segment = sources.length === 1 ? set : `${set}+${source}`;
+          const mine = groups.filter((g) => g.source === source);
+          const file = applyStateFile(cfg.dataDir, segment);
+          const saved = loadApplyState(
+            file,
+            mine.map((g) => g.name),
+          );
+          const members: TargetGroup[] = [];
+          for (const g of mine) {
+            const tg = await t.openGroup(
+              g,
+              set,
+              devices,
+              saved.state.seqApplied.get(g.name)!,
+              saved.keyApplied.get(g.name),
+            );
+            members.push(tg);
+            t.groups.set(g.name, tg);
+          }
+          const coord = new ApplyCoordinator(segment, file, members, saved, log);
+          for (const tg of members) tg.coordinator = coord;
+          t.coordinators_.set(segment, coord);
+          segments.push(coord);
+        }
+        const opts = topo.setOptions.get(set) ?? { keepSnapshots: DEFAULT_KEEP_SNAPSHOTS, resume: 'auto' };
+        const snaps = new Map(
+          groups.flatMap((g) => [...g.pairs.values()].map((dst) => [dst, t.snapshots_.get(dst)!] as const)),
+        );
+        const markers = new SetMarkers(set, markersFile(cfg.dataDir, set), segments, snaps, opts, log);
+        t.markers_.set(set, markers);
+        for (const c of segments) {
+          c.markers = markers;
+          c.kick();
+        }
       }
     } catch (e) {
       await t.close();
@@ -217,12 +249,16 @@ export class TargetReplicator {
     });
     const byVolume = new Map<string, BlockDevice>();
     const zeroMaps = new Map<string, ZeroMap>();
+    const snapshots = new Map<string, VolumeSnapshots>();
     for (const [src, dst] of g.pairs) {
       byVolume.set(src, devices.get(dst)!);
       const z = this.zeroMaps.get(dst);
       if (z) zeroMaps.set(src, z);
+      snapshots.set(src, this.snapshots_.get(dst)!);
     }
-    return new TargetGroup(g, journal, receiver, arrival, byVolume, zeroMaps, set, (tg) => this.ack(tg));
+    return new TargetGroup(g, journal, receiver, arrival, byVolume, zeroMaps, snapshots, set, (tg) =>
+      this.ack(tg),
+    );
   }
 
   /** The gate readers of a target volume go through (undefined for a volume in no incoming group). */
@@ -572,6 +608,16 @@ export class TargetReplicator {
     return this.coordinators_;
   }
 
+  /** The marker state of each set this node is a target of. */
+  markers(): ReadonlyMap<string, SetMarkers> {
+    return this.markers_;
+  }
+
+  /** The snapshots of a target volume (undefined for a volume that is not one). */
+  snapshotsOf(volume: string): VolumeSnapshots | undefined {
+    return this.snapshots_.get(volume);
+  }
+
   coordinatorOf(group: string): ApplyCoordinator | undefined {
     return this.groups.get(group)?.coordinator;
   }
@@ -656,7 +702,9 @@ export class TargetReplicator {
 
   async close(): Promise<void> {
     this.closing = true;
+    for (const m of this.markers_.values()) await m.close();
     for (const c of this.coordinators_.values()) await c.stop();
+    for (const s of this.snapshots_.values()) await s.close().catch(() => {});
     for (const tg of this.groups.values()) {
       clearTimeout(tg.syncTimer);
       tg.session?.close('node stopping', true, 'RC_ERR_SHUTDOWN');

@@ -1,0 +1,70 @@
+/**
+ * A snapshot of a target volume as the front ends see it: `VOLUME@N`, read-only, the volume's
+ * image at marker N (DESIGN.md §3.4, §5 exports). Reads go through the volume's apply gate, so a
+ * chunk read from the live volume is never one a cycle is overwriting at that moment.
+ */
+import type { Extent, VolumeExport } from '../frontend/backend.js';
+import { BackendError } from '../frontend/backend.js';
+import type { VolumeSnapshots } from '../storage/snapshots.js';
+import type { NodeVolume } from './volume-export.js';
+import { zeroScanExtents } from './volume-export.js';
+
+export class SnapshotExport implements VolumeExport {
+  readonly readOnly = true;
+
+  constructor(
+    private readonly volume: NodeVolume,
+    readonly snapshots: VolumeSnapshots,
+    readonly number: number,
+  ) {}
+
+  get name(): string {
+    return `${this.volume.name}@${this.number}`;
+  }
+
+  get description(): string {
+    return `remcopy snapshot of ${this.volume.name} at marker ${this.number}`;
+  }
+
+  get sizeBytes(): number {
+    return this.volume.sizeBytes;
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      return Promise.reject(new BackendError('EINVAL', `bad range ${offset}+${length}`));
+    }
+    if (offset + length > this.sizeBytes) {
+      return Promise.reject(
+        new BackendError('EINVAL', `range ${offset}+${length} is past the end of ${this.name}`),
+      );
+    }
+    const read = (): Promise<Buffer> =>
+      this.snapshots.read(this.number, offset, length).catch((e) => {
+        throw new BackendError('EIO', `${this.name}: ${(e as Error).message}`);
+      });
+    return this.volume.gate ? this.volume.gate.read(read) : read();
+  }
+
+  write(): Promise<void> {
+    return Promise.reject(new BackendError('EPERM', `${this.name} is a read-only snapshot`));
+  }
+
+  zero(): Promise<void> {
+    return this.write();
+  }
+
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return zeroScanExtents((o, l) => this.read(o, l), offset, length);
+  }
+
+  async cache(offset: number, length: number): Promise<void> {
+    if (offset < 0 || length < 0 || offset + length > this.sizeBytes) {
+      throw new BackendError('EINVAL', `bad range ${offset}+${length}`);
+    }
+  }
+}

@@ -1,0 +1,250 @@
+/**
+ * Proves markers, snapshots and consistency cycles with real node processes (DESIGN.md §3.4;
+ * issue 5): two source nodes (a1, a2) and two target nodes (b1, b2), one consistency set over a
+ * group on each.
+ * - `remcopy checkpoint` prints marker N; every target volume then exports `VOLUME@N` read-only
+ *   (nbdinfo --list shows it); a snapshot keeps its image while later writes are applied
+ *   (copy-on-write); keepSnapshots drops the oldest; `remcopy snapshots --delete / --keep` work.
+ * - A freeze that passes its bound thaws by itself: the writes it held complete, the mark is
+ *   refused, nothing is lost; the next checkpoint takes the next number.
+ * - Consistency cycles (cycleSeconds) while a bank workload runs across both source nodes (debit
+ *   on a1, credit on a2): every snapshot taken passes the dependent-write check, so the two
+ *   target nodes' snapshots together are one image the sources really had.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { promisify } from 'node:util';
+import { apiCall } from '../../src/node/api.js';
+import type { BankProgress } from '../../src/testing/bank.js';
+import { BANK_BLOCK_BYTES, checkBank, runBank } from '../../src/testing/bank.js';
+import { apiOf, copyJournalled, waitFor } from '../../src/testing/cluster.js';
+import { nbdWriter } from '../../src/testing/nbd-writer.js';
+import type { NodeProcess } from '../../src/testing/proc.js';
+import { runCli, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
+import { qemuIo, waitState } from '../../src/testing/sites.js';
+
+const run = promisify(execFile);
+const root = mkdtempSync(join(tmpdir(), 'remcopy-markers-'));
+after(() => rmSync(root, { recursive: true, force: true }));
+
+/** Two sources and two targets: g1 a1 -> b1 (v1), g2 a2 -> b2 (v2), one set over both. */
+async function fourNodes(prefix: string, set: string) {
+  const topo = await writeTopology(
+    mkdtempSync(join(root, prefix)),
+    {
+      a1: { volumes: { v1: '4MiB' } },
+      a2: { volumes: { v2: '4MiB' } },
+      b1: { volumes: { v1: '4MiB' } },
+      b2: { volumes: { v2: '4MiB' } },
+    },
+    { g1: ['a1', 'b1', 'v1'], g2: ['a2', 'b2', 'v2'] },
+    { bank: set },
+  );
+  const procs: NodeProcess[] = [];
+  for (const n of ['b1', 'b2', 'a1', 'a2']) procs.push(await startNodeProcess(topo.file, n));
+  const port = (n: string) => topo.ports.get(n)!;
+  for (const [g, src, dst] of [
+    ['g1', 'a1', 'b1'],
+    ['g2', 'a2', 'b2'],
+  ] as const) {
+    await copyJournalled(apiOf(port(src).api), topo.secret, g);
+    await waitState(apiOf(port(dst).api), topo.secret, g, 'pair');
+  }
+  const uri = (n: string, v: string) => `nbd://127.0.0.1:${port(n).nbd}/${v}`;
+  const api = (n: string) => apiOf(port(n).api);
+  const stop = async () => {
+    for (const p of procs) assert.equal(await p.stop(), 0, 'the node stops cleanly');
+  };
+  return { topo, uri, api, stop, procs };
+}
+
+/** The whole content of an export, copied with nbdcopy. */
+async function readExport(uri: string): Promise<Buffer> {
+  const file = join(root, `copy-${process.hrtime.bigint()}`);
+  await run('nbdcopy', [uri, file]);
+  const data = readFileSync(file);
+  rmSync(file);
+  return data;
+}
+
+const pattern = (byte: number, n = 65536) => Buffer.alloc(n, byte);
+
+test('checkpoint: marker N across two source and two target nodes, VOLUME@N exports, copy-on-write, retention', async () => {
+  const s = await fourNodes('ckpt-', '{ groups: [g1, g2], keepSnapshots: 2, freezeBound: 2s }');
+  try {
+    await qemuIo(s.uri('a1', 'v1'), ['write -P 0x11 0 64k']);
+    await qemuIo(s.uri('a2', 'v2'), ['write -P 0x21 0 64k']);
+    const first = await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank');
+    assert.equal(first.code, 0, first.out);
+    assert.match(first.out, /^1\n/, 'the marker number is printed first');
+    assert.match(
+      first.out,
+      /checkpoint 1 of bank: snapshots @1 on b1, b2; writes frozen a1 [\d.]+ ms, a2 [\d.]+ ms/,
+    );
+    const list = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${s.topo.ports.get('b1')!.nbd}`]);
+    const names = (JSON.parse(list.stdout) as { exports: { 'export-name': string }[] }).exports.map(
+      (e) => e['export-name'],
+    );
+    assert.deepEqual(names.sort(), ['v1', 'v1@1'], 'nbdinfo --list shows the snapshot export');
+    // Later writes reach the target volumes; the snapshots keep the image at marker 1.
+    await qemuIo(s.uri('a1', 'v1'), ['write -P 0x12 0 64k', 'write -P 0x13 1M 64k']);
+    await qemuIo(s.uri('a2', 'v2'), ['write -P 0x22 0 64k']);
+    const second = await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank', '--json');
+    assert.equal(second.code, 0, second.out);
+    assert.equal((JSON.parse(second.out) as { marker: number }).marker, 2);
+    const v1at1 = await readExport(s.uri('b1', 'v1@1'));
+    const v1at2 = await readExport(s.uri('b1', 'v1@2'));
+    const v2at1 = await readExport(s.uri('b2', 'v2@1'));
+    assert.ok(v1at1.subarray(0, 65536).equals(pattern(0x11)), 'v1@1 keeps the first write');
+    assert.ok(v1at1.subarray(1 << 20, (1 << 20) + 65536).equals(pattern(0)), 'v1@1 has no later write');
+    assert.ok(v1at2.subarray(0, 65536).equals(pattern(0x12)));
+    assert.ok(v1at2.subarray(1 << 20, (1 << 20) + 65536).equals(pattern(0x13)));
+    assert.ok(v2at1.subarray(0, 65536).equals(pattern(0x21)));
+    // Snapshots are read-only.
+    await assert.rejects(
+      qemuIo(s.uri('b1', 'v1@1'), ['write -P 0x99 0 4k']),
+      /Permission denied|read-only|Operation not permitted/i,
+    );
+    // keepSnapshots: 2 -- the third checkpoint drops @1.
+    const third = await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank');
+    assert.equal(third.code, 0, third.out);
+    const snaps = await runCli('snapshots', '--config', s.topo.file, '--set', 'bank', '--json');
+    const vols = (JSON.parse(snaps.out) as { volumes: { volume: string; snapshots: { number: number }[] }[] })
+      .volumes;
+    assert.deepEqual(
+      vols.map((v) => [v.volume, v.snapshots.map((x) => x.number)]),
+      [
+        ['v1', [2, 3]],
+        ['v2', [2, 3]],
+      ],
+    );
+    // Status shows the marker state and the space used.
+    const st = (await apiCall(s.api('b1'), s.topo.secret, 'GET', '/v1/status')) as {
+      markers: { sets: { set: string; reached: number; snapshots: { usedBytes: number }[] }[] };
+    };
+    assert.equal(st.markers.sets[0]!.reached, 3);
+    assert.ok(st.markers.sets[0]!.snapshots[0]!.usedBytes > 0, 'copy-on-write chunks are counted');
+    // Delete one number everywhere; --keep 1 keeps the newest only; deleting a missing one fails.
+    assert.equal(
+      (await runCli('snapshots', '--config', s.topo.file, '--set', 'bank', '--delete', '2')).code,
+      0,
+    );
+    const gone = await runCli('snapshots', '--config', s.topo.file, '--set', 'bank', '--delete', '2');
+    assert.equal(gone.code, 1, gone.out);
+    assert.match(gone.out, /no target volume of bank has a snapshot @2/);
+    await assert.rejects(readExport(s.uri('b1', 'v1@2')));
+    const v1at3 = await readExport(s.uri('b1', 'v1@3'));
+    assert.ok(v1at3.subarray(0, 65536).equals(pattern(0x12)), 'v1@3 reads right after @2 was deleted');
+  } finally {
+    await s.stop();
+  }
+});
+
+test('a freeze past its bound thaws by itself: held writes complete, the mark is refused, the next number is taken', async () => {
+  const s = await fourNodes('bound-', '{ groups: [g1, g2], freezeBound: 200ms }');
+  try {
+    const frozen = (await apiCall(s.api('a1'), s.topo.secret, 'POST', '/v1/sets/bank/freeze', {
+      id: 'manual',
+      boundMs: 200,
+    })) as { groups: string[]; lastMarker: number };
+    assert.deepEqual(frozen.groups, ['g1']);
+    assert.equal(frozen.lastMarker, 0);
+    // A write issued while frozen waits (it is not failed) and completes once the bound thaws it.
+    const t0 = performance.now();
+    await qemuIo(s.uri('a1', 'v1'), ['write -P 0x31 0 4k']);
+    const waited = performance.now() - t0;
+    await assert.rejects(
+      apiCall(s.api('a1'), s.topo.secret, 'POST', '/v1/sets/bank/mark', { id: 'manual', marker: 1 }),
+      /passed its bound of 200 ms: writes thawed, no marker/,
+    );
+    assert.ok(waited > 0);
+    const st = (await apiCall(s.api('a1'), s.topo.secret, 'GET', '/v1/sets/bank/markers')) as {
+      source: { boundPassed: number; markers: number };
+    };
+    assert.equal(st.source.boundPassed, 1);
+    assert.equal(st.source.markers, 0);
+    // Bad requests change nothing.
+    await assert.rejects(
+      apiCall(s.api('a1'), s.topo.secret, 'POST', '/v1/sets/bank/freeze', { id: 'x', boundMs: 0 }),
+      /HTTP 400/,
+    );
+    await assert.rejects(
+      apiCall(s.api('b1'), s.topo.secret, 'POST', '/v1/sets/bank/freeze', { id: 'x', boundMs: 50 }),
+      /HTTP 409.*source of no group of set bank/,
+    );
+    await assert.rejects(apiCall(s.api('a1'), s.topo.secret, 'POST', '/v1/sets/nope/freeze', {}), /HTTP 404/);
+    // The next checkpoint works and takes marker 1 (none was placed).
+    const r = await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank', '--json');
+    assert.equal(r.code, 0, r.out);
+    assert.equal((JSON.parse(r.out) as { marker: number }).marker, 1);
+    const v1 = await readExport(s.uri('b1', 'v1@1'));
+    assert.ok(v1.subarray(0, 4096).equals(pattern(0x31, 4096)), 'the held write is in the snapshot');
+  } finally {
+    await s.stop();
+  }
+});
+
+test('consistency cycles under a bank workload across two source nodes: every snapshot is one image', async () => {
+  const s = await fourNodes(
+    'cycles-',
+    '{ groups: [g1, g2], cycleSeconds: 1, keepSnapshots: 100, freezeBound: 2s }',
+  );
+  const layout = { workers: 8, blocksPerWorker: 8 };
+  const debit = await nbdWriter(s.uri('a1', 'v1'));
+  const credit = await nbdWriter(s.uri('a2', 'v2'));
+  try {
+    const progress: BankProgress = { completed: 0, errors: [] };
+    let stopping = false;
+    const bank = runBank(
+      layout,
+      (off, data) => debit.write(off, data),
+      (off, data) => credit.write(off, data),
+      () => stopping,
+      progress,
+    );
+    // Let cycles run for a while under load.
+    const cycles = async () =>
+      (
+        (await apiCall(s.api('a1'), s.topo.secret, 'GET', '/v1/status')) as {
+          cycles: { cycles: number; failures: number; freezeMs: { p50: number; p99: number } }[];
+        }
+      ).cycles[0]!;
+    await waitFor(
+      '6 consistency cycles',
+      async () => ((await cycles()).cycles >= 6 ? true : undefined),
+      60_000,
+    );
+    stopping = true;
+    await bank;
+    assert.deepEqual(progress.errors, [], 'no host write failed during the cycles');
+    assert.ok(progress.completed > 0);
+    const c = await cycles();
+    assert.ok(c.freezeMs.p99 !== undefined && c.freezeMs.p50 <= c.freezeMs.p99);
+    // Every snapshot on both target nodes: the bank invariant holds across the two nodes.
+    const list = await runCli('snapshots', '--config', s.topo.file, '--set', 'bank', '--json');
+    const vols = (JSON.parse(list.out) as { volumes: { volume: string; snapshots: { number: number }[] }[] })
+      .volumes;
+    const n1 = vols.find((v) => v.volume === 'v1')!.snapshots.map((x) => x.number);
+    const n2 = vols.find((v) => v.volume === 'v2')!.snapshots.map((x) => x.number);
+    assert.deepEqual(n1, n2, 'both targets snapshotted the same markers');
+    assert.ok(n1.length >= 6, `${n1.length} snapshots`);
+    let transfersSeen = 0;
+    const bytes = layout.workers * layout.blocksPerWorker * BANK_BLOCK_BYTES;
+    for (const n of n1) {
+      const d = (await readExport(s.uri('b1', `v1@${n}`))).subarray(0, bytes);
+      const k = (await readExport(s.uri('b2', `v2@${n}`))).subarray(0, bytes);
+      const check = checkBank(layout, d, k);
+      assert.ok(check.ok, `snapshot @${n}: ${check.violations.join('; ')}`);
+      transfersSeen = Math.max(transfersSeen, check.transfers);
+    }
+    assert.ok(transfersSeen > 0, 'the snapshots saw transfers');
+  } finally {
+    await debit.close();
+    await credit.close();
+    await s.stop();
+  }
+});
