@@ -34,6 +34,51 @@ interface NodeStatus {
   groups: GroupLine[];
   journal: { usedBytes: number; bytesMax: number; records: number };
   writePath: { recordsAppended: number; throttling: boolean; rejectedJournalFull: number };
+  markers?: {
+    sets: {
+      set: string;
+      reached: number;
+      waiting: Record<string, number>;
+      awaitingGo?: number;
+      abnormal?: string;
+      snapshots: { volume: string; numbers: number[]; usedBytes: number }[];
+    }[];
+  };
+  cycles?: {
+    set: string;
+    cycleSeconds: number;
+    cycles: number;
+    failures: number;
+    lastMarker?: number;
+    lastError?: string;
+    cycleMs: { p50?: number; p99?: number };
+    freezeMs: { p50?: number; p99?: number };
+    consistentPointAgeMs?: number;
+  }[];
+}
+
+const ms = (v: number | undefined): string => (v === undefined ? '-' : `${v.toFixed(1)} ms`);
+
+/** Marker lines of a node: per set its last snapshot and snapshots; per coordinated set its cycles. */
+function markerLines(s: NodeStatus): string[] {
+  const lines: string[] = [];
+  for (const m of s.markers?.sets ?? []) {
+    const waits = Object.entries(m.waiting)
+      .map(([g, n]) => `${g}@${n}`)
+      .join(' ');
+    const snaps = m.snapshots.map((v) => `${v.volume}: ${v.numbers.length} (${mib(v.usedBytes)})`).join(', ');
+    lines.push(
+      `  set ${m.set.padEnd(14)} snapshot @${m.reached}${waits ? `  waiting ${waits}` : ''}${m.awaitingGo ? `  awaiting go @${m.awaitingGo}` : ''}${snaps ? `  snapshots ${snaps}` : ''}${m.abnormal ? `  ABNORMAL: ${m.abnormal}` : ''}`,
+    );
+  }
+  for (const c of s.cycles ?? []) {
+    const age =
+      c.consistentPointAgeMs === undefined ? '-' : `${(c.consistentPointAgeMs / 1000).toFixed(1)} s`;
+    lines.push(
+      `  cycles ${c.set.padEnd(11)} every ${c.cycleSeconds} s: ${c.cycles} done, ${c.failures} failed, last marker ${c.lastMarker ?? '-'}, cycle p50 ${ms(c.cycleMs.p50)}, freeze p50 ${ms(c.freezeMs.p50)} p99 ${ms(c.freezeMs.p99)}, consistent point age ${age}${c.lastError ? `  last error: ${c.lastError}` : ''}`,
+    );
+  }
+  return lines;
 }
 
 export async function runStatus(configFile: string, o: { json?: boolean; watch?: boolean }): Promise<number> {
@@ -81,6 +126,7 @@ function render(
       `${a.name}: up  journal ${mib(j.usedBytes)} / ${mib(j.bytesMax)} (${j.records} records)  writes journalled ${s.writePath.recordsAppended}${s.writePath.throttling ? '  THROTTLING' : ''}`,
     );
     for (const g of s.groups) lines.push(`  group ${g.name.padEnd(12)} ${groupLine(g)}`);
+    lines.push(...markerLines(s));
     for (const v of s.volumes) {
       lines.push(
         `  volume ${v.name.padEnd(15)} ${mib(v.sizeBytes).padStart(12)}  ${v.role}${v.group ? ` of ${v.group}` : ''}`,

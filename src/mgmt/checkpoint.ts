@@ -9,8 +9,10 @@
  *   --> every target node applies up to marker n, snapshots its volumes of the set as @n, reports
  *   --> (resume: coordinator) tell every target to go on
  *
- * A cycle that fails part-way leaves marker n in the groups of the nodes that placed it: their
- * targets skip n as incomplete, and the next cycle takes n + 1 (each marker names the one before it
+ * A cycle that fails part-way leaves marker n in the groups of the nodes that placed it: the
+ * coordinator tells every target to abandon n (a snapshot of part of the set taken already is
+ * deleted; one not reached yet is not taken), the targets that never see n skip it as incomplete,
+ * and the next cycle takes n + 1 (each marker names the one before it
  * in its group, so the skip is told from a lost marker). Nothing is lost: host writes were only
  * delayed, never failed. The requests name nodes, never links, so the same request works when a
  * node in front of a source (embodiment 4) relays the marker instead.
@@ -83,9 +85,13 @@ export async function checkpoint(
   const marked = await Promise.allSettled(
     sources.map((n) => call(n, 'POST', `/v1/sets/${enc}/mark`, { id, marker })),
   );
+  // Past here marker n may be in some groups: on failure no target may keep a snapshot of part of it.
+  const abandon = (): Promise<unknown> =>
+    Promise.allSettled(targets.map((n) => call(n, 'POST', `/v1/sets/${enc}/abandon`, { marker })));
   const notMarked = failures(sources, marked);
   if (notMarked.length > 0) {
     await thawAll();
+    await abandon();
     throw new RemcopyError(
       'RC_ERR_STATE',
       `checkpoint of ${set} failed: marker ${marker} was not placed on every source node: ${notMarked.join('; ')}`,
@@ -103,6 +109,7 @@ export async function checkpoint(
   );
   const notReached = failures(targets, reached);
   if (notReached.length > 0) {
+    await abandon();
     throw new RemcopyError(
       'RC_ERR_STATE',
       `checkpoint of ${set}: marker ${marker} was placed but not every target reported it: ${notReached.join('; ')}`,
@@ -126,6 +133,7 @@ export async function checkpoint(
     }
   }
   if (incomplete.length > 0) {
+    await abandon();
     throw new RemcopyError(
       'RC_ERR_STATE',
       `checkpoint of ${set}: marker ${marker} is incomplete on ${incomplete.join(', ')} (a source did not place it)`,

@@ -22,6 +22,7 @@
  *   POST /v1/sets/:set/thaw {id}             thaw without a marker
  *   POST /v1/sets/:set/wait-marker {marker, timeoutMs}  until this target dealt with marker N
  *   POST /v1/sets/:set/go {marker}           a target waiting after its snapshot goes on (fig 19)
+ *   POST /v1/sets/:set/abandon {marker}      the checkpoint failed elsewhere: no snapshot N here
  *   GET  /v1/sets/:set/markers               the set's marker state here (source and target)
  *   GET  /v1/volumes/:volume/snapshots       the snapshots of a target volume
  *   POST /v1/volumes/:volume/delete-snapshot {number}
@@ -184,6 +185,7 @@ export class ApiServer {
       case 'POST sets/thaw':
       case 'POST sets/wait-marker':
       case 'POST sets/go':
+      case 'POST sets/abandon':
         return this.reply(
           res,
           200,

@@ -287,6 +287,8 @@ export class NodeOperations {
           }
           return { set, node: this.node.cfg.name, ...h };
         }
+        case 'abandon':
+          return await needTarget().abandon(numberField(body, 'marker', 1, Number.MAX_SAFE_INTEGER));
         case 'go':
           return await needTarget().go(numberField(body, 'marker', 1, Number.MAX_SAFE_INTEGER));
         case 'markers':

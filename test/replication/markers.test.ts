@@ -148,7 +148,7 @@ test('checkpoint: marker N across two source and two target nodes, VOLUME@N expo
   }
 });
 
-test('a freeze past its bound thaws by itself: held writes complete, the mark is refused, the next number is taken', async () => {
+test('a freeze past its bound thaws by itself; a marker on one source only is abandoned; the next number is taken', async () => {
   const s = await fourNodes('bound-', '{ groups: [g1, g2], freezeBound: 200ms }');
   try {
     const frozen = (await apiCall(s.api('a1'), s.topo.secret, 'POST', '/v1/sets/bank/freeze', {
@@ -181,11 +181,29 @@ test('a freeze past its bound thaws by itself: held writes complete, the mark is
       /HTTP 409.*source of no group of set bank/,
     );
     await assert.rejects(apiCall(s.api('a1'), s.topo.secret, 'POST', '/v1/sets/nope/freeze', {}), /HTTP 404/);
-    // The next checkpoint works and takes marker 1 (none was placed).
+    // A cycle that failed half-way: marker 1 placed on a1 only (a2's freeze expires); the
+    // coordinator abandons it, so b1 keeps no snapshot of part of the set.
+    for (const n of ['a1', 'a2']) {
+      await apiCall(s.api(n), s.topo.secret, 'POST', '/v1/sets/bank/freeze', { id: 'half', boundMs: 2000 });
+    }
+    await apiCall(s.api('a1'), s.topo.secret, 'POST', '/v1/sets/bank/mark', { id: 'half', marker: 1 });
+    await apiCall(s.api('a2'), s.topo.secret, 'POST', '/v1/sets/bank/thaw', { id: 'half' });
+    for (const n of ['b1', 'b2']) {
+      await apiCall(s.api(n), s.topo.secret, 'POST', '/v1/sets/bank/abandon', { marker: 1 });
+    }
+    const b1 = (await apiCall(s.api('b1'), s.topo.secret, 'POST', '/v1/sets/bank/wait-marker', {
+      marker: 1,
+      timeoutMs: 20_000,
+    })) as { outcome: string };
+    assert.equal(b1.outcome, 'abandoned', 'b1 reached marker 1 and took no snapshot of it');
+    assert.equal(s.topo.ports.size, 4);
+    // The next checkpoint works and takes marker 2: each marker names its predecessor, so b1 sees
+    // 1 then 2 and b2 sees 2 after none, and neither is abnormal.
     const r = await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank', '--json');
     assert.equal(r.code, 0, r.out);
-    assert.equal((JSON.parse(r.out) as { marker: number }).marker, 1);
-    const v1 = await readExport(s.uri('b1', 'v1@1'));
+    assert.equal((JSON.parse(r.out) as { marker: number }).marker, 2);
+    await assert.rejects(readExport(s.uri('b1', 'v1@1')), /no export named/);
+    const v1 = await readExport(s.uri('b1', 'v1@2'));
     assert.ok(v1.subarray(0, 4096).equals(pattern(0x31, 4096)), 'the held write is in the snapshot');
   } finally {
     await s.stop();
@@ -228,6 +246,12 @@ test('consistency cycles under a bank workload across two source nodes: every sn
     assert.ok(progress.completed > 0);
     const c = await cycles();
     assert.ok(c.freezeMs.p99 !== undefined && c.freezeMs.p50 <= c.freezeMs.p99);
+    const status = await runCli('status', '--config', s.topo.file);
+    assert.match(
+      status.out,
+      /cycles bank +every 1 s: \d+ done, \d+ failed, last marker \d+, cycle p50 [\d.]+ ms, freeze p50/,
+    );
+    assert.match(status.out, /set bank +snapshot @\d+/);
     // Every snapshot on both target nodes: the bank invariant holds across the two nodes.
     const list = await runCli('snapshots', '--config', s.topo.file, '--set', 'bank', '--json');
     const vols = (JSON.parse(list.out) as { volumes: { volume: string; snapshots: { number: number }[] }[] })

@@ -252,6 +252,43 @@ describe('journal', () => {
     await j3.close();
   });
 
+  test("a group's last marker survives its release and the deletion of its segment", async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    // Maker numbers a marker by its seq: marker 2 in group a, then data filling several segments.
+    const recs = [m.rec('a', Kind.data, 3000), m.rec('a', Kind.marker, 0), m.rec('b', Kind.marker, 0)];
+    for (let i = 0; i < 12; i++) recs.push(m.rec('a', Kind.data, 3000));
+    j.append(recs);
+    assert.equal(j.lastMarker('a'), 2);
+    assert.equal(j.lastMarker('b'), 1);
+    assert.equal(j.lastMarker('c'), 0);
+    await j.sync();
+    j.release('a', j.lastSeq('a'));
+    j.release('b', j.lastSeq('b'));
+    await j.whenIdle();
+    assert.equal(segFiles(dir).length, 1, 'the segments holding the markers are gone');
+    await j.close();
+    const state = JSON.parse(fs.readFileSync(join(dir, 'state.json'), 'utf8'));
+    assert.deepEqual(state.groups, {
+      a: { releasedSeq: 14, lastMarker: 2 },
+      b: { releasedSeq: 1, lastMarker: 1 },
+    });
+    const j2 = await open(dir);
+    assert.equal(j2.lastMarker('a'), 2, 'known from the state file alone');
+    assert.equal(j2.lastMarker('b'), 1);
+    // A marker still on disk after a crash (no state write) is found by recovery.
+    const m2 = new Maker(j2, ['a', 'b']);
+    j2.append([m2.rec('b', Kind.marker, 0)]);
+    await j2.sync();
+    fs.rmSync(join(dir, 'state.json.tmp'), { force: true });
+    const j3 = await open(dir);
+    assert.equal(j3.lastMarker('b'), 2, 'recovered from the retained record');
+    assert.equal(j3.lastMarker('a'), 2);
+    await j3.close();
+    await j2.close().catch(() => {});
+  });
+
   test('releases persist lazily: no state write until a segment can go; close writes it', async () => {
     const dir = newDir();
     const j = await open(dir);

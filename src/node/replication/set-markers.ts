@@ -37,11 +37,13 @@ const fileSchema = z.object({
   released: z.number().int().nonnegative(),
   /** The last marker whose snapshots were taken here (0 if none). */
   reached: z.number().int().nonnegative(),
+  /** Markers the coordinator gave up on before this node reached them: no snapshot when reached. */
+  abandoned: z.array(z.number().int().positive()).default([]),
   history: z.array(
     z.object({
       marker: z.number().int().positive(),
       atMs: z.number(),
-      outcome: z.enum(['snapshot', 'incomplete']),
+      outcome: z.enum(['snapshot', 'incomplete', 'abandoned']),
       detail: z.string().optional(),
     }),
   ),
@@ -71,6 +73,7 @@ export class SetMarkers {
   private released: number;
   private reached: number;
   private history: MarkerHistory[];
+  private abandoned: number[];
   private checking: Promise<void> | null = null;
   private again = false;
   private closed = false;
@@ -92,6 +95,7 @@ export class SetMarkers {
     this.released = saved?.released ?? 0;
     this.reached = saved?.reached ?? 0;
     this.history = saved?.history ?? [];
+    this.abandoned = saved?.abandoned ?? [];
   }
 
   /** What the segments' planners may pass. */
@@ -119,6 +123,31 @@ export class SetMarkers {
     }
     if (marker > this.released) await this.release(marker);
     return { released: this.released };
+  }
+
+  /**
+   * The coordinator gave up on `marker` (it is not on every node): its snapshots here are deleted,
+   * or, not reached yet, it will take none. A snapshot of part of a set would be mistaken for one
+   * of all of it.
+   */
+  async abandon(marker: number): Promise<{ marker: number; deleted: boolean }> {
+    while (this.checking) await this.checking;
+    const h = this.history.find((x) => x.marker === marker);
+    let deleted = false;
+    if (h?.outcome === 'snapshot') {
+      for (const s of this.snapshots.values()) {
+        if (s.has(marker)) {
+          await s.delete(marker);
+          deleted = true;
+        }
+      }
+      this.note({ ...h, outcome: 'abandoned', detail: 'the checkpoint failed on another node' });
+    } else if (h === undefined && marker > this.reached && !this.abandoned.includes(marker)) {
+      this.abandoned = [...this.abandoned, marker].slice(-HISTORY_MAX);
+    }
+    await this.persist();
+    this.log('warn', 'marker abandoned by the coordinator', { set: this.set, marker, deleted });
+    return { marker, deleted };
   }
 
   /** Resolves once this node has dealt with `marker` (snapshot or incomplete), or after timeoutMs. */
@@ -202,6 +231,19 @@ export class SetMarkers {
       this.kickAll();
       return;
     }
+    if (this.abandoned.includes(low)) {
+      this.note({
+        marker: low,
+        atMs: Date.now(),
+        outcome: 'abandoned',
+        detail: 'the checkpoint failed on another node',
+      });
+      this.abandoned = this.abandoned.filter((m) => m !== low);
+      this.released = low;
+      await this.persist();
+      this.kickAll();
+      return;
+    }
     // Every group waits at `low`: make the volumes durable there and snapshot them.
     for (const c of this.segments) await c.checkpointNow();
     for (const [volume, s] of this.snapshots) {
@@ -245,6 +287,7 @@ export class SetMarkers {
       version: 1,
       released: this.released,
       reached: this.reached,
+      abandoned: this.abandoned,
       history: this.history,
     };
     return writeJsonDurable(this.file, f);
