@@ -170,12 +170,7 @@ export async function fio(uri: string, w: Workload, extra: readonly string[] = [
   return w.unit === 'MB/s' ? r.bwBytes / 1e6 : r.iops;
 }
 
-/** Nearest-rank percentile of `sorted` (ascending); NaN for none. */
-export function percentile(sorted: readonly number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  const rank = Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length)));
-  return sorted[rank - 1]!;
-}
+export { percentile } from '../src/core/stats.js';
 
 /** 12345.6 -> "12 346" (the README's style). */
 export function fmt(n: number, digits = 0): string {

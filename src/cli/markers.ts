@@ -11,7 +11,7 @@
  */
 import { ExitCode, RemcopyError } from '../core/errors.js';
 import type { Topology } from '../node/config.js';
-import { loadConfig } from '../node/config.js';
+import { loadConfig, setMembers } from '../node/config.js';
 import { checkpoint } from '../mgmt/checkpoint.js';
 import { callNode, liveGroup } from './direction.js';
 
@@ -35,7 +35,7 @@ function positiveInt(v: string | undefined, what: string, dflt: number): number 
 
 /** The config's topology with each group of `set` turned the way it runs now. */
 async function liveTopology(topo: Topology, set: string): Promise<Topology> {
-  const groups = topo.consistencySets.get(set) ?? (topo.groups.has(set) ? [set] : undefined);
+  const groups = setMembers(topo, set);
   if (groups === undefined)
     throw new RemcopyError('RC_ERR_USAGE', `no consistency set ${set} in ${topo.file}`);
   const live = await Promise.all(groups.map((g) => liveGroup(topo, g)));
@@ -93,7 +93,7 @@ export async function runSnapshots(configFile: string, o: SnapshotsOptions): Pro
   const del = o.delete === undefined ? undefined : positiveInt(o.delete, '--delete', 1);
   const keep = o.keep === undefined ? undefined : positiveInt(o.keep, '--keep', 1);
   const live = await liveTopology(topo, o.set);
-  const groups = live.consistencySets.get(o.set) ?? [o.set];
+  const groups = setMembers(live, o.set)!;
   const targets: { node: string; volume: string }[] = [];
   for (const g of groups.map((n) => live.groups.get(n)!)) {
     for (const dst of g.pairs.values()) targets.push({ node: g.target, volume: dst });

@@ -20,6 +20,7 @@
 import { randomUUID } from 'node:crypto';
 import { RemcopyError } from '../core/errors.js';
 import type { Topology } from '../node/config.js';
+import { setMembers } from '../node/config.js';
 
 /** How the coordinator reaches a node's management API. */
 export type NodeCall = (
@@ -50,7 +51,7 @@ export interface CheckpointResult {
 
 /** The source and target nodes of a set in `topo`. */
 export function setNodes(topo: Topology, set: string): { sources: string[]; targets: string[] } {
-  const groups = topo.consistencySets.get(set) ?? (topo.groups.has(set) ? [set] : undefined);
+  const groups = setMembers(topo, set);
   if (groups === undefined)
     throw new RemcopyError('RC_ERR_USAGE', `no consistency set ${set} in ${topo.file}`);
   const gs = groups.map((g) => topo.groups.get(g)!);

@@ -555,6 +555,14 @@ export function reversedGroup(g: GroupConfig): GroupConfig {
   return { ...g, source: g.target, target: g.source, pairs };
 }
 
+/**
+ * The groups of consistency set `set`; a group in no set is a set of its own, named after it.
+ * Undefined when the topology has neither.
+ */
+export function setMembers(t: Topology, set: string): readonly string[] | undefined {
+  return t.consistencySets.get(set) ?? (t.groups.has(set) ? [set] : undefined);
+}
+
 /** The consistency set a group belongs to, if any. */
 export function consistencySetOf(t: Topology, group: string): string | undefined {
   for (const [name, members] of t.consistencySets) if (members.includes(group)) return name;

@@ -18,6 +18,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { RemcopyError } from '../core/errors.js';
+import { percentile } from '../core/stats.js';
+import { setMembers } from './config.js';
 import type { RemcopyNode } from './node.js';
 
 /** Freeze times kept for the percentiles in status. */
@@ -57,8 +59,10 @@ export class Samples {
   /** The p-th percentile (0..100) by nearest rank; undefined without samples. */
   percentile(p: number): number | undefined {
     if (this.values.length === 0) return undefined;
-    const sorted = [...this.values].sort((a, b) => a - b);
-    return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+    return percentile(
+      [...this.values].sort((a, b) => a - b),
+      p,
+    );
   }
 
   summary(): { count: number; p50: number | undefined; p99: number | undefined; max: number | undefined } {
@@ -82,8 +86,9 @@ export class MarkerSource {
 
   /** Groups of `set` this node is the source of (the topology in force). */
   groupsOf(set: string): string[] {
-    const members = this.node.topo.consistencySets.get(set) ?? (this.node.topo.groups.has(set) ? [set] : []);
-    return members.filter((g) => this.node.topo.groups.get(g)?.source === this.node.cfg.name);
+    return (setMembers(this.node.topo, set) ?? []).filter(
+      (g) => this.node.topo.groups.get(g)?.source === this.node.cfg.name,
+    );
   }
 
   freeze(

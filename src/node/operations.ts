@@ -9,6 +9,7 @@ import * as prom from 'prom-client';
 import { ApiError, numberField } from './api.js';
 import { HOLD_MS_MAX } from './api.js';
 import { FREEZE_BOUND_MS_MAX } from './config-schema.js';
+import { setMembers } from './config.js';
 import type { RemcopyNode } from './node.js';
 import { setOf } from './replication/target.js';
 import { RemcopyError } from '../core/errors.js';
@@ -205,7 +206,7 @@ export class NodeOperations {
     reads: readonly { volume: string; offset: number; length: number }[],
   ): Promise<unknown> {
     const { topo, cfg } = this.node;
-    const groups = topo.consistencySets.get(set) ?? (topo.groups.has(set) ? [set] : undefined);
+    const groups = setMembers(topo, set);
     if (!groups) throw new ApiError(404, `no consistency set or group ${set}`);
     const coord = this.node.target?.coordinatorOf(groups[0]!);
     if (
@@ -244,7 +245,7 @@ export class NodeOperations {
   /** Marker requests (DESIGN.md §3.4): freeze / mark / thaw at a source, wait-marker / go at a target. */
   async markers(set: string, action: string, body: Record<string, unknown>): Promise<unknown> {
     const { topo } = this.node;
-    if (!topo.consistencySets.has(set) && !topo.groups.has(set)) {
+    if (setMembers(topo, set) === undefined) {
       throw new ApiError(404, `no consistency set or group ${set}`);
     }
     const id = (): string => {

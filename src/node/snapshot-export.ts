@@ -7,7 +7,7 @@ import type { Extent, VolumeExport } from '../frontend/backend.js';
 import { BackendError } from '../frontend/backend.js';
 import type { VolumeSnapshots } from '../storage/snapshots.js';
 import type { NodeVolume } from './volume-export.js';
-import { zeroScanExtents } from './volume-export.js';
+import { rangeError, zeroScanExtents } from './volume-export.js';
 
 export class SnapshotExport implements VolumeExport {
   readonly readOnly = true;
@@ -31,14 +31,8 @@ export class SnapshotExport implements VolumeExport {
   }
 
   read(offset: number, length: number): Promise<Buffer> {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      return Promise.reject(new BackendError('EINVAL', `bad range ${offset}+${length}`));
-    }
-    if (offset + length > this.sizeBytes) {
-      return Promise.reject(
-        new BackendError('EINVAL', `range ${offset}+${length} is past the end of ${this.name}`),
-      );
-    }
+    const bad = rangeError(this, offset, length, 'EINVAL');
+    if (bad) return Promise.reject(bad);
     const read = (): Promise<Buffer> =>
       this.snapshots.read(this.number, offset, length).catch((e) => {
         throw new BackendError('EIO', `${this.name}: ${(e as Error).message}`);
@@ -59,12 +53,13 @@ export class SnapshotExport implements VolumeExport {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    const bad = rangeError(this, offset, length, 'EINVAL');
+    if (bad) throw bad;
     return zeroScanExtents((o, l) => this.read(o, l), offset, length);
   }
 
-  async cache(offset: number, length: number): Promise<void> {
-    if (offset < 0 || length < 0 || offset + length > this.sizeBytes) {
-      throw new BackendError('EINVAL', `bad range ${offset}+${length}`);
-    }
+  cache(offset: number, length: number): Promise<void> {
+    const bad = rangeError(this, offset, length, 'EINVAL');
+    return bad ? Promise.reject(bad) : Promise.resolve();
   }
 }

@@ -203,17 +203,29 @@ export class NodeVolume implements VolumeExport {
     return this.rangeError(offset, length, 'ENOSPC');
   }
 
-  /** Errors are returned, not thrown, so callers always get a rejected promise. */
   private rangeError(offset: number, length: number, errno: 'EINVAL' | 'ENOSPC'): BackendError | undefined {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      return new BackendError('EINVAL', `bad range ${offset}+${length}`);
-    }
-    if (offset + length > this.sizeBytes) {
-      return new BackendError(
-        errno,
-        `range ${offset}+${length} is past the end of ${this.name} (${this.sizeBytes})`,
-      );
-    }
-    return undefined;
+    return rangeError(this, offset, length, errno);
   }
+}
+
+/**
+ * A request's range checked against an export: a bad range is EINVAL, one past the end `errno`.
+ * Errors are returned, not thrown, so callers always get a rejected promise.
+ */
+export function rangeError(
+  exp: { readonly name: string; readonly sizeBytes: number },
+  offset: number,
+  length: number,
+  errno: 'EINVAL' | 'ENOSPC',
+): BackendError | undefined {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    return new BackendError('EINVAL', `bad range ${offset}+${length}`);
+  }
+  if (offset + length > exp.sizeBytes) {
+    return new BackendError(
+      errno,
+      `range ${offset}+${length} is past the end of ${exp.name} (${exp.sizeBytes})`,
+    );
+  }
+  return undefined;
 }

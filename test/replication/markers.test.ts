@@ -158,14 +158,11 @@ test('a freeze past its bound thaws by itself; a marker on one source only is ab
     assert.deepEqual(frozen.groups, ['g1']);
     assert.equal(frozen.lastMarker, 0);
     // A write issued while frozen waits (it is not failed) and completes once the bound thaws it.
-    const t0 = performance.now();
     await qemuIo(s.uri('a1', 'v1'), ['write -P 0x31 0 4k']);
-    const waited = performance.now() - t0;
     await assert.rejects(
       apiCall(s.api('a1'), s.topo.secret, 'POST', '/v1/sets/bank/mark', { id: 'manual', marker: 1 }),
       /passed its bound of 200 ms: writes thawed, no marker/,
     );
-    assert.ok(waited > 0);
     const st = (await apiCall(s.api('a1'), s.topo.secret, 'GET', '/v1/sets/bank/markers')) as {
       source: { boundPassed: number; markers: number };
     };
@@ -196,7 +193,6 @@ test('a freeze past its bound thaws by itself; a marker on one source only is ab
       timeoutMs: 20_000,
     })) as { outcome: string };
     assert.equal(b1.outcome, 'abandoned', 'b1 reached marker 1 and took no snapshot of it');
-    assert.equal(s.topo.ports.size, 4);
     // The next checkpoint works and takes marker 2: each marker names its predecessor, so b1 sees
     // 1 then 2 and b2 sees 2 after none, and neither is abnormal.
     const r = await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank', '--json');

@@ -380,3 +380,44 @@ test('journal full under policy suspend: the owner suspends, the writes are trac
   assert.equal(wp.stats.rejectedJournalFull, 0);
   await journal.close();
 });
+
+test('a freeze journals the writes submitted before it, holds later ones past the marker, and stacks with a hold', async () => {
+  const { journal, wp, write } = await setup();
+  // Submitted, not yet batched (the batch runs on setImmediate): the freeze must journal them.
+  const before = [write('g1', 0, 1), write('g2', 0, 2), write('g1', 4096, 3)];
+  wp.hold('g1'); // a verify's hold on g1, for another reason
+  wp.freeze(['g1', 'g2']);
+  assert.equal([...journal.retained()].length, 3, 'the freeze journalled the writes submitted before it');
+  await Promise.all(before);
+  let laterAcked = false;
+  const later = write('g2', 8192, 4).then(() => (laterAcked = true));
+  await new Promise((r) => setImmediate(r));
+  const markers = wp.appendMarkers([
+    { group: 'g1', markerNo: 1, prev: 0 },
+    { group: 'g2', markerNo: 1, prev: 0 },
+  ]);
+  assert.deepEqual(
+    markers.map((h) => [h.group, Number(h.seq), h.kind, h.markerNo, Number(h.offset), h.length]),
+    [
+      ['g1', 3, RecordKind.marker, 1, 0, 0],
+      ['g2', 2, RecordKind.marker, 1, 0, 0],
+    ],
+    'each marker follows every write of its group journalled before the freeze',
+  );
+  assert.equal(laterAcked, false, 'a write submitted during the freeze waits');
+  const g1During = write('g1', 12288, 5);
+  wp.thaw(['g1', 'g2']);
+  await later;
+  const recs = [...journal.retained()].map((r) => r.header);
+  const g2Write = recs.find((h) => h.group === 'g2' && h.offset === 8192)!;
+  assert.equal(Number(g2Write.seq), 3, 'the held write lands after the marker');
+  await new Promise((r) => setTimeout(r, 20));
+  assert.ok(
+    ![...journal.retained()].some((r) => r.header.group === 'g1' && r.header.offset === 12288),
+    'g1 stays held: the verify hold did not end with the thaw',
+  );
+  wp.unhold('g1');
+  await g1During;
+  assert.equal(journal.lastMarker('g1'), 1);
+  await journal.close();
+});

@@ -21,7 +21,7 @@
  *   node dist/src/testing/sim/markers.js --seed N [--bug NAME] [--quiet]
  */
 import { pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
+import { parseReplayArgs } from './replay-args.js';
 import type { ApplyState, CyclePlan, PlanResult } from '../../core/apply-plan.js';
 import { completeCycle, initialApplyState, planCycle, waitingAtMarker } from '../../core/apply-plan.js';
 import { ARRIVAL_LIMITS_DEFAULT, GroupArrival } from '../../core/arrival.js';
@@ -279,20 +279,7 @@ class SourceNode {
   private journal(p: Pending): void {
     this.inflight.delete(p.w.writeId);
     const f = this.seqr.next(p.w.group, p.hostTimeUs, this.clockUs());
-    const h: RecordHeader = {
-      kind: RecordKind.data,
-      group: p.w.group,
-      seq: f.seq,
-      writeTimeUs: f.writeTimeUs,
-      hostTimeUs: f.hostTimeUs,
-      nodeId: f.nodeId,
-      ordinal: f.ordinal,
-      epoch: 1,
-      volume: p.w.volume,
-      offset: byteOffset(p.w.block),
-      length: 1,
-      markerNo: 0,
-    };
+    const h = headerOf(f, RecordKind.data, p.w.group, p.w.volume, p.w.block, 1, 0);
     p.w.seq = f.seq;
     this.append({ h, writeId: p.w.writeId });
     this.sim.trace.add('j', p.w.writeId, p.w.group, f.seq);
@@ -335,20 +322,8 @@ class SourceNode {
     for (const g of this.groups) {
       const f = this.seqr.next(g.name, undefined, this.clockUs());
       const prev = this.sim.lastMarker.get(g.name) ?? 0;
-      const h: RecordHeader = {
-        kind: RecordKind.marker,
-        group: g.name,
-        seq: f.seq,
-        writeTimeUs: f.writeTimeUs,
-        hostTimeUs: f.hostTimeUs,
-        nodeId: f.nodeId,
-        ordinal: f.ordinal,
-        epoch: 1,
-        volume: '',
-        offset: byteOffset(prev),
-        length: 0,
-        markerNo: n,
-      };
+      // A marker's offset names the marker before it in the group.
+      const h = headerOf(f, RecordKind.marker, g.name, '', prev, 0, n);
       this.sim.lastMarker.set(g.name, n);
       this.append({ h, writeId: 0 });
     }
@@ -1045,25 +1020,38 @@ export function describeMarkerFailure(r: MarkerSimResult): string {
   ].join('\n');
 }
 
+/** The record a sequenced write or marker makes (epoch 1: this model has no takeover). */
+function headerOf(
+  f: ReturnType<Sequencer['next']>,
+  kind: RecordKind,
+  group: string,
+  volume: string,
+  offset: number,
+  length: number,
+  markerNo: number,
+): RecordHeader {
+  return {
+    kind,
+    group,
+    seq: f.seq,
+    writeTimeUs: f.writeTimeUs,
+    hostTimeUs: f.hostTimeUs,
+    nodeId: f.nodeId,
+    ordinal: f.ordinal,
+    epoch: 1,
+    volume,
+    offset: byteOffset(offset),
+    length,
+    markerNo,
+  };
+}
+
 function main(): number {
-  const { values } = parseArgs({
-    options: {
-      seed: { type: 'string' },
-      bug: { type: 'string' },
-      quiet: { type: 'boolean', default: false },
-    },
-  });
-  const seed = Number(values.seed);
-  if (values.seed === undefined || !Number.isSafeInteger(seed)) {
-    console.error('usage: markers.js --seed N [--bug NAME] [--quiet]');
-    return 2;
-  }
-  if (values.bug !== undefined && !isMarkerBug(values.bug)) {
-    console.error(`unknown bug ${JSON.stringify(values.bug)}: one of ${MARKER_BUGS.join(', ')}`);
-    return 2;
-  }
+  const args = parseReplayArgs('markers.js', MARKER_BUGS, isMarkerBug);
+  if (args === 2) return 2;
+  const { seed, bug, quiet } = args;
   const cfg = markerConfig(seed);
-  if (!values.quiet) {
+  if (!quiet) {
     for (const s of cfg.sources) {
       console.log(
         `${s.name}: mode ${s.mode}, clock offset ${(s.offsetUs / 1e6).toFixed(0)} s, rate ${s.rate}`,
@@ -1071,11 +1059,7 @@ function main(): number {
     }
     console.log(`groups: ${cfg.groups.map((g) => g.name).join(', ')}`);
   }
-  const r = runMarkerSim({
-    seed,
-    bug: values.bug,
-    log: values.quiet ? undefined : (line) => console.log(line),
-  });
+  const r = runMarkerSim({ seed, bug, log: quiet ? undefined : (line) => console.log(line) });
   console.log(`stats ${JSON.stringify(r.stats)}`);
   console.log(`trace ${r.traceHash}`);
   if (r.violations.length === 0) {

@@ -4,28 +4,15 @@
  *
  *   node dist/src/testing/sim/replay.js --seed 1234 [--bug apply-past-gap] [--quiet]
  */
-import { parseArgs } from 'node:util';
+import { parseReplayArgs } from './replay-args.js';
 import { BUG_NAMES, isBugName } from './config.js';
 import { describeFailure, runSim } from './sim.js';
 
 function main(): number {
-  const { values } = parseArgs({
-    options: {
-      seed: { type: 'string' },
-      bug: { type: 'string' },
-      quiet: { type: 'boolean', default: false },
-    },
-  });
-  const seed = Number(values.seed);
-  if (values.seed === undefined || !Number.isSafeInteger(seed)) {
-    console.error('usage: replay.js --seed N [--bug NAME] [--quiet]');
-    return 2;
-  }
-  if (values.bug !== undefined && !isBugName(values.bug)) {
-    console.error(`unknown bug ${JSON.stringify(values.bug)}: one of ${BUG_NAMES.join(', ')}`);
-    return 2;
-  }
-  const r = runSim({ seed, bug: values.bug, log: values.quiet ? undefined : (line) => console.log(line) });
+  const args = parseReplayArgs('replay.js', BUG_NAMES, isBugName);
+  if (args === 2) return 2;
+  const { seed, bug, quiet } = args;
+  const r = runSim({ seed, bug, log: quiet ? undefined : (line) => console.log(line) });
   console.log(`stats ${JSON.stringify(r.stats)}`);
   console.log(`trace ${r.traceHash}`);
   if (r.violations.length === 0) {
