@@ -84,6 +84,8 @@ export interface Cluster {
   startB(): Promise<void>;
   /** Stop every node (SIGTERM) and remove the directory. */
   stop(): Promise<void>;
+  /** Process ids of the nodes running now, a first (bench/cost.ts reads their CPU time). */
+  pids(): number[];
 }
 
 /**
@@ -135,6 +137,7 @@ export async function startCluster(replicate: boolean): Promise<Cluster> {
       b = await startNode(topo, 'b');
     },
     stop: stopAll,
+    pids: () => [a?.child.pid, b?.child.pid].filter((p) => p !== undefined),
   };
   if (replicate) {
     try {

@@ -51,7 +51,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { crc32c } from '@node-rs/crc32';
 import { assert, unreachable } from '../core/assert.js';
 import type { OrderKey, RecordHeader, Seq, TimeUs } from '../core/types.js';
-import { nodeIdFromNumber, ordinal, RecordKind, seq, timeUs } from '../core/types.js';
+import { byteOffset, nodeIdFromNumber, ordinal, RecordKind, seq, timeUs } from '../core/types.js';
 import { MiB } from '../core/units.js';
 import {
   decodeRecord,
@@ -392,14 +392,19 @@ class Writer {
 }
 
 function sealInto(buf: Buffer, type: FrameType): Buffer {
+  writeHeader(buf, type, buf.length - LINK_FRAME_HEADER_BYTES);
+  buf.writeUInt32LE(crc32c(buf) >>> 0, OFF_CRC);
+  return buf;
+}
+
+/** The frame header at the start of `buf`, its checksum field zeroed (to be checksummed). */
+function writeHeader(buf: Buffer, type: FrameType, payloadBytes: number): void {
   LINK_MAGIC.copy(buf, 0);
   buf[OFF_VERSION] = LINK_FRAME_VERSION;
   buf[OFF_TYPE] = type;
   buf.writeUInt16LE(0, OFF_FLAGS);
-  buf.writeUInt32LE(buf.length - LINK_FRAME_HEADER_BYTES, OFF_LENGTH);
+  buf.writeUInt32LE(payloadBytes, OFF_LENGTH);
   buf.writeUInt32LE(0, OFF_CRC);
-  buf.writeUInt32LE(crc32c(buf) >>> 0, OFF_CRC);
-  return buf;
 }
 
 /**
@@ -661,32 +666,171 @@ function batchRuleBroken(
 /**
  * One group's batch, each record in exactly its journal encoding (encodeHeader + payload). Asserts
  * the batch rules: 1..LINK_BATCH_RECORDS_MAX records, seqs contiguous and increasing, no ticks.
+ * The frame in one buffer (tests and small frames); senders use encodeRecordsParts.
  */
 export function encodeRecords(f: Fields<RecordsFrame<LinkRecord>>): Buffer {
+  const parts = encodeRecordsParts(f);
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+}
+
+/**
+ * A payload at least this large is sent by reference (its own part of the frame, not copied into
+ * the frame buffer), and the frame checksum takes it over from the record's checksum (crc32cShift)
+ * instead of reading it a third time. Smaller ones are copied: one write of one buffer is cheaper.
+ */
+export const LINK_PAYLOAD_BY_REFERENCE_BYTES_MIN = 64 * 1024;
+
+/**
+ * encodeRecords as the buffers to write one after another (their concatenation is the frame,
+ * byte for byte): one buffer holding the frame header, the group prefix, every record header and
+ * every small payload, cut around each payload of LINK_PAYLOAD_BY_REFERENCE_BYTES_MIN or more,
+ * which is passed as is. Those payloads must not change until the parts are written.
+ *
+ * Checksums: encodeHeader reads every payload once for the record's checksum (which the frame must
+ * carry). The frame checksum covers small payloads directly; across a large one it is derived from
+ * the record's: crc(S|H|P) = shift(crc(S|H) ^ crc(H0), |P|) ^ crc(H0|P), where H0 is the record
+ * header with its checksum field zeroed (as encodeHeader checksummed it) and shift is crc32cShift
+ * (both sides equal shift(x, |P|) ^ crc(P), and shift is linear).
+ */
+export function encodeRecordsParts(f: Fields<RecordsFrame<LinkRecord>>): Buffer[] {
   assert(isGroupName(f.group), `group name ${JSON.stringify(f.group)}`);
   assert(isEpoch(f.epoch), `epoch ${f.epoch}`);
   const count = f.records.length;
   assert(count >= 1 && count <= LINK_BATCH_RECORDS_MAX, `${count} records in a batch`);
   const heads: Buffer[] = [];
-  let size = nameSize(f.group) + 8;
+  let payloadBytes = nameSize(f.group) + 8;
+  let ownBytes = LINK_FRAME_HEADER_BYTES + payloadBytes;
   let prev: RecordHeader | undefined;
   for (const rec of f.records) {
     const broken = batchRuleBroken(rec.header, f.group, f.epoch, prev);
     assert(broken === null, `RECORDS batch: ${broken}`);
     const head = encodeHeader(rec.header, rec.payload);
     heads.push(head);
-    size += head.length + rec.payload.length;
+    payloadBytes += head.length + rec.payload.length;
+    ownBytes += head.length + (byReference(rec.payload) ? 0 : rec.payload.length);
     prev = rec.header;
   }
-  const w = new Writer(size);
-  w.name(f.group);
-  w.u32(f.epoch);
-  w.u32(count);
+  assert(
+    payloadBytes <= LINK_FRAME_PAYLOAD_BYTES_MAX,
+    `payload of ${payloadBytes} bytes exceeds the maximum`,
+  );
+  const own = Buffer.allocUnsafe(ownBytes);
+  writeHeader(own, FrameType.records, payloadBytes);
+  let pos = LINK_FRAME_HEADER_BYTES;
+  const groupBytes = Buffer.byteLength(f.group, 'utf8');
+  own[pos++] = groupBytes;
+  pos += own.write(f.group, pos, groupBytes, 'utf8');
+  pos = own.writeUInt32LE(f.epoch, pos);
+  pos = own.writeUInt32LE(count, pos);
+  const parts: Buffer[] = [];
+  let cut = 0;
+  let crc = 0;
   for (let i = 0; i < count; i++) {
-    w.bytes(heads[i]!);
-    w.bytes(f.records[i]!.payload);
+    const head = heads[i]!;
+    const payload = f.records[i]!.payload;
+    pos += head.copy(own, pos);
+    if (!byReference(payload)) {
+      pos += payload.copy(own, pos);
+      continue;
+    }
+    const piece = own.subarray(cut, pos);
+    crc = crc32c(piece, crc);
+    parts.push(piece, payload);
+    cut = pos;
+    crc =
+      (crc32cShift((crc ^ headerCrcZeroed(head)) >>> 0, payload.length) ^
+        head.readUInt32LE(RECORD_OFF_CRC)) >>>
+      0;
   }
-  return w.seal(FrameType.records);
+  assert(pos === own.length, `RECORDS frame sized ${own.length}, wrote ${pos}`);
+  if (cut < pos) {
+    const piece = own.subarray(cut, pos);
+    crc = crc32c(piece, crc);
+    parts.push(piece);
+  }
+  own.writeUInt32LE(crc >>> 0, OFF_CRC);
+  return parts;
+}
+
+function byReference(payload: Buffer): boolean {
+  return payload.length >= LINK_PAYLOAD_BY_REFERENCE_BYTES_MIN;
+}
+
+/** Where encodeHeader (src/storage/record.ts) puts a record's checksum; checked at load below. */
+const RECORD_OFF_CRC = 8;
+const RECORD_CRC_ZEROED = Buffer.alloc(4);
+
+/** crc32c of a record header as encodeHeader checksummed it: its checksum field zeroed. */
+function headerCrcZeroed(head: Buffer): number {
+  let c = crc32c(head.subarray(0, RECORD_OFF_CRC));
+  c = crc32c(RECORD_CRC_ZEROED, c);
+  return crc32c(head.subarray(RECORD_OFF_CRC + 4), c);
+}
+
+// CRC-32C arithmetic modulo its polynomial, bit-reflected as crc32c computes it (zlib's
+// crc32_combine, multmodp and x2nmodp). Bit 31 stands for x^0.
+const CRC32C_POLY_REFLECTED = 0x82f63b78;
+
+/** a * b modulo the polynomial. */
+function multModP(a: number, b: number): number {
+  let m = 0x80000000;
+  let p = 0;
+  for (;;) {
+    if ((a & m) !== 0) {
+      p ^= b;
+      if ((a & (m - 1)) === 0) break;
+    }
+    m >>>= 1;
+    b = (b & 1) !== 0 ? (b >>> 1) ^ CRC32C_POLY_REFLECTED : b >>> 1;
+  }
+  return p >>> 0;
+}
+
+/** X2N[k] = x^(2^k) modulo the polynomial. */
+const X2N: number[] = [];
+for (let k = 0, p = 0x40000000; k < 32; k++) {
+  X2N.push(p);
+  p = multModP(p, p);
+}
+
+/**
+ * What the checksum `crc` of bytes A contributes to the checksum of A followed by `n` more bytes B:
+ * crc32c(A|B) = crc32cShift(crc32c(A), n) ^ crc32c(B) (zlib's crc32_combine).
+ */
+export function crc32cShift(crc: number, n: number): number {
+  assert(Number.isSafeInteger(n) && n >= 0, `shift by ${n} bytes`);
+  let p = 0x80000000; // x^0
+  let k = 3; // a byte is x^(2^3)
+  for (let left = n; left > 0; left = Math.floor(left / 2), k++) {
+    if (left % 2 === 1) p = multModP(X2N[k % 32]!, p);
+  }
+  return multModP(p, crc >>> 0);
+}
+
+{
+  // encodeHeader's layout, as RECORD_OFF_CRC and headerCrcZeroed assume it.
+  const payload = Buffer.from('payload');
+  const head = encodeHeader(
+    {
+      kind: RecordKind.data,
+      group: 'g',
+      seq: seq(1),
+      writeTimeUs: timeUs(2),
+      hostTimeUs: timeUs(0),
+      nodeId: nodeIdFromNumber(3),
+      ordinal: ordinal(4),
+      epoch: 5,
+      volume: 'v',
+      offset: byteOffset(0),
+      length: payload.length,
+      markerNo: 0,
+    },
+    payload,
+  );
+  assert(
+    head.readUInt32LE(RECORD_OFF_CRC) === crc32c(payload, headerCrcZeroed(head)) >>> 0,
+    'a record header keeps its checksum at RECORD_OFF_CRC',
+  );
 }
 
 /**
@@ -861,6 +1005,14 @@ export function decodeError(payload: Buffer): PayloadResult<ErrorFrame> {
 
 // ---------------------------------------------------------------------------------------------
 // Any frame
+
+/**
+ * Encodes any frame as buffers to write in order (large RECORDS payloads by reference, see
+ * encodeRecordsParts); their concatenation is encodeFrame's result.
+ */
+export function encodeFrameParts(f: OutFrame): Buffer[] {
+  return f.type === FrameType.records ? encodeRecordsParts(f) : [encodeFrame(f)];
+}
 
 /** Encodes any frame by its type. */
 export function encodeFrame(f: OutFrame): Buffer {

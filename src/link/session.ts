@@ -18,6 +18,7 @@ import type { Frame, HelloFrame, OutFrame } from './frames.js';
 import {
   authProof,
   encodeFrame,
+  encodeFrameParts,
   FrameType,
   frameTypeName,
   LINK_VERSION_MAX,
@@ -168,11 +169,28 @@ export class LinkSession {
     this.events.closed(reason, this);
   }
 
+  /**
+   * Frames sent in one go (a pump's batches, an ACK after a journal sync) leave in one writev: the
+   * socket is corked at the first and uncorked once the current callback's synchronous work and
+   * microtasks are done. Every write is queued on the socket at once, so `congested` and 'drain'
+   * see it; end() flushes a corked socket first.
+   */
   private sendFrame(frame: OutFrame): boolean {
     if (this.socket.destroyed) return false;
-    this.socket.write(encodeFrame(frame));
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
+    for (const part of encodeFrameParts(frame)) this.socket.write(part);
     return true;
   }
+
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   private onTimer(): void {
     if (this.phase === 'closed') return;

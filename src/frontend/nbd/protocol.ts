@@ -179,6 +179,8 @@ export const REQUESTS_IN_FLIGHT_MAX = 256;
 export const BYTES_IN_FLIGHT_MAX = 256 * MiB;
 /** Reply bytes queued in the socket before we stop reading new requests. */
 export const OUTPUT_QUEUED_MAX_BYTES = 64 * MiB;
+/** Gathered WRITE payload buffers kept per connection for reuse (a QD16 stream of 1 MiB writes). */
+export const PAYLOAD_POOL_BYTES_MAX = 16 * MiB;
 /** Replies are encoded into slabs of this size (a larger reply gets a slab of its own). */
 export const REPLY_SLAB_BYTES = 64 * KiB;
 /** A connection still negotiating after this long is closed (qemu-nbd's default is 10 s). */

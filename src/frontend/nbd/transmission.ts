@@ -4,7 +4,10 @@
  * Every complete request in a received chunk is parsed and dispatched at once, without waiting
  * for earlier ones; each is answered when its backend promise settles, so replies go out of
  * order. Headers are read in place from the chunk; a WRITE payload that lies inside the chunk is
- * passed on as a slice (no copy), one that spans chunks is gathered into its own buffer.
+ * passed on as a slice (no copy), one that spans chunks is gathered into its own buffer. Those
+ * buffers are reused once their write has succeeded (PayloadPool): the backend may use a buffer
+ * until its promise settles, not after (backend.ts), and a large sequential write stream would
+ * otherwise allocate, fault in and collect a fresh buffer per request.
  *
  * Bounds: at most REQUESTS_IN_FLIGHT_MAX requests and BYTES_IN_FLIGHT_MAX payload bytes in
  * flight, and at most OUTPUT_QUEUED_MAX_BYTES of replies queued in the socket. At a bound, the
@@ -27,6 +30,7 @@ import {
   NbdErrno,
   nbdErrnoOf,
   OUTPUT_QUEUED_MAX_BYTES,
+  PAYLOAD_POOL_BYTES_MAX,
   REQUEST_HEADER_BYTES,
   REQUEST_MAGIC,
   REQUESTS_IN_FLIGHT_MAX,
@@ -67,6 +71,34 @@ const ZERO_OPTS: readonly ZeroOptions[] = [
   Object.freeze({ fua: true, punchHole: true }),
 ];
 
+/**
+ * Gathered WRITE payload buffers kept for reuse, by length, at most PAYLOAD_POOL_BYTES_MAX in
+ * all. A buffer comes back only after a write that used it succeeded; a failed write's buffer is
+ * dropped (a rejection may come before the backend is done with it).
+ */
+class PayloadPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private bytes = 0;
+
+  take(length: number): Buffer {
+    const b = this.free.get(length)?.pop();
+    if (b === undefined) return Buffer.allocUnsafeSlow(length);
+    this.bytes -= length;
+    return b;
+  }
+
+  give(b: Buffer): void {
+    if (this.bytes + b.length > PAYLOAD_POOL_BYTES_MAX) return;
+    let list = this.free.get(b.length);
+    if (list === undefined) {
+      list = [];
+      this.free.set(b.length, list);
+    }
+    list.push(b);
+    this.bytes += b.length;
+  }
+}
+
 export class Transmission {
   private readonly exp: VolumeExport;
   private readonly sizeBytes: number;
@@ -76,13 +108,14 @@ export class Transmission {
   private headerFill = 0;
   private parse = PARSE_HEADER;
   /** A WRITE whose payload spans chunks. */
-  private payload = EMPTY;
+  private payload: Buffer = EMPTY;
   private payloadFill = 0;
   private payloadFlags = 0;
   private payloadHi = 0;
   private payloadLo = 0;
   private payloadOffset = 0;
   private skipLeft = 0;
+  private readonly pool = new PayloadPool();
   /** Unparsed input kept while a bound is reached (the socket is paused meanwhile). */
   private held: Buffer | undefined;
   private inFlight = 0;
@@ -204,10 +237,10 @@ export class Transmission {
     }
     const avail = b.length - at;
     if (avail >= length) {
-      this.dispatchWrite(flags, hi, lo, offset, b.subarray(at, at + length));
+      this.dispatchWrite(flags, hi, lo, offset, b.subarray(at, at + length), false);
       return at + length;
     }
-    this.payload = Buffer.allocUnsafe(length);
+    this.payload = this.pool.take(length);
     b.copy(this.payload, 0, at);
     this.payloadFill = avail;
     this.payloadFlags = flags;
@@ -226,7 +259,7 @@ export class Transmission {
       const data = this.payload;
       this.payload = EMPTY;
       this.parse = PARSE_HEADER;
-      this.dispatchWrite(this.payloadFlags, this.payloadHi, this.payloadLo, this.payloadOffset, data);
+      this.dispatchWrite(this.payloadFlags, this.payloadHi, this.payloadLo, this.payloadOffset, data, true);
     }
     return at + n;
   }
@@ -282,7 +315,15 @@ export class Transmission {
     }
   }
 
-  private dispatchWrite(flags: number, hi: number, lo: number, offset: number, data: Buffer): void {
+  /** `pooled`: `data` is a gathered buffer of ours, to reuse once the write has succeeded. */
+  private dispatchWrite(
+    flags: number,
+    hi: number,
+    lo: number,
+    offset: number,
+    data: Buffer,
+    pooled: boolean,
+  ): void {
     const bytes = data.length;
     this.inFlight++;
     this.inFlightBytes += bytes;
@@ -294,6 +335,7 @@ export class Transmission {
     }
     p.then(
       () => {
+        if (pooled) this.pool.give(data);
         this.replies.simple(hi, lo, 0);
         this.completed(bytes);
       },
