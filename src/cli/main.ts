@@ -48,6 +48,10 @@ function program(setCode: (code: number) => void): Command {
     .option('--group <name>', 'the group to take over')
     .option('--set <name>', 'take over every group of this consistency set at one cut')
     .option(
+      '--snapshot <n>',
+      'with --set: take over at marker snapshot N (a set across nodes takes the newest every target has)',
+    )
+    .option(
       '--force',
       "take over at the target's last cut even when the source answers, or while the copy or a resync is incomplete (the image may not be consistent)",
     )

@@ -12,12 +12,15 @@
  */
 import { ExitCode, RemcopyError } from '../core/errors.js';
 import type { Topology } from '../node/config.js';
-import { loadConfig } from '../node/config.js';
+import { loadConfig, setMembers } from '../node/config.js';
+import { setNodes } from '../mgmt/checkpoint.js';
+import { runSetTakeover } from './markers.js';
 import { callNode, liveGroup } from './direction.js';
 
 export interface TakeoverOptions {
   group?: string;
   set?: string;
+  snapshot?: string;
   force?: boolean;
   json?: boolean;
 }
@@ -26,6 +29,17 @@ export async function runTakeover(configFile: string, o: TakeoverOptions): Promi
   const topo = loadConfig(configFile);
   if ((o.group === undefined) === (o.set === undefined)) {
     throw new RemcopyError('RC_ERR_USAGE', 'give exactly one of --group G or --set S');
+  }
+  if (o.snapshot !== undefined && o.set === undefined) {
+    throw new RemcopyError('RC_ERR_USAGE', '--snapshot N is for a set (--set S)');
+  }
+  if (o.set !== undefined && setMembers(topo, o.set) !== undefined) {
+    const { sources, targets } = setNodes(topo, o.set);
+    if (o.snapshot !== undefined || sources.length > 1 || targets.length > 1) {
+      if (o.force)
+        throw new RemcopyError('RC_ERR_USAGE', '--force does not apply to a takeover at a snapshot');
+      return runSetTakeover(configFile, { set: o.set, snapshot: o.snapshot, json: o.json });
+    }
   }
   const groups = o.set !== undefined ? topo.consistencySets.get(o.set) : [o.group!];
   if (!groups) throw new RemcopyError('RC_ERR_USAGE', `no consistency set ${o.set} in ${topo.file}`);

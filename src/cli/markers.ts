@@ -130,3 +130,149 @@ export async function runSnapshots(configFile: string, o: SnapshotsOptions): Pro
   }
   return ExitCode.ok;
 }
+
+export interface SetTakeoverOptions {
+  set: string;
+  snapshot?: string;
+  json?: boolean;
+}
+
+interface MarkersReport {
+  history: { marker: number; outcome: string; seqs?: Record<string, number> }[];
+  snapshots: { volume: string; numbers: number[] }[];
+}
+
+/**
+ * `remcopy takeover --set S` for a set whose groups span nodes (or with `--snapshot N`): every
+ * target node of the set is promoted at one snapshot, the only image all of them agree on.
+ *
+ * Planned (every source answers, in pair, link up): the sources' writes are held, a checkpoint
+ * takes snapshot N of everything they acknowledged, every target is promoted at N, the sources
+ * are fenced; nothing is lost. Otherwise (a disaster): N is the newest snapshot every target still
+ * keeps (or `--snapshot N`); writes the targets applied past it are undone, and their chunks are
+ * in the dirty bitmaps a failback copies back.
+ */
+export async function runSetTakeover(configFile: string, o: SetTakeoverOptions): Promise<number> {
+  const topo = loadConfig(configFile);
+  const asked = o.snapshot === undefined ? undefined : positiveInt(o.snapshot, '--snapshot', 1);
+  const names = setMembers(topo, o.set);
+  if (names === undefined)
+    throw new RemcopyError('RC_ERR_USAGE', `no consistency set ${o.set} in ${topo.file}`);
+  const lives = await Promise.all(names.map((g) => liveGroup(topo, g)));
+  const live: Topology = { ...topo, groups: new Map(topo.groups) };
+  for (const l of lives) live.groups.set(l.g.name, l.g);
+  const done0 = lives.filter((l) => l.reports.get(l.g.source)?.role === 'promoted').map((l) => l.g.name);
+  const pending = lives.filter((l) => !done0.includes(l.g.name));
+  if (pending.length === 0) {
+    throw new RemcopyError('RC_ERR_STATE', `every group of ${o.set} was taken over already`);
+  }
+  if (done0.length > 0 && asked === undefined) {
+    throw new RemcopyError(
+      'RC_ERR_STATE',
+      `${done0.join(', ')} of ${o.set} were taken over already: give --snapshot N, the snapshot they were taken over at, to take over the rest`,
+    );
+  }
+  const groups = pending.map((l) => l.g);
+  const sources = [...new Set(groups.map((g) => g.source))];
+  const targets = [...new Set(groups.map((g) => g.target))];
+  const call = (node: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> =>
+    callNode(topo, node, method, path, body);
+  const enc = encodeURIComponent;
+  const planned =
+    asked === undefined &&
+    pending.every((l) => {
+      const r = l.reports.get(l.g.source);
+      return r?.role === 'source' && r.state === 'pair' && r.linkUp === true;
+    });
+  const say = (s: string): void => {
+    if (!o.json) process.stderr.write(`${s}\n`);
+  };
+  let marker: number;
+  if (planned) {
+    say(
+      `${sources.join(', ')} answer: a planned takeover (writes held, a last checkpoint, then the sources are fenced)`,
+    );
+    const holdMs = 60_000;
+    for (const g of groups) await call(g.source, 'POST', `/v1/groups/${enc(g.name)}/hold`, { ms: holdMs });
+    try {
+      marker = (await checkpoint(live, o.set, call, { reachTimeoutMs: holdMs - 10_000, onStep: say })).marker;
+    } catch (e) {
+      for (const g of groups)
+        await call(g.source, 'POST', `/v1/groups/${enc(g.name)}/unhold`, {}).catch(() => {});
+      throw e;
+    }
+  } else {
+    const usable = await Promise.all(
+      targets.map(async (node) => {
+        const r = ((await call(node, 'GET', `/v1/sets/${enc(o.set)}/markers`)) as { target?: MarkersReport })
+          .target;
+        if (r === undefined)
+          throw new RemcopyError('RC_ERR_STATE', `${node} is not a target of ${o.set} now`);
+        const mine = groups.filter((g) => g.target === node).map((g) => g.name);
+        return r.history
+          .filter((h) => h.outcome === 'snapshot' && mine.every((g) => h.seqs?.[g] !== undefined))
+          .map((h) => h.marker)
+          .filter((m) => r.snapshots.every((v) => v.numbers.includes(m)));
+      }),
+    );
+    const common = usable.reduce((a, b) => a.filter((m) => b.includes(m)));
+    if (asked !== undefined && !common.includes(asked)) {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `snapshot ${asked} of ${o.set} is not on every target (on all of ${targets.join(', ')}: ${common.join(', ') || 'none'})`,
+      );
+    }
+    if (common.length === 0) {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `no snapshot of ${o.set} is on every target (${targets.join(', ')}): there is no image of the whole set to take over at; a takeover per group (--group) promotes each at its own cut, not consistent with the others`,
+      );
+    }
+    marker = asked ?? Math.max(...common);
+    say(`takeover of ${o.set} at snapshot ${marker} (the newest on every target) on ${targets.join(', ')}`);
+  }
+  const done: {
+    node: string;
+    groups: { group: string; epoch: number; seqApplied: number; dirtyBytes: number }[];
+  }[] = [];
+  for (const node of targets) {
+    try {
+      done.push(
+        (await call(node, 'POST', `/v1/sets/${enc(o.set)}/takeover`, {
+          snapshot: marker,
+        })) as (typeof done)[number],
+      );
+    } catch (e) {
+      const ok = done.map((d) => d.node);
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${(e as Error).message}; promoted at snapshot ${marker} so far: ${ok.join(', ') || 'none'} (run the takeover of the others again with --snapshot ${marker})`,
+      );
+    }
+  }
+  if (planned) {
+    for (const g of groups) {
+      const epoch = done.flatMap((d) => d.groups).find((x) => x.group === g.name)!.epoch;
+      await call(g.source, 'POST', `/v1/groups/${enc(g.name)}/fence`, {
+        epoch,
+        by: `planned takeover of ${o.set}`,
+      });
+    }
+  }
+  if (o.json)
+    process.stdout.write(`${JSON.stringify({ set: o.set, snapshot: marker, planned, nodes: done })}\n`);
+  else {
+    for (const d of done) {
+      for (const g of d.groups) {
+        process.stdout.write(
+          `takeover ${g.group}: ${d.node} is now the source (epoch ${g.epoch}) at snapshot ${marker}, seq ${g.seqApplied}` +
+            (planned
+              ? ` (planned: its old source is fenced, nothing lost)`
+              : `; ${g.dirtyBytes} bytes to copy back at failback`) +
+            '\n',
+        );
+      }
+    }
+  }
+  return ExitCode.ok;
+}

@@ -5,7 +5,8 @@
  *   GET  /metrics                            Prometheus text format, names prefixed remcopy_
  *   GET  /v1/groups/:group/records?fromSeq=N&max=M   headers of retained journal records (no data)
  *   POST /v1/groups/:group/takeover {force?} takeover at this (target) node: DESIGN.md §3.7
- *   POST /v1/sets/:set/takeover {force?}     every group of the set at one cut
+ *   POST /v1/sets/:set/takeover {force?, snapshot?}  every group of the set here at one cut, or
+ *                                           at snapshot N (required when the set spans nodes)
  *   POST /v1/groups/:group/fence {epoch, by?}  a planned takeover elsewhere: stop acting as source
  *   POST /v1/failback/:step {...}            demote | accept | promote | done: see src/node/failback.ts
  *   POST /v1/groups/:group/suspend           suspend a source group: writes tracked in the dirty bitmap
@@ -39,7 +40,7 @@ export interface ApiHandlers {
   status(): unknown;
   metrics(): Promise<string>;
   records(group: string, fromSeq: number, max: number): unknown;
-  takeover(kind: 'group' | 'set', name: string, force: boolean): Promise<unknown>;
+  takeover(kind: 'group' | 'set', name: string, force: boolean, snapshot?: number): Promise<unknown>;
   fence(group: string, epoch: number, by: string): Promise<unknown>;
   failback(step: string, body: unknown): Promise<unknown>;
   suspend(group: string): Promise<unknown>;
@@ -137,13 +138,17 @@ export class ApiServer {
       }
       case 'POST groups/takeover':
       case 'POST sets/takeover': {
-        const body = (await readJson(req)) as { force?: unknown };
+        const body = (await readJson(req)) as { force?: unknown; snapshot?: unknown };
         if (body.force !== undefined && typeof body.force !== 'boolean')
           throw new ApiError(400, 'force must be a boolean');
+        if (body.snapshot !== undefined && kind !== 'sets')
+          throw new ApiError(400, 'snapshot is for a set takeover (POST /v1/sets/S/takeover)');
+        const snapshot =
+          body.snapshot === undefined ? undefined : numberField(body, 'snapshot', 1, 2 ** 53 - 1);
         return this.reply(
           res,
           200,
-          await h.takeover(kind === 'sets' ? 'set' : 'group', name, body.force === true),
+          await h.takeover(kind === 'sets' ? 'set' : 'group', name, body.force === true, snapshot),
         );
       }
       case 'POST groups/fence': {

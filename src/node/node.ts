@@ -349,7 +349,7 @@ export class RemcopyNode {
         status: () => this.status(),
         metrics: () => this.ops.metrics(),
         records: (g, from, max) => this.records(g, from, max),
-        takeover: (kind, name, force) => this.ops.takeover(kind, name, force),
+        takeover: (kind, name, force, snapshot) => this.ops.takeover(kind, name, force, snapshot),
         fence: (g, epoch, by) => this.ops.fence(g, epoch, by),
         failback: (step, body) => this.ops.failback(step, body),
         suspend: (g) => this.ops.suspend(g),

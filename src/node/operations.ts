@@ -12,6 +12,7 @@ import { FREEZE_BOUND_MS_MAX } from './config-schema.js';
 import { setMembers } from './config.js';
 import type { RemcopyNode } from './node.js';
 import { setOf } from './replication/target.js';
+import { setNodes } from '../mgmt/checkpoint.js';
 import { RemcopyError } from '../core/errors.js';
 import { Failback, parseFailbackStep } from './failback.js';
 
@@ -29,12 +30,20 @@ export class NodeOperations {
     this.defineMetrics();
   }
 
-  async takeover(kind: 'group' | 'set', name: string, force: boolean): Promise<unknown> {
+  async takeover(kind: 'group' | 'set', name: string, force: boolean, snapshot?: number): Promise<unknown> {
     const { topo, cfg } = this.node;
     let groups: string[];
     if (kind === 'set') {
       const set = topo.consistencySets.get(name);
       if (!set) throw new ApiError(404, `no consistency set ${name}`);
+      if (snapshot !== undefined) return this.takeoverAtSnapshot(name, snapshot);
+      const { sources, targets } = setNodes(topo, name);
+      if (sources.length > 1 || targets.length > 1) {
+        throw new ApiError(
+          409,
+          `RC_ERR_STATE: set ${name} spans nodes (sources ${sources.join(', ')}; targets ${targets.join(', ')}): only a snapshot is one image of all of them; take over at one (remcopy takeover --set ${name} picks the newest every target has)`,
+        );
+      }
       groups = set.filter((g) => topo.groups.get(g)!.target === cfg.name);
       if (groups.length !== set.length) {
         throw new ApiError(409, `RC_ERR_STATE: not every group of ${name} has ${cfg.name} as its target`);
@@ -52,6 +61,24 @@ export class NodeOperations {
       const done = taken.map(({ bitmaps, ...d }) => ({ ...d, dirtyBytes: bitmaps.dirtyBytes }));
       this.node.log('warn', 'takeover: target volumes are writable, the epoch is bumped', { groups: done });
       return { node: cfg.name, groups: done };
+    } catch (e) {
+      if (e instanceof RemcopyError) throw new ApiError(409, e.message);
+      throw e;
+    }
+  }
+
+  /** Every group of `set` this node is the target of, at snapshot `marker` (target.ts). */
+  private async takeoverAtSnapshot(set: string, marker: number): Promise<unknown> {
+    try {
+      const taken = await this.node.target!.takeoverAtSnapshot(set, marker);
+      for (const d of taken) this.node.setGroupRole(d.group, 'promoted', d.bitmaps);
+      const done = taken.map(({ bitmaps, ...d }) => ({ ...d, dirtyBytes: bitmaps.dirtyBytes }));
+      this.node.log('warn', 'takeover at a snapshot: target volumes are writable, the epoch is bumped', {
+        set,
+        marker,
+        groups: done,
+      });
+      return { node: this.node.cfg.name, snapshot: marker, groups: done };
     } catch (e) {
       if (e instanceof RemcopyError) throw new ApiError(409, e.message);
       throw e;

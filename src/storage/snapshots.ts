@@ -98,7 +98,8 @@ export type SnapshotStep =
   | 'preserve:data-synced'
   | 'delete:older-data-synced'
   | 'delete:older-map'
-  | 'delete:map-removed';
+  | 'delete:map-removed'
+  | 'restore:live-written';
 
 /** For tests only: see SnapshotStep. */
 export interface SnapshotTestHooks {
@@ -368,6 +369,43 @@ export class VolumeSnapshots {
     return this.serial(() => this.deleteNow(n));
   }
 
+  /**
+   * The ranges of the live volume written since snapshot n was created: the chunks some snapshot
+   * >= n holds (each was preserved before its first overwrite). Unknown n: RC_ERR_UNKNOWN_SNAPSHOT.
+   */
+  changedSince(n: number): { offset: number; length: number }[] {
+    const i = this.indexOf(n);
+    if (i < 0) throw this.unknown(n);
+    return this.chunkRuns(this.heldFrom(i));
+  }
+
+  /**
+   * Makes the live volume snapshot n again (a takeover at a consistent point). First the snapshots
+   * newer than n are deleted, newest first: they picture writes now undone, and each delete moves
+   * into the next older one the chunks it lacks, so n ends up holding every chunk written since it
+   * was created. Then those chunks get n's content back in the live volume, which is synced.
+   * Resolves with the ranges rewritten. Every remaining snapshot reads right at every step, and
+   * a redo after a crash at any step rewrites the same ranges. The caller writes nothing to the
+   * volume meanwhile.
+   */
+  restore(n: number): Promise<{ offset: number; length: number }[]> {
+    let ranges: { offset: number; length: number }[] = [];
+    return this.serial(async () => {
+      if (!this.has(n)) throw this.unknown(n);
+      while (this.newest !== n) await this.deleteNow(this.newest!);
+      const i = this.indexOf(n);
+      ranges = this.chunkRuns(this.heldFrom(i));
+      for (const r of ranges) {
+        for (let at = r.offset; at < r.offset + r.length; at += SNAPSHOT_COPY_BYTES_MAX) {
+          const length = Math.min(SNAPSHOT_COPY_BYTES_MAX, r.offset + r.length - at);
+          await this.live.write(at, await this.readNow(i, at, length));
+        }
+      }
+      this.step('restore:live-written', n);
+      await this.live.sync();
+    }).then(() => ranges);
+  }
+
   /** Waits for queued operations and reads, then closes the data files (writes no metadata). */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -536,6 +574,28 @@ export class VolumeSnapshots {
     }
     plan.push({ source: runSource, offset: runStart, length: end - runStart });
     return plan;
+  }
+
+  /** Chunks held by snapshot i or a newer one, ascending. */
+  private heldFrom(i: number): number[] {
+    const held = new Set<number>();
+    for (const s of this.snaps.slice(i)) {
+      for (let c = s.map.nextDirty(0); c >= 0; c = s.map.nextDirty(c + 1)) held.add(c);
+    }
+    return [...held].sort((a, b) => a - b);
+  }
+
+  /** Ascending chunks as byte ranges, neighbours merged (a short last chunk at its length). */
+  private chunkRuns(chunks: readonly number[]): { offset: number; length: number }[] {
+    const cb = this.chunkBytes;
+    const out: { offset: number; length: number }[] = [];
+    for (const c of chunks) {
+      const last = out.at(-1);
+      const end = Math.min((c + 1) * cb, this.live.sizeBytes);
+      if (last !== undefined && last.offset + last.length === c * cb) last.length = end - last.offset;
+      else out.push({ offset: c * cb, length: end - c * cb });
+    }
+    return out;
   }
 
   /** Where snapshot i's chunk c lives: the first snapshot j >= i holding it, else the live volume. */

@@ -111,9 +111,15 @@ process.on('exit', () => {
 });
 
 /** Start `remcopy node` and wait for its ready line; rejects with its stderr if it exits first. */
-export function startNodeProcess(configFile: string, node: string, timeoutMs = 15000): Promise<NodeProcess> {
+export function startNodeProcess(
+  configFile: string,
+  node: string,
+  timeoutMs = 15000,
+  env: Readonly<Record<string, string>> = {},
+): Promise<NodeProcess> {
   const child = spawn(process.execPath, [CLI_MAIN, 'node', '--config', configFile, '--node', node], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
   });
   const stderr: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (l) => stderr.push(l));

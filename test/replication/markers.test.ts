@@ -272,3 +272,108 @@ test('consistency cycles under a bank workload across two source nodes: every sn
     await s.stop();
   }
 });
+
+test('takeover of a set across nodes: both targets go back to the newest common snapshot, a crash half-way is finished at restart', async () => {
+  const s = await fourNodes('takeover-', '{ groups: [g1, g2] }');
+  const layout = { workers: 8, blocksPerWorker: 8 };
+  const bytes = layout.workers * layout.blocksPerWorker * BANK_BLOCK_BYTES;
+  const debit = await nbdWriter(s.uri('a1', 'v1'));
+  const credit = await nbdWriter(s.uri('a2', 'v2'));
+  const progress: BankProgress = { completed: 0, errors: [] };
+  let stopping = false;
+  const bank = runBank(
+    layout,
+    (off, data) => debit.write(off, data),
+    (off, data) => credit.write(off, data),
+    () => stopping,
+    progress,
+  );
+  try {
+    // b2 will die right after it persists its takeover intent, before its volume is put back.
+    await s.procs[1]!.stop();
+    s.procs[1] = await startNodeProcess(s.topo.file, 'b2', 15000, {
+      REMCOPY_FAILPOINT: 'takeover:rollback-intent',
+    });
+    await waitFor('g2 in pair again', async () => {
+      const st = (await apiCall(s.api('b2'), s.topo.secret, 'GET', '/v1/status')) as {
+        groups: { name: string; state: string; linkUp?: boolean }[];
+      };
+      return st.groups.find((g) => g.name === 'g2' && g.state === 'pair' && g.linkUp) ? true : undefined;
+    });
+    let marker = 0;
+    for (let i = 0; i < 2; i++) {
+      await waitFor('transfers', async () => (progress.completed > 20 * (i + 1) ? true : undefined));
+      marker = Number(
+        (await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank')).out.split('\n')[0],
+      );
+    }
+    // Both targets apply writes past the marker (resume: auto): the takeover has to undo them.
+    const seqAt = async (node: string, group: string) => {
+      const m = (await apiCall(s.api(node), s.topo.secret, 'GET', '/v1/sets/bank/markers')) as {
+        target: { history: { marker: number; seqs?: Record<string, number> }[] };
+      };
+      const st = (await apiCall(s.api(node), s.topo.secret, 'GET', '/v1/status')) as {
+        groups: { name: string; seqApplied: number }[];
+      };
+      const at = m.target.history.find((h) => h.marker === marker)!.seqs![group]!;
+      return { at, applied: st.groups.find((g) => g.name === group)!.seqApplied };
+    };
+    for (const [node, group] of [
+      ['b1', 'g1'],
+      ['b2', 'g2'],
+    ] as const) {
+      await waitFor(`${node} applied past marker ${marker}`, async () => {
+        const { at, applied } = await seqAt(node, group);
+        return applied > at + 2 ? true : undefined;
+      });
+    }
+    // Disaster: both sources die at once.
+    await Promise.all([s.procs[2]!.kill9(), s.procs[3]!.kill9()]);
+    stopping = true;
+    await bank;
+
+    const first = await runCli('takeover', '--config', s.topo.file, '--set', 'bank', '--json');
+    assert.notEqual(first.code, 0, 'b2 died during the takeover');
+    assert.match(first.out, new RegExp(`promoted at snapshot ${marker} so far: b1 \\(run the takeover`));
+    assert.equal((await s.procs[1]!.exited).signal, 'SIGKILL', 'b2 died at its failpoint');
+    s.procs[1] = await startNodeProcess(s.topo.file, 'b2'); // finishes the rollback before it serves
+    const again = await runCli(
+      'takeover',
+      '--config',
+      s.topo.file,
+      '--set',
+      'bank',
+      '--snapshot',
+      String(marker),
+    );
+    assert.notEqual(again.code, 0);
+    assert.match(again.out, /every group of bank was taken over already/);
+
+    const st1 = (await apiCall(s.api('b1'), s.topo.secret, 'GET', '/v1/status')) as {
+      groups: { name: string; role: string; dirtyBytes: number; takeoverSeq: number }[];
+    };
+    const st2 = (await apiCall(s.api('b2'), s.topo.secret, 'GET', '/v1/status')) as typeof st1;
+    for (const g of [st1.groups.find((x) => x.name === 'g1')!, st2.groups.find((x) => x.name === 'g2')!]) {
+      assert.equal(g.role, 'promoted', `${g.name} promoted`);
+      assert.ok(g.dirtyBytes > 0, `${g.name}: the writes undone are dirty (${g.dirtyBytes} bytes)`);
+    }
+    // The promoted volumes are the snapshot, and together they are one image of the bank.
+    const d = (await readExport(s.uri('b1', 'v1'))).subarray(0, bytes);
+    const k = (await readExport(s.uri('b2', 'v2'))).subarray(0, bytes);
+    assert.ok(d.equals((await readExport(s.uri('b1', `v1@${marker}`))).subarray(0, bytes)), 'v1 is v1@N');
+    assert.ok(k.equals((await readExport(s.uri('b2', `v2@${marker}`))).subarray(0, bytes)), 'v2 is v2@N');
+    const check = checkBank(layout, d, k);
+    assert.ok(check.ok, check.violations.join('; '));
+    assert.ok(check.transfers > 0, 'the image has transfers');
+    // Writable now; the snapshot keeps the image the takeover started from.
+    await qemuIo(s.uri('b1', 'v1'), ['write -P 0x5a 0 64k']);
+    assert.ok((await readExport(s.uri('b1', 'v1'))).subarray(0, 65536).equals(pattern(0x5a)));
+    assert.ok((await readExport(s.uri('b1', `v1@${marker}`))).subarray(0, bytes).equals(d), 'v1@N unchanged');
+  } finally {
+    stopping = true;
+    await bank.catch(() => {});
+    await debit.close().catch(() => {});
+    await credit.close().catch(() => {});
+    for (const p of [s.procs[0]!, s.procs[1]!]) await p.stop();
+  }
+});

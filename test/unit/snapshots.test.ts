@@ -332,6 +332,73 @@ describe('VolumeSnapshots after a crash', () => {
     await r.live.close();
   });
 
+  /** After restore(n): the live volume is n's content, newer snapshots are gone, older ones intact. */
+  async function checkRestored(r: Rig, n: number, label: string): Promise<void> {
+    r.snaps.get(n)!.copy(r.model);
+    for (const k of [...r.snaps.keys()]) if (k > n) r.snaps.delete(k);
+    await checkAll(r, label);
+  }
+
+  for (const n of [1, 2, 3]) {
+    test(`restore(${n}) writes back what changed since ${n}, drops newer snapshots, keeps older ones`, async () => {
+      const r = await crashRig('create:data-file'); // never reached: no crash here
+      const changed = r.vs.changedSince(n);
+      const expected = {
+        1: [
+          [0, 12],
+          [20, 12],
+        ],
+        2: [
+          [4, 4],
+          [20, 12],
+        ],
+        3: [[24, 8]],
+      }[n]!;
+      assert.deepEqual(
+        changed.map((c) => [c.offset / K, c.length / K]),
+        expected,
+        'the chunks written since the snapshot, neighbours merged',
+      );
+      assert.deepEqual(await r.vs.restore(n), changed);
+      await checkRestored(r, n, `after restore(${n})`);
+      await write(r, 0, Buffer.alloc(size, 0x66)); // a promoted volume's writes preserve into n
+      await checkAll(r, 'after writes to the restored volume');
+      await r.vs.close();
+      await r.live.close();
+    });
+  }
+
+  for (const step of [
+    'restore:live-written',
+    'delete:older-data-synced',
+    'delete:older-map',
+    'delete:map-removed',
+  ] as const) {
+    test(`restore(1) stopped at ${step}: restoring again gives snapshot 1 exactly`, async () => {
+      const r = await crashRig(step);
+      const changed = r.vs.changedSince(1);
+      const done = r.vs.restore(1).then(() => {});
+      await crashAndReopen(r, done, step);
+      for (const { number: k } of r.vs.list()) {
+        sameBytes(await r.vs.read(k, 0, size), r.snaps.get(k)!, `after the crash: snapshot ${k}`);
+      }
+      assert.deepEqual(r.vs.changedSince(1), changed, 'the same chunks are held from 1 on');
+      assert.deepEqual(await r.vs.restore(1), changed, 'the redo rewrites the same ranges');
+      await checkRestored(r, 1, 'after the redo');
+      await r.vs.close();
+      await r.live.close();
+    });
+  }
+
+  test('restore of an unknown snapshot is refused and changes nothing', async () => {
+    const r = await crashRig('create:data-file');
+    assert.throws(() => r.vs.changedSince(9), isCode('RC_ERR_UNKNOWN_SNAPSHOT'));
+    await assert.rejects(r.vs.restore(9), isCode('RC_ERR_UNKNOWN_SNAPSHOT'));
+    await checkAll(r, 'after the refusal');
+    await r.vs.close();
+    await r.live.close();
+  });
+
   test('leftover tmp map, orphan data files and stray bytes without a map bit are harmless', async () => {
     const r = await crashRig('create:data-file'); // the hook is never reached here
     await r.vs.close();

@@ -45,6 +45,18 @@ const groupSchema = z.object({
    * source: source and target swap roles (config.ts effectiveTopology). Both nodes record it.
    */
   source: z.string().optional(),
+  /**
+   * On a target being taken over at snapshot `marker` of its set: its volumes are being put back
+   * to that snapshot; then the group is promoted at `epoch` with takeoverSeq `seq` (the marker's).
+   * A restart finishes the job before anything else uses the volumes.
+   */
+  rollback: z
+    .object({
+      marker: z.number().int().positive(),
+      seq: z.number().int().nonnegative(),
+      epoch: z.number().int().min(1).max(0xffffffff),
+    })
+    .optional(),
   /** On a promoted target: the seq its takeover applied up to (later records were never applied). */
   takeoverSeq: z.number().int().nonnegative().optional(),
   /**

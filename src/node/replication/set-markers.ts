@@ -45,6 +45,8 @@ const fileSchema = z.object({
       atMs: z.number(),
       outcome: z.enum(['snapshot', 'incomplete', 'abandoned']),
       detail: z.string().optional(),
+      /** A snapshot: each group's seq at its marker (a takeover at the snapshot resumes there). */
+      seqs: z.record(z.string(), z.number().int().nonnegative()).optional(),
     }),
   ),
 });
@@ -170,6 +172,11 @@ export class SetMarkers {
     }
   }
 
+  /** What this node did at `marker`, if it is still in the history. */
+  historyOf(marker: number): MarkerHistory | undefined {
+    return this.history.find((x) => x.marker === marker);
+  }
+
   status(): SetMarkersStatus {
     const waiting: Record<string, number> = {};
     for (const c of this.segments) for (const [g, m] of c.waitingAtMarker(this.released)) waiting[g] = m;
@@ -254,8 +261,10 @@ export class SetMarkers {
         this.log('info', 'snapshot deleted (keepSnapshots)', { volume, marker: old.number });
       }
     }
+    const seqs: Record<string, number> = {};
+    for (const c of this.segments) for (const g of c.groupNames) seqs[g] = c.seqApplied(g);
     this.reached = low;
-    this.note({ marker: low, atMs: Date.now(), outcome: 'snapshot' });
+    this.note({ marker: low, atMs: Date.now(), outcome: 'snapshot', seqs });
     this.log('info', 'marker reached: snapshots taken', { set: this.set, marker: low });
     if (this.opts.resume === 'auto') this.released = low;
     await this.persist();

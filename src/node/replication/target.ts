@@ -29,6 +29,7 @@ import { consistencySetOf } from '../config.js';
 import { DEFAULT_KEEP_SNAPSHOTS } from '../config-schema.js';
 import type { Log } from '../log.js';
 import { VolumeSnapshots } from '../../storage/snapshots.js';
+import { failpoint } from '../failpoint.js';
 import type { ApplyGroup } from './apply.js';
 import { ApplyCoordinator, applyStateFile, loadApplyState } from './apply.js';
 import { markersFile, SetMarkers } from './set-markers.js';
@@ -146,6 +147,23 @@ export class TargetReplicator {
     zeroMaps: ReadonlyMap<string, ZeroMap> = new Map(),
   ): Promise<TargetReplicator> {
     const t = new TargetReplicator(topo, cfg, state, log, zeroMaps);
+    // Volumes of promoted groups keep their snapshots: exported, and preserved into before a write.
+    const openSnapshots = (g: GroupConfig): void => {
+      for (const dst of g.pairs.values()) {
+        if (t.snapshots_.has(dst)) continue;
+        t.snapshots_.set(dst, VolumeSnapshots.open(join(cfg.dataDir, 'snapshots', dst), devices.get(dst)!));
+      }
+    };
+    const promotedHere = [...topo.groups.values()].filter(
+      (g) => g.target === cfg.name && (state.get(g.name).role === 'promoted' || state.get(g.name).rollback),
+    );
+    try {
+      for (const g of promotedHere) openSnapshots(g);
+      await t.finishRollbacks(promotedHere);
+    } catch (e) {
+      await t.close();
+      throw e;
+    }
     const mine = [...topo.groups.values()].filter(
       (g) => g.target === cfg.name && state.get(g.name).role !== 'promoted',
     );
@@ -156,14 +174,7 @@ export class TargetReplicator {
     }
     try {
       for (const [set, groups] of bySet) {
-        for (const g of groups) {
-          for (const dst of g.pairs.values()) {
-            t.snapshots_.set(
-              dst,
-              VolumeSnapshots.open(join(cfg.dataDir, 'snapshots', dst), devices.get(dst)!),
-            );
-          }
-        }
+        for (const g of groups) openSnapshots(g);
         const sources = [...new Set(groups.map((g) => g.source))];
         const segments: ApplyCoordinator[] = [];
         for (const source of sources) {
@@ -632,18 +643,7 @@ export class TargetReplicator {
    * complete, then bump each group's epoch durably and hand them back (the caller makes the
    * volumes writable). All groups end at one completed cut when they share a set.
    */
-  async takeover(
-    names: readonly string[],
-    force: boolean,
-  ): Promise<
-    {
-      group: string;
-      epoch: number;
-      seqApplied: number;
-      cut: OrderKey | undefined;
-      bitmaps: GroupBitmaps;
-    }[]
-  > {
+  async takeover(names: readonly string[], force: boolean): Promise<TakeoverResult[]> {
     const tgs = names.map((n) => {
       const tg = this.groups.get(n);
       if (!tg)
@@ -700,6 +700,120 @@ export class TargetReplicator {
     return out;
   }
 
+  /**
+   * Takeover of every group of `set` this node is the target of, at snapshot `marker` (a set whose
+   * groups span nodes: the snapshots of one marker are the only image all its nodes agree on).
+   *
+   *   stop taking records and applying --> dirty bits, durable: the chunks written since the
+   *   snapshot and the records journalled beyond the marker (the old source has them, this image
+   *   will not) --> persist the intent {marker, seq, epoch} --> each volume back to the snapshot
+   *   (VolumeSnapshots.restore) --> promoted at the new epoch, takeoverSeq = the marker's seq.
+   *
+   * A crash after the intent is persisted is finished at the next open, before anything uses the
+   * volumes (finishRollbacks). Snapshot `marker` stays, and a promoted volume's writes preserve
+   * into it, so `VOLUME@marker` keeps showing the image the takeover started from.
+   */
+  async takeoverAtSnapshot(set: string, marker: number): Promise<TakeoverResult[]> {
+    const markers = this.markers_.get(set);
+    const tgs = [...this.groups.values()].filter((tg) => tg.set === set);
+    if (markers === undefined || tgs.length === 0) {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${this.cfg.name} is the target of no group of set ${set} (taken over already?)`,
+      );
+    }
+    const h = markers.historyOf(marker);
+    const have = markers
+      .status()
+      .history.filter((x) => x.outcome === 'snapshot')
+      .map((x) => x.marker);
+    if (h?.outcome !== 'snapshot') {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${set}: no snapshot ${marker} on ${this.cfg.name} (snapshots taken here: ${have.join(', ') || 'none'})`,
+      );
+    }
+    const seqs = h.seqs ?? {};
+    const unknown = tgs.filter((tg) => seqs[tg.name] === undefined).map((tg) => tg.name);
+    if (unknown.length > 0) {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${set}: snapshot ${marker} does not record where ${unknown.join(', ')} stood (taken by an older version); take over at a newer one`,
+      );
+    }
+    const volumes = tgs.flatMap((tg) => [...tg.cfg.pairs.values()]);
+    const missing = volumes.filter((v) => !this.snapshots_.get(v)?.has(marker));
+    if (missing.length > 0) {
+      throw new RemcopyError(
+        'RC_ERR_STATE',
+        `${set}: snapshot ${marker} of ${missing.join(', ')} is gone (deleted); take over at one every volume keeps`,
+      );
+    }
+    for (const tg of tgs) {
+      tg.takenOver = true;
+      clearTimeout(tg.syncTimer);
+      tg.syncTimer = undefined;
+      tg.session?.close('takeover at the target', true, 'RC_ERR_FENCED');
+      tg.session = undefined;
+      this.groups.delete(tg.name);
+    }
+    await markers.close();
+    this.markers_.delete(set);
+    for (const c of new Set(tgs.map((tg) => tg.coordinator))) {
+      await c.stop();
+      for (const [name, x] of this.coordinators_) if (x === c) this.coordinators_.delete(name);
+    }
+    const out: TakeoverResult[] = [];
+    for (const tg of tgs) {
+      const seqAt = seqs[tg.name]!;
+      const bitmaps = bitmapsOn(this.cfg, tg.cfg);
+      const changed = [...tg.cfg.pairs.values()].flatMap((v) =>
+        this.snapshots_
+          .get(v)!
+          .changedSince(marker)
+          .map((r) => ({ volume: v, ...r })),
+      );
+      // Records applied past the marker were released from the journal: their chunks are among
+      // `changed`. The ones still journalled past it were not applied, or applied and kept.
+      await bitmaps.markAll([...changed, ...beyondCut(tg, Math.max(seqAt, tg.journal.releasedSeq(tg.name)))]);
+      const epoch = tg.receiver.epoch + 1;
+      tg.receiver.setEpoch(epoch);
+      await this.state.update(tg.name, { rollback: { marker, seq: seqAt, epoch } });
+      await tg.journal.close();
+      out.push({ group: tg.name, epoch, seqApplied: seqAt, cut: undefined, bitmaps, snapshot: marker });
+    }
+    failpoint('takeover:rollback-intent');
+    await this.finishRollbacks(tgs.map((tg) => tg.cfg));
+    return out;
+  }
+
+  /**
+   * Groups with a rollback intent (takeoverAtSnapshot): put their volumes back to the snapshot
+   * (repeatable, see VolumeSnapshots.restore) and promote them.
+   */
+  private async finishRollbacks(groups: readonly GroupConfig[]): Promise<void> {
+    for (const g of groups) {
+      const rb = this.state.get(g.name).rollback;
+      if (rb === undefined) continue;
+      for (const dst of g.pairs.values()) {
+        const ranges = await this.snapshots_.get(dst)!.restore(rb.marker);
+        const bytes = ranges.reduce((a, r) => a + r.length, 0);
+        this.log('warn', 'takeover at a snapshot: volume put back', {
+          volume: dst,
+          marker: rb.marker,
+          bytes,
+        });
+      }
+      await this.state.update(g.name, {
+        epoch: rb.epoch,
+        role: 'promoted',
+        reason: `takeover at snapshot ${rb.marker} at ${new Date().toISOString()}`,
+        takeoverSeq: rb.seq,
+        rollback: undefined,
+      });
+    }
+  }
+
   async close(): Promise<void> {
     this.closing = true;
     for (const m of this.markers_.values()) await m.close();
@@ -711,6 +825,17 @@ export class TargetReplicator {
       await tg.journal.close().catch(() => {});
     }
   }
+}
+
+export interface TakeoverResult {
+  readonly group: string;
+  readonly epoch: number;
+  /** The seq the promoted image holds every record up to (takeoverSeq). */
+  readonly seqApplied: number;
+  readonly cut: OrderKey | undefined;
+  readonly bitmaps: GroupBitmaps;
+  /** A takeover at a snapshot: its marker number. */
+  readonly snapshot?: number;
 }
 
 /** Ranges (in target volume names) of the records a group's journal holds beyond `seqApplied`. */
