@@ -227,6 +227,16 @@ export class RemcopyNode {
     for (const [set, o] of this.configTopo.setOptions) {
       if (o.cycleSeconds === undefined || o.coordinator !== this.cfg.name) continue;
       const call: NodeCall = (node, method, path, body) => {
+        // This node's own part of a cycle runs in process: no HTTP round trip inside the freeze.
+        const local = node === this.cfg.name ? /^\/v1\/sets\/([^/]+)\/([a-z-]+)$/.exec(path) : null;
+        if (local !== null) {
+          const [, set, action] = local;
+          return this.ops
+            .markers(decodeURIComponent(set!), action!, (body ?? {}) as Record<string, unknown>)
+            .catch((e: unknown) => {
+              throw new Error(`${node}: ${(e as Error).message}`);
+            });
+        }
         const n = this.topo.nodes.get(node)!;
         return apiCall(n.api, this.topo.secret, method, path, body).catch((e: unknown) => {
           throw new Error(`${node}: ${(e as Error).message}`);
