@@ -42,6 +42,8 @@ export class CycleRunner {
     private readonly topo: () => Topology,
     private readonly call: NodeCall,
     private readonly log: Log,
+    /** The node `call` reaches in process (checkpoint's `local`). */
+    private readonly local?: string,
   ) {}
 
   start(): void {
@@ -82,6 +84,7 @@ export class CycleRunner {
     try {
       const r = await checkpoint(this.topo(), this.set, this.call, {
         reachTimeoutMs: Math.max(10_000, 5 * periodMs),
+        local: this.local,
       });
       this.cycles++;
       this.last = r;

@@ -242,7 +242,7 @@ export class RemcopyNode {
           throw new Error(`${node}: ${(e as Error).message}`);
         });
       };
-      const runner = new CycleRunner(set, o.cycleSeconds, () => this.topo, call, this.log);
+      const runner = new CycleRunner(set, o.cycleSeconds, () => this.topo, call, this.log, this.cfg.name);
       this.cycles.push(runner);
       runner.start();
       this.log('info', 'consistency cycles started', { set, cycleSeconds: o.cycleSeconds });
