@@ -13,6 +13,7 @@ import { ExitCode, RemcopyError } from '../core/errors.js';
 import type { Topology } from '../node/config.js';
 import { loadConfig, setMembers } from '../node/config.js';
 import { checkpoint } from '../mgmt/checkpoint.js';
+import type { LiveGroup } from './direction.js';
 import { callNode, liveGroup } from './direction.js';
 
 export interface CheckpointOptions {
@@ -35,13 +36,18 @@ function positiveInt(v: string | undefined, what: string, dflt: number): number 
 
 /** The config's topology with each group of `set` turned the way it runs now. */
 async function liveTopology(topo: Topology, set: string): Promise<Topology> {
+  return (await liveSet(topo, set)).live;
+}
+
+/** Each group of `set` as it stands now (LiveGroup), and the topology they make. */
+async function liveSet(topo: Topology, set: string): Promise<{ live: Topology; lives: LiveGroup[] }> {
   const groups = setMembers(topo, set);
   if (groups === undefined)
     throw new RemcopyError('RC_ERR_USAGE', `no consistency set ${set} in ${topo.file}`);
-  const live = await Promise.all(groups.map((g) => liveGroup(topo, g)));
+  const lives = await Promise.all(groups.map((g) => liveGroup(topo, g)));
   const map = new Map(topo.groups);
-  for (const l of live) map.set(l.g.name, l.g);
-  return { ...topo, groups: map };
+  for (const l of lives) map.set(l.g.name, l.g);
+  return { live: { ...topo, groups: map }, lives };
 }
 
 export async function runCheckpoint(configFile: string, o: CheckpointOptions): Promise<number> {
@@ -155,12 +161,7 @@ interface MarkersReport {
 export async function runSetTakeover(configFile: string, o: SetTakeoverOptions): Promise<number> {
   const topo = loadConfig(configFile);
   const asked = o.snapshot === undefined ? undefined : positiveInt(o.snapshot, '--snapshot', 1);
-  const names = setMembers(topo, o.set);
-  if (names === undefined)
-    throw new RemcopyError('RC_ERR_USAGE', `no consistency set ${o.set} in ${topo.file}`);
-  const lives = await Promise.all(names.map((g) => liveGroup(topo, g)));
-  const live: Topology = { ...topo, groups: new Map(topo.groups) };
-  for (const l of lives) live.groups.set(l.g.name, l.g);
+  const { live, lives } = await liveSet(topo, o.set);
   const done0 = lives.filter((l) => l.reports.get(l.g.source)?.role === 'promoted').map((l) => l.g.name);
   const pending = lives.filter((l) => !done0.includes(l.g.name));
   if (pending.length === 0) {

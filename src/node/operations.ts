@@ -11,7 +11,7 @@ import { HOLD_MS_MAX } from './api.js';
 import { FREEZE_BOUND_MS_MAX } from './config-schema.js';
 import { setMembers } from './config.js';
 import type { RemcopyNode } from './node.js';
-import { setOf } from './replication/target.js';
+import { setOf, type TakeoverResult } from './replication/target.js';
 import { setNodes } from '../mgmt/checkpoint.js';
 import { RemcopyError } from '../core/errors.js';
 import { Failback, parseFailbackStep } from './failback.js';
@@ -55,30 +55,28 @@ export class NodeOperations {
         throw new ApiError(409, `RC_ERR_STATE: ${cfg.name} is not the target of ${name}`);
       groups = [name];
     }
-    try {
-      const taken = await this.node.target!.takeover(groups, force);
-      for (const d of taken) this.node.setGroupRole(d.group, 'promoted', d.bitmaps);
-      const done = taken.map(({ bitmaps, ...d }) => ({ ...d, dirtyBytes: bitmaps.dirtyBytes }));
-      this.node.log('warn', 'takeover: target volumes are writable, the epoch is bumped', { groups: done });
-      return { node: cfg.name, groups: done };
-    } catch (e) {
-      if (e instanceof RemcopyError) throw new ApiError(409, e.message);
-      throw e;
-    }
+    return this.promote(() => this.node.target!.takeover(groups, force), {});
   }
 
   /** Every group of `set` this node is the target of, at snapshot `marker` (target.ts). */
-  private async takeoverAtSnapshot(set: string, marker: number): Promise<unknown> {
+  private takeoverAtSnapshot(set: string, marker: number): Promise<unknown> {
+    return this.promote(() => this.node.target!.takeoverAtSnapshot(set, marker), { set, snapshot: marker });
+  }
+
+  /** Runs a takeover at the target side, then makes its volumes writable and tracked; the answer. */
+  private async promote(
+    takeover: () => Promise<TakeoverResult[]>,
+    at: { set?: string; snapshot?: number },
+  ): Promise<unknown> {
     try {
-      const taken = await this.node.target!.takeoverAtSnapshot(set, marker);
+      const taken = await takeover();
       for (const d of taken) this.node.setGroupRole(d.group, 'promoted', d.bitmaps);
       const done = taken.map(({ bitmaps, ...d }) => ({ ...d, dirtyBytes: bitmaps.dirtyBytes }));
-      this.node.log('warn', 'takeover at a snapshot: target volumes are writable, the epoch is bumped', {
-        set,
-        marker,
+      this.node.log('warn', 'takeover: target volumes are writable, the epoch is bumped', {
+        ...at,
         groups: done,
       });
-      return { node: this.node.cfg.name, snapshot: marker, groups: done };
+      return { node: this.node.cfg.name, ...at, groups: done };
     } catch (e) {
       if (e instanceof RemcopyError) throw new ApiError(409, e.message);
       throw e;

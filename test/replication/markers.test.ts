@@ -73,6 +73,38 @@ async function readExport(uri: string): Promise<Buffer> {
 
 const pattern = (byte: number, n = 65536) => Buffer.alloc(n, byte);
 
+/** The bank workload across both sources: debits through NBD on a1, credits on a2. */
+async function bankAcross(
+  s: Awaited<ReturnType<typeof fourNodes>>,
+  layout: { workers: number; blocksPerWorker: number },
+) {
+  const debit = await nbdWriter(s.uri('a1', 'v1'));
+  const credit = await nbdWriter(s.uri('a2', 'v2'));
+  const progress: BankProgress = { completed: 0, errors: [] };
+  let stopping = false;
+  const running = runBank(
+    layout,
+    (off, data) => debit.write(off, data),
+    (off, data) => credit.write(off, data),
+    () => stopping,
+    progress,
+  );
+  return {
+    progress,
+    /** Ends the workload once each worker's transfer in progress is done. */
+    async stop() {
+      stopping = true;
+      await running;
+    },
+    async close() {
+      stopping = true;
+      await running.catch(() => {});
+      await debit.close().catch(() => {});
+      await credit.close().catch(() => {});
+    },
+  };
+}
+
 test('checkpoint: marker N across two source and two target nodes, VOLUME@N exports, copy-on-write, retention', async () => {
   const s = await fourNodes('ckpt-', '{ groups: [g1, g2], keepSnapshots: 2, freezeBound: 2s }');
   try {
@@ -212,18 +244,9 @@ test('consistency cycles under a bank workload across two source nodes: every sn
     '{ groups: [g1, g2], cycleSeconds: 1, keepSnapshots: 100, freezeBound: 2s }',
   );
   const layout = { workers: 8, blocksPerWorker: 8 };
-  const debit = await nbdWriter(s.uri('a1', 'v1'));
-  const credit = await nbdWriter(s.uri('a2', 'v2'));
+  const bank = await bankAcross(s, layout);
+  const progress = bank.progress;
   try {
-    const progress: BankProgress = { completed: 0, errors: [] };
-    let stopping = false;
-    const bank = runBank(
-      layout,
-      (off, data) => debit.write(off, data),
-      (off, data) => credit.write(off, data),
-      () => stopping,
-      progress,
-    );
     // Let cycles run for a while under load.
     const cycles = async () =>
       (
@@ -236,8 +259,7 @@ test('consistency cycles under a bank workload across two source nodes: every sn
       async () => ((await cycles()).cycles >= 6 ? true : undefined),
       60_000,
     );
-    stopping = true;
-    await bank;
+    await bank.stop();
     assert.deepEqual(progress.errors, [], 'no host write failed during the cycles');
     assert.ok(progress.completed > 0);
     const c = await cycles();
@@ -267,8 +289,7 @@ test('consistency cycles under a bank workload across two source nodes: every sn
     }
     assert.ok(transfersSeen > 0, 'the snapshots saw transfers');
   } finally {
-    await debit.close();
-    await credit.close();
+    await bank.close();
     await s.stop();
   }
 });
@@ -277,17 +298,8 @@ test('takeover of a set across nodes: both targets go back to the newest common 
   const s = await fourNodes('takeover-', '{ groups: [g1, g2] }');
   const layout = { workers: 8, blocksPerWorker: 8 };
   const bytes = layout.workers * layout.blocksPerWorker * BANK_BLOCK_BYTES;
-  const debit = await nbdWriter(s.uri('a1', 'v1'));
-  const credit = await nbdWriter(s.uri('a2', 'v2'));
-  const progress: BankProgress = { completed: 0, errors: [] };
-  let stopping = false;
-  const bank = runBank(
-    layout,
-    (off, data) => debit.write(off, data),
-    (off, data) => credit.write(off, data),
-    () => stopping,
-    progress,
-  );
+  const bank = await bankAcross(s, layout);
+  const progress = bank.progress;
   try {
     // b2 will die right after it persists its takeover intent, before its volume is put back.
     await s.procs[1]!.stop();
@@ -329,8 +341,7 @@ test('takeover of a set across nodes: both targets go back to the newest common 
     }
     // Disaster: both sources die at once.
     await Promise.all([s.procs[2]!.kill9(), s.procs[3]!.kill9()]);
-    stopping = true;
-    await bank;
+    await bank.stop();
 
     const first = await runCli('takeover', '--config', s.topo.file, '--set', 'bank', '--json');
     assert.notEqual(first.code, 0, 'b2 died during the takeover');
@@ -370,10 +381,7 @@ test('takeover of a set across nodes: both targets go back to the newest common 
     assert.ok((await readExport(s.uri('b1', 'v1'))).subarray(0, 65536).equals(pattern(0x5a)));
     assert.ok((await readExport(s.uri('b1', `v1@${marker}`))).subarray(0, bytes).equals(d), 'v1@N unchanged');
   } finally {
-    stopping = true;
-    await bank.catch(() => {});
-    await debit.close().catch(() => {});
-    await credit.close().catch(() => {});
+    await bank.close();
     for (const p of [s.procs[0]!, s.procs[1]!]) await p.stop();
   }
 });

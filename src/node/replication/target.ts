@@ -667,14 +667,7 @@ export class TargetReplicator {
         `${resyncing.join(', ')}: a resync is running, the target image is half-synced (use --force to take over anyway)`,
       );
     }
-    for (const tg of tgs) {
-      tg.takenOver = true;
-      clearTimeout(tg.syncTimer);
-      tg.syncTimer = undefined;
-      tg.session?.close('takeover at the target', true, 'RC_ERR_FENCED');
-      tg.session = undefined;
-      this.groups.delete(tg.name);
-    }
+    this.leave(tgs);
     const coords = new Set(tgs.map((tg) => tg.coordinator));
     for (const c of coords) await c.finish();
     // Groups of one set leave it together, at the cut the last finish() completed.
@@ -749,14 +742,7 @@ export class TargetReplicator {
         `${set}: snapshot ${marker} of ${missing.join(', ')} is gone (deleted); take over at one every volume keeps`,
       );
     }
-    for (const tg of tgs) {
-      tg.takenOver = true;
-      clearTimeout(tg.syncTimer);
-      tg.syncTimer = undefined;
-      tg.session?.close('takeover at the target', true, 'RC_ERR_FENCED');
-      tg.session = undefined;
-      this.groups.delete(tg.name);
-    }
+    this.leave(tgs);
     await markers.close();
     this.markers_.delete(set);
     for (const c of new Set(tgs.map((tg) => tg.coordinator))) {
@@ -811,6 +797,18 @@ export class TargetReplicator {
         takeoverSeq: rb.seq,
         rollback: undefined,
       });
+    }
+  }
+
+  /** Takeover: the groups take no more records (their sessions close) and leave this target side. */
+  private leave(tgs: readonly TargetGroup[]): void {
+    for (const tg of tgs) {
+      tg.takenOver = true;
+      clearTimeout(tg.syncTimer);
+      tg.syncTimer = undefined;
+      tg.session?.close('takeover at the target', true, 'RC_ERR_FENCED');
+      tg.session = undefined;
+      this.groups.delete(tg.name);
     }
   }
 
