@@ -236,6 +236,7 @@ export async function runSetTakeover(configFile: string, o: SetTakeoverOptions):
     node: string;
     groups: { group: string; epoch: number; seqApplied: number; dirtyBytes: number }[];
   }[] = [];
+  let failure: string | undefined;
   for (const node of targets) {
     try {
       done.push(
@@ -244,21 +245,31 @@ export async function runSetTakeover(configFile: string, o: SetTakeoverOptions):
         })) as (typeof done)[number],
       );
     } catch (e) {
-      const ok = done.map((d) => d.node);
-      throw new RemcopyError(
-        'RC_ERR_STATE',
-        `${(e as Error).message}; promoted at snapshot ${marker} so far: ${ok.join(', ') || 'none'} (run the takeover of the others again with --snapshot ${marker})`,
-      );
+      failure = (e as Error).message;
+      break;
     }
   }
   if (planned) {
+    // The old source of a promoted group is fenced at once; the others' writes go on as before.
+    const epochs = new Map(done.flatMap((d) => d.groups).map((x) => [x.group, x.epoch]));
     for (const g of groups) {
-      const epoch = done.flatMap((d) => d.groups).find((x) => x.group === g.name)!.epoch;
-      await call(g.source, 'POST', `/v1/groups/${enc(g.name)}/fence`, {
-        epoch,
-        by: `planned takeover of ${o.set}`,
-      });
+      const epoch = epochs.get(g.name);
+      if (epoch === undefined) {
+        await call(g.source, 'POST', `/v1/groups/${enc(g.name)}/unhold`, {}).catch(() => {});
+      } else {
+        await call(g.source, 'POST', `/v1/groups/${enc(g.name)}/fence`, {
+          epoch,
+          by: `planned takeover of ${o.set}`,
+        });
+      }
     }
+  }
+  if (failure !== undefined) {
+    const ok = done.map((d) => d.node);
+    throw new RemcopyError(
+      'RC_ERR_STATE',
+      `${failure}; promoted at snapshot ${marker} so far: ${ok.join(', ') || 'none'} (run the takeover of the others again with --snapshot ${marker})`,
+    );
   }
   if (o.json)
     process.stdout.write(`${JSON.stringify({ set: o.set, snapshot: marker, planned, nodes: done })}\n`);

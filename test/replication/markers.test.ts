@@ -385,3 +385,49 @@ test('takeover of a set across nodes: both targets go back to the newest common 
     for (const p of [s.procs[0]!, s.procs[1]!]) await p.stop();
   }
 });
+
+test('planned takeover of a set across nodes: a last checkpoint, nothing acknowledged lost, the sources fenced', async () => {
+  const s = await fourNodes('planned-', '{ groups: [g1, g2] }');
+  try {
+    await qemuIo(s.uri('a1', 'v1'), ['write -P 0x11 0 64k']);
+    await qemuIo(s.uri('a2', 'v2'), ['write -P 0x22 64k 64k']);
+    const r = await runCli('takeover', '--config', s.topo.file, '--set', 'bank', '--json');
+    assert.equal(r.code, 0, r.out);
+    const res = JSON.parse(r.out.trim().split('\n').at(-1)!) as {
+      planned: boolean;
+      snapshot: number;
+      nodes: { node: string; groups: { group: string }[] }[];
+    };
+    assert.equal(res.planned, true, 'every source answered');
+    assert.deepEqual(res.nodes.map((n) => n.node).sort(), ['b1', 'b2']);
+    // Everything the sources acknowledged is on the promoted volumes and in the last snapshot.
+    for (const [node, vol, at, byte] of [
+      ['b1', 'v1', 0, 0x11],
+      ['b2', 'v2', 65536, 0x22],
+    ] as const) {
+      for (const name of [vol, `${vol}@${res.snapshot}`]) {
+        const data = (await readExport(s.uri(node, name))).subarray(at, at + 65536);
+        assert.ok(data.equals(pattern(byte)), `${node} ${name} holds the write`);
+      }
+    }
+    for (const [node, group] of [
+      ['a1', 'g1'],
+      ['a2', 'g2'],
+    ] as const) {
+      const st = (await apiCall(s.api(node), s.topo.secret, 'GET', '/v1/status')) as {
+        groups: { name: string; state: string; reason?: string }[];
+      };
+      const g = st.groups.find((x) => x.name === group)!;
+      assert.equal(g.state, 'fenced');
+      assert.match(g.reason ?? '', /planned takeover of bank/, `${node} fenced by the command itself`);
+    }
+    await assert.rejects(qemuIo(s.uri('a1', 'v1'), ['write 0 4k']), 'a1 is fenced');
+    await assert.rejects(qemuIo(s.uri('a2', 'v2'), ['write 0 4k']), 'a2 is fenced');
+    await qemuIo(s.uri('b2', 'v2'), ['write -P 0x33 0 4k']);
+    const again = await runCli('takeover', '--config', s.topo.file, '--set', 'bank');
+    assert.notEqual(again.code, 0);
+    assert.match(again.out, /every group of bank was taken over already/);
+  } finally {
+    await s.stop();
+  }
+});
