@@ -60,8 +60,11 @@ export async function writeTopology(
   const secret = 'test-secret-0123456789';
   const ports = new Map<string, { nbd: number; link: number; api: number; native?: number }>();
   const lines = [`secret: ${secret}`, 'nodes:'];
-  for (const [name, spec] of Object.entries(nodes)) {
-    const [nbd, link, api, native] = (await freePorts(4)) as [number, number, number, number];
+  // All at once: ports taken one node at a time are released in between, and the kernel may then
+  // hand a later node a port an earlier one was given.
+  const free = await freePorts(4 * Object.keys(nodes).length);
+  for (const [i, [name, spec]] of Object.entries(nodes).entries()) {
+    const [nbd, link, api, native] = free.slice(4 * i, 4 * i + 4) as [number, number, number, number];
     ports.set(name, { nbd, link, api, native: spec.native ? native : undefined });
     lines.push(
       `  ${name}:`,
