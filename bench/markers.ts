@@ -112,6 +112,7 @@ async function main(): Promise<void> {
       cycles: {
         cycles: number;
         failures: number;
+        lastMarker?: number;
         lastError?: string;
         cycleMs: Summary;
         freezeMs: Summary;
@@ -125,6 +126,18 @@ async function main(): Promise<void> {
       };
       perNode[n] = m.source.freezeMs;
     }
+    // How late each node's event loop ran what was due: a freeze waits behind it on both ends.
+    const loopDelay: string[] = [];
+    for (const n of ['a1', 'a2', 'b1', 'b2']) {
+      const d = (
+        (await apiCall(apiOf(port(n).api), topo.secret, 'GET', '/v1/status')) as {
+          eventLoopDelayMs?: { p50: number; p99: number; max: number };
+        }
+      ).eventLoopDelayMs;
+      loopDelay.push(
+        d ? `${n} p50 ${fmt(d.p50, 2)} / p99 ${fmt(d.p99, 2)} / max ${fmt(d.max, 1)}` : `${n} n/a`,
+      );
+    }
     // Every snapshot on both targets: one image of both source nodes (the bank invariant).
     const listOf = async (node: string, v: string): Promise<number[]> =>
       (
@@ -135,7 +148,9 @@ async function main(): Promise<void> {
     const on1 = await listOf('b1', 'v1');
     const on2 = new Set(await listOf('b2', 'v2'));
     const both = on1.filter((n) => on2.has(n));
-    const partial = on1.length + on2.size - 2 * both.length;
+    // A number above the coordinator's last completed marker belongs to a cycle still running.
+    const done = (n: number): boolean => n <= (cyc.lastMarker ?? 0);
+    const partial = on1.filter(done).length + [...on2].filter(done).length - 2 * both.filter(done).length;
     const bytes = LAYOUT.workers * LAYOUT.blocksPerWorker * BANK_BLOCK_BYTES;
     let bad = 0;
     let checked = 0;
@@ -167,6 +182,7 @@ async function main(): Promise<void> {
           ([n, s]) =>
             `  freeze on ${n}: ${s.count} freezes, p50 ${ms(s.p50)} ms, p99 ${ms(s.p99)} ms, max ${ms(s.max)} ms (bar: p99 < 5 ms)`,
         ),
+        `  event-loop delay (ms): ${loopDelay.join(', ')}`,
         `  snapshots checked: ${checked} on b1+b2, ${bad} failed the dependent-write check; ${partial} on one target only (a failed cycle the coordinator could not abandon)`,
         `  bank: ${fmt(progress.completed)} transfers, ${progress.errors.length} errors; write latency p50 ${ms(percentile(sorted, 50))} ms, p99 ${ms(percentile(sorted, 99))} ms, max ${ms(sorted[sorted.length - 1])} ms`,
         `  fio 4k randwrite QD4: ${fmt(fioJob.iops)} IOPS, completion latency p50 ${ms(fioJob.clat_ns.percentile['50.000000']! / 1e6)} ms, p99 ${ms(fioJob.clat_ns.percentile['99.000000']! / 1e6)} ms`,

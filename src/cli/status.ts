@@ -51,6 +51,7 @@ interface NodeStatus {
     failures: number;
     lastMarker?: number;
     lastError?: string;
+    lastErrorAgeMs?: number;
     cycleMs: { p50?: number; p99?: number };
     freezeMs: { p50?: number; p99?: number };
     consistentPointAgeMs?: number;
@@ -75,7 +76,7 @@ function markerLines(s: NodeStatus): string[] {
     const age =
       c.consistentPointAgeMs === undefined ? '-' : `${(c.consistentPointAgeMs / 1000).toFixed(1)} s`;
     lines.push(
-      `  cycles ${c.set.padEnd(11)} every ${c.cycleSeconds} s: ${c.cycles} done, ${c.failures} failed, last marker ${c.lastMarker ?? '-'}, cycle p50 ${ms(c.cycleMs.p50)}, freeze p50 ${ms(c.freezeMs.p50)} p99 ${ms(c.freezeMs.p99)}, consistent point age ${age}${c.lastError ? `  last error: ${c.lastError}` : ''}`,
+      `  cycles ${c.set.padEnd(11)} every ${c.cycleSeconds} s: ${c.cycles} done, ${c.failures} failed, last marker ${c.lastMarker ?? '-'}, cycle p50 ${ms(c.cycleMs.p50)}, freeze p50 ${ms(c.freezeMs.p50)} p99 ${ms(c.freezeMs.p99)}, consistent point age ${age}${c.lastError ? `  last failure ${((c.lastErrorAgeMs ?? 0) / 1000).toFixed(0)} s ago: ${c.lastError}` : ''}`,
     );
   }
   return lines;

@@ -18,7 +18,9 @@ export interface CycleStatus {
   readonly cycles: number;
   readonly failures: number;
   readonly lastMarker: number | undefined;
+  /** Why the latest failed cycle failed, and when (kept after later cycles succeed). */
   readonly lastError: string | undefined;
+  readonly lastErrorAgeMs: number | undefined;
   readonly cycleMs: ReturnType<Samples['summary']>;
   readonly freezeMs: ReturnType<Samples['summary']>;
   /** Age of the newest point every target snapshotted (now minus its freeze moment); the RPO. */
@@ -33,6 +35,7 @@ export class CycleRunner {
   private failures = 0;
   private last: CheckpointResult | undefined;
   private lastError: string | undefined;
+  private lastErrorAtMs: number | undefined;
   private readonly cycleMs = new Samples();
   readonly freezeMs = new Samples();
 
@@ -64,6 +67,7 @@ export class CycleRunner {
       failures: this.failures,
       lastMarker: this.last?.marker,
       lastError: this.lastError,
+      lastErrorAgeMs: this.lastErrorAtMs === undefined ? undefined : Date.now() - this.lastErrorAtMs,
       cycleMs: this.cycleMs.summary(),
       freezeMs: this.freezeMs.summary(),
       consistentPointAgeMs: this.last === undefined ? undefined : Date.now() - this.last.atMs,
@@ -88,12 +92,12 @@ export class CycleRunner {
       });
       this.cycles++;
       this.last = r;
-      this.lastError = undefined;
       this.cycleMs.add(r.totalMs);
       for (const ms of Object.values(r.freezeMs)) this.freezeMs.add(ms);
     } catch (e) {
       this.failures++;
       this.lastError = (e as Error).message;
+      this.lastErrorAtMs = Date.now();
       this.log('warn', 'consistency cycle failed; the next one retries', {
         set: this.set,
         error: this.lastError,

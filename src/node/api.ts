@@ -302,7 +302,7 @@ function readJson(req: http.IncomingMessage, bytesMax = BODY_BYTES_MAX): Promise
 const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 16, maxFreeSockets: 4 });
 
 /** Client side: call a node's API (used by the CLI, the cycle coordinator and tests). */
-export function apiCall(
+export async function apiCall(
   addr: { host: string; port: number },
   secret: string,
   method: 'GET' | 'POST',
@@ -310,7 +310,27 @@ export function apiCall(
   body?: unknown,
 ): Promise<unknown> {
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+  try {
+    return await apiRequest(addr, secret, method, path, payload);
+  } catch (e) {
+    // A kept-alive connection the server closed as idle just as this request went out: the server
+    // never read the request (it closes only idle connections), so sending it again is safe.
+    if (!(e instanceof StaleConnection)) throw e;
+    return apiRequest(addr, secret, method, path, payload);
+  }
+}
+
+class StaleConnection extends Error {}
+
+function apiRequest(
+  addr: { host: string; port: number },
+  secret: string,
+  method: 'GET' | 'POST',
+  path: string,
+  payload: Buffer | undefined,
+): Promise<unknown> {
   return new Promise((resolve, reject) => {
+    let answered = false;
     const req = http.request(
       {
         host: addr.host,
@@ -325,6 +345,7 @@ export function apiCall(
         },
       },
       (res) => {
+        answered = true;
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('error', reject);
@@ -345,7 +366,10 @@ export function apiCall(
         });
       },
     );
-    req.on('error', reject);
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      const stale = req.reusedSocket && !answered && (e.code === 'ECONNRESET' || e.code === 'EPIPE');
+      reject(stale ? new StaleConnection(e.message) : e);
+    });
     req.end(payload);
   });
 }

@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
+import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import { RemcopyError } from '../core/errors.js';
 import { Sequencer } from '../core/sequencer.js';
 import type { Seq } from '../core/types.js';
@@ -77,6 +78,11 @@ export class RemcopyNode {
   private reconfiguring: Promise<void> = Promise.resolve();
   ports: NodePorts = { nbd: 0, api: 0, link: 0 };
   readonly startedAtMs = Date.now();
+  /**
+   * How late the event loop runs what is due (status): host requests, link frames and a cycle's
+   * freeze and mark all wait behind whatever the loop is doing.
+   */
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 1 });
   redoRecords = 0;
 
   private constructor(
@@ -94,7 +100,9 @@ export class RemcopyNode {
     private readonly unlock: () => void,
     readonly groupState: GroupStateStore,
     readonly timing: LinkTiming,
-  ) {}
+  ) {
+    this.loopDelay.enable();
+  }
 
   static async start(
     topo: Topology,
@@ -421,6 +429,7 @@ export class RemcopyNode {
       groups,
       journal: this.journal.usage(),
       writePath: { ...this.writePath.stats, throttling: this.writePath.throttling },
+      eventLoopDelayMs: loopDelaySummary(this.loopDelay),
       markers: {
         source: this.markerSource.status(),
         sets: [...(this.target?.markers().values() ?? [])].map((m) => m.status()),
@@ -470,6 +479,7 @@ export class RemcopyNode {
     this.log('info', 'stopping', { node: this.cfg.name });
     await Promise.all(this.cycles.map((c) => c.stop()));
     this.markerSource.close();
+    this.loopDelay.disable();
     await Promise.all([this.nbd?.close(), this.native?.close(), this.api?.close(), this.linkServer?.close()]);
     this.ops.close();
     await this.reconfiguring;
@@ -575,4 +585,11 @@ function isAlive(pid: number): boolean {
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** Event-loop delay since start, in ms (the histogram counts ns; its floor is the 1 ms resolution). */
+function loopDelaySummary(h: IntervalHistogram): { p50: number; p99: number; max: number } | undefined {
+  if (h.count === 0) return undefined;
+  const ms = (ns: number): number => Math.round(ns / 1e4) / 100;
+  return { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max) };
 }

@@ -32,6 +32,7 @@ interface Status {
   groups: { name: string; role: string; epoch: number; seqWritten: number }[];
   journal: { records: number; usedBytes: number };
   volumes: { name: string; role: string; readOnly: boolean }[];
+  eventLoopDelayMs?: { p50: number; p99: number; max: number };
 }
 const status = async (): Promise<Status> =>
   (await apiCall(
@@ -71,6 +72,10 @@ test('nbdcopy in, qemu-img compare equal; every write is journalled', async () =
   const g = (s: Status) => s.groups.find((x) => x.name === 'g')!.seqWritten;
   assert.ok(g(after) > g(before), 'nbdcopy writes took sequence numbers');
   assert.ok(after.journal.records > before.journal.records, 'and are journal records');
+  // Status reports how late the node's event loop ran (sampled every 1 ms since start).
+  const d = after.eventLoopDelayMs;
+  assert.ok(d !== undefined, 'status has eventLoopDelayMs');
+  assert.ok(d.p50 > 0 && d.p50 <= d.p99 && d.p99 <= d.max, `ordered percentiles: ${JSON.stringify(d)}`);
 });
 
 test('fio randwrite with crc32c verification', async () => {
