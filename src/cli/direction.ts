@@ -18,6 +18,8 @@ export interface GroupReport {
   source?: string;
   target?: string;
   takeoverSeq?: number;
+  /** A group promoted at a snapshot of its set: that snapshot's marker number. */
+  takeoverMarker?: number;
   seqWritten?: number;
   dirtyBytes?: number;
 }

@@ -158,21 +158,56 @@ interface MarkersReport {
  * keeps (or `--snapshot N`); writes the targets applied past it are undone, and their chunks are
  * in the dirty bitmaps a failback copies back.
  */
+/**
+ * The snapshot a set takeover must use when some groups of the set are promoted already (`done`,
+ * with the marker each was taken over at): theirs, which all must share, and which `asked`
+ * (--snapshot) must name if given. Undefined when nothing is promoted yet (the caller picks).
+ */
+export function resumeSnapshot(
+  set: string,
+  done: readonly { group: string; marker: number | undefined }[],
+  asked: number | undefined,
+): number | undefined {
+  if (done.length === 0) return asked;
+  const own = done.filter((d) => d.marker === undefined).map((d) => d.group);
+  if (own.length > 0) {
+    throw new RemcopyError(
+      'RC_ERR_STATE',
+      `${own.join(', ')} of ${set} were taken over at their own cut, not at a snapshot of the set: no snapshot makes one image with them; take over the rest per group (--group)`,
+    );
+  }
+  const markers = [...new Set(done.map((d) => d.marker!))];
+  const list = done.map((d) => `${d.group} at ${d.marker}`).join(', ');
+  if (markers.length > 1) {
+    throw new RemcopyError(
+      'RC_ERR_STATE',
+      `groups of ${set} were taken over at different snapshots (${list})`,
+    );
+  }
+  if (asked !== undefined && asked !== markers[0]) {
+    throw new RemcopyError(
+      'RC_ERR_STATE',
+      `--snapshot ${asked} does not match the takeover already done (${list}): the rest of ${set} must be taken over at snapshot ${markers[0]} to make one image with them`,
+    );
+  }
+  return markers[0];
+}
+
 export async function runSetTakeover(configFile: string, o: SetTakeoverOptions): Promise<number> {
   const topo = loadConfig(configFile);
   const asked = o.snapshot === undefined ? undefined : positiveInt(o.snapshot, '--snapshot', 1);
   const { live, lives } = await liveSet(topo, o.set);
-  const done0 = lives.filter((l) => l.reports.get(l.g.source)?.role === 'promoted').map((l) => l.g.name);
-  const pending = lives.filter((l) => !done0.includes(l.g.name));
+  const done0 = lives.filter((l) => l.reports.get(l.g.source)?.role === 'promoted');
+  const pending = lives.filter((l) => !done0.includes(l));
   if (pending.length === 0) {
     throw new RemcopyError('RC_ERR_STATE', `every group of ${o.set} was taken over already`);
   }
-  if (done0.length > 0 && asked === undefined) {
-    throw new RemcopyError(
-      'RC_ERR_STATE',
-      `${done0.join(', ')} of ${o.set} were taken over already: give --snapshot N, the snapshot they were taken over at, to take over the rest`,
-    );
-  }
+  // A takeover that stopped part-way goes on at the snapshot the groups it promoted are at.
+  const resumed = resumeSnapshot(
+    o.set,
+    done0.map((l) => ({ group: l.g.name, marker: l.reports.get(l.g.source)?.takeoverMarker })),
+    asked,
+  );
   const groups = pending.map((l) => l.g);
   const sources = [...new Set(groups.map((g) => g.source))];
   const targets = [...new Set(groups.map((g) => g.target))];
@@ -180,7 +215,7 @@ export async function runSetTakeover(configFile: string, o: SetTakeoverOptions):
     callNode(topo, node, method, path, body);
   const enc = encodeURIComponent;
   const planned =
-    asked === undefined &&
+    resumed === undefined &&
     pending.every((l) => {
       const r = l.reports.get(l.g.source);
       return r?.role === 'source' && r.state === 'pair' && r.linkUp === true;
@@ -217,10 +252,10 @@ export async function runSetTakeover(configFile: string, o: SetTakeoverOptions):
       }),
     );
     const common = usable.reduce((a, b) => a.filter((m) => b.includes(m)));
-    if (asked !== undefined && !common.includes(asked)) {
+    if (resumed !== undefined && !common.includes(resumed)) {
       throw new RemcopyError(
         'RC_ERR_STATE',
-        `snapshot ${asked} of ${o.set} is not on every target (on all of ${targets.join(', ')}: ${common.join(', ') || 'none'})`,
+        `snapshot ${resumed} of ${o.set} is not on every target (on all of ${targets.join(', ')}: ${common.join(', ') || 'none'})`,
       );
     }
     if (common.length === 0) {
@@ -229,7 +264,7 @@ export async function runSetTakeover(configFile: string, o: SetTakeoverOptions):
         `no snapshot of ${o.set} is on every target (${targets.join(', ')}): there is no image of the whole set to take over at; a takeover per group (--group) promotes each at its own cut, not consistent with the others`,
       );
     }
-    marker = asked ?? Math.max(...common);
+    marker = resumed ?? Math.max(...common);
     say(`takeover of ${o.set} at snapshot ${marker} (the newest on every target) on ${targets.join(', ')}`);
   }
   const done: {
@@ -268,7 +303,7 @@ export async function runSetTakeover(configFile: string, o: SetTakeoverOptions):
     const ok = done.map((d) => d.node);
     throw new RemcopyError(
       'RC_ERR_STATE',
-      `${failure}; promoted at snapshot ${marker} so far: ${ok.join(', ') || 'none'} (run the takeover of the others again with --snapshot ${marker})`,
+      `${failure}; promoted at snapshot ${marker} so far: ${ok.join(', ') || 'none'} (run the takeover again: it goes on at snapshot ${marker})`,
     );
   }
   if (o.json)

@@ -216,6 +216,7 @@ export class Failback {
         copy: undefined,
         delta: undefined,
         takeoverSeq: undefined,
+        takeoverMarker: undefined,
         announced: { state: 'resync', copyEndSeq: 0, after: 'resync' },
         demoted: { ...st(g.name), base: bases.get(g.name)! },
       });
@@ -273,6 +274,7 @@ export class Failback {
         reason: undefined,
         source: me,
         takeoverSeq: undefined,
+        takeoverMarker: undefined,
         announced: undefined,
         copy: undefined,
         delta: {

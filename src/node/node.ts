@@ -410,6 +410,7 @@ export class RemcopyNode {
             dirtyBytes: this.promoted.get(g.name)?.dirtyBytes ?? 0,
             // What a failback needs: the seq the takeover applied up to, the seqs journalled here.
             takeoverSeq: this.groupState.get(g.name).takeoverSeq ?? 0,
+            takeoverMarker: this.groupState.get(g.name).takeoverMarker,
             seqWritten: this.journal.lastSeq(g.name),
           }
         : g,

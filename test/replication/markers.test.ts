@@ -345,7 +345,12 @@ test('takeover of a set across nodes: both targets go back to the newest common 
 
     const first = await runCli('takeover', '--config', s.topo.file, '--set', 'bank', '--json');
     assert.notEqual(first.code, 0, 'b2 died during the takeover');
-    assert.match(first.out, new RegExp(`promoted at snapshot ${marker} so far: b1 \\(run the takeover`));
+    assert.match(
+      first.out,
+      new RegExp(
+        `promoted at snapshot ${marker} so far: b1 \\(run the takeover again: it goes on at snapshot ${marker}`,
+      ),
+    );
     assert.equal((await s.procs[1]!.exited).signal, 'SIGKILL', 'b2 died at its failpoint');
     s.procs[1] = await startNodeProcess(s.topo.file, 'b2'); // finishes the rollback before it serves
     const again = await runCli(
@@ -361,11 +366,18 @@ test('takeover of a set across nodes: both targets go back to the newest common 
     assert.match(again.out, /every group of bank was taken over already/);
 
     const st1 = (await apiCall(s.api('b1'), s.topo.secret, 'GET', '/v1/status')) as {
-      groups: { name: string; role: string; dirtyBytes: number; takeoverSeq: number }[];
+      groups: {
+        name: string;
+        role: string;
+        dirtyBytes: number;
+        takeoverSeq: number;
+        takeoverMarker?: number;
+      }[];
     };
     const st2 = (await apiCall(s.api('b2'), s.topo.secret, 'GET', '/v1/status')) as typeof st1;
     for (const g of [st1.groups.find((x) => x.name === 'g1')!, st2.groups.find((x) => x.name === 'g2')!]) {
       assert.equal(g.role, 'promoted', `${g.name} promoted`);
+      assert.equal(g.takeoverMarker, marker, `${g.name} reports the snapshot it was taken over at`);
       assert.ok(g.dirtyBytes > 0, `${g.name}: the writes undone are dirty (${g.dirtyBytes} bytes)`);
     }
     // The promoted volumes are the snapshot, and together they are one image of the bank.

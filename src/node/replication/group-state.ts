@@ -60,6 +60,11 @@ const groupSchema = z.object({
   /** On a promoted target: the seq its takeover applied up to (later records were never applied). */
   takeoverSeq: z.number().int().nonnegative().optional(),
   /**
+   * On a target promoted at a snapshot of its set (a set takeover): that snapshot's marker. The
+   * other groups of the set must be taken over at the same one to make one image with it.
+   */
+  takeoverMarker: z.number().int().positive().optional(),
+  /**
    * On an old source being failed back: it was fenced at `epoch`, its host writes were drained and
    * its dirty set (bitmap plus unshipped records) persisted in its bitmap file; `lastSeq` was the
    * group's last journalled seq then. Kept until the new source holds that dirty set.

@@ -686,6 +686,7 @@ export class TargetReplicator {
         role: 'promoted',
         reason: `takeover at ${new Date().toISOString()}`,
         takeoverSeq: seqApplied,
+        takeoverMarker: undefined,
       });
       await tg.journal.close();
       out.push({ group: tg.name, epoch, seqApplied, cut, bitmaps });
@@ -795,6 +796,7 @@ export class TargetReplicator {
         role: 'promoted',
         reason: `takeover at snapshot ${rb.marker} at ${new Date().toISOString()}`,
         takeoverSeq: rb.seq,
+        takeoverMarker: rb.marker,
         rollback: undefined,
       });
     }
