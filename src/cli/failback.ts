@@ -7,7 +7,8 @@
  *   status of both nodes -> demote (old source) -> accept (old source) -> promote (new source)
  *   -> done (old source)
  *
- * A failback cut short (a node down, the command killed) is finished by running it again.
+ * A failback cut short (a node down, the command killed) is finished by running it again. A set
+ * whose groups span nodes runs these steps for each pair of nodes in turn.
  */
 import { ExitCode, RemcopyError } from '../core/errors.js';
 import { loadConfig } from '../node/config.js';
@@ -49,13 +50,31 @@ export async function runFailback(configFile: string, o: FailbackOptions): Promi
     groups = [o.group!];
   }
   const lives = await Promise.all(groups.map((g) => liveGroup(topo, g)));
-  const nodes = new Set(lives.map((l) => `${l.g.source}>${l.g.target}`));
-  if (nodes.size > 1) {
-    throw new RemcopyError(
-      'RC_ERR_USAGE',
-      `the groups of ${o.set} do not all replicate between the same two nodes`,
+  // A set whose groups span nodes (taken over at a snapshot, `takeover --set`) fails back pair of
+  // nodes by pair of nodes; each step is repeatable, so a run cut short is finished by another.
+  const byPair = new Map<string, LiveGroup[]>();
+  for (const l of lives) {
+    const key = `${l.g.source}>${l.g.target}`;
+    byPair.set(key, [...(byPair.get(key) ?? []), l]);
+  }
+  for (const pair of byPair.values()) {
+    await failbackPair(
+      topo,
+      pair,
+      pair.map((l) => l.g.name),
+      o,
     );
   }
+  return ExitCode.ok;
+}
+
+/** The failback of `groups` (`lives`), which all replicate from one node to one other now. */
+async function failbackPair(
+  topo: ReturnType<typeof loadConfig>,
+  lives: LiveGroup[],
+  groups: string[],
+  o: FailbackOptions,
+): Promise<void> {
   const { source: newSource, target: oldSource } = lives[0]!.g;
   const reports = lives.map((l) => ({ live: l, report: l.reports.get(newSource) }));
   const unreachable = [newSource, oldSource].filter((n) => lives[0]!.errors.has(n));
@@ -103,9 +122,9 @@ export async function runFailback(configFile: string, o: FailbackOptions): Promi
   await callNode(topo, oldSource, 'POST', '/v1/failback/done', { groups });
   if (o.json) {
     process.stdout.write(
-      `${JSON.stringify({ source: newSource, target: oldSource, epoch, demoted: demoted.groups.map(({ bitmaps: _, ...d }) => d), promoted: promotedRes.groups }, null, 2)}\n`,
+      `${JSON.stringify({ source: newSource, target: oldSource, epoch, demoted: demoted.groups.map(({ bitmaps: _, ...d }) => d), promoted: promotedRes.groups })}\n`,
     );
-    return ExitCode.ok;
+    return;
   }
   for (const p of promotedRes.groups) {
     const d = demoted.groups.find((x) => x.group === p.group)!;
@@ -115,7 +134,6 @@ export async function runFailback(configFile: string, o: FailbackOptions): Promi
         `${d.dirtyBytes} at ${oldSource}); \`remcopy status\` shows its progress\n`,
     );
   }
-  return ExitCode.ok;
 }
 
 /** Nothing taken over: a failback done already (finish its last step), or none to do. */
@@ -124,7 +142,7 @@ async function finished(
   lives: LiveGroup[],
   groups: string[],
   o: FailbackOptions,
-): Promise<number> {
+): Promise<void> {
   const { source, target } = lives[0]!.g;
   const t = lives.map((l) => l.reports.get(target));
   const s = lives.map((l) => l.reports.get(source));
@@ -143,11 +161,10 @@ async function finished(
     );
   }
   await callNode(topo, target, 'POST', '/v1/failback/done', { groups });
-  if (o.json) process.stdout.write(`${JSON.stringify({ source, target, already: true }, null, 2)}\n`);
+  if (o.json) process.stdout.write(`${JSON.stringify({ source, target, already: true })}\n`);
   else {
     process.stdout.write(
       `failback ${groups.join(', ')}: nothing to do; ${source} is the source, ${target} its target\n`,
     );
   }
-  return ExitCode.ok;
 }

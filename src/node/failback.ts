@@ -334,12 +334,21 @@ export class Failback {
     return g;
   }
 
-  /** The groups of a consistency set change direction together: the set is applied as one. */
+  /**
+   * The groups of a consistency set change direction together: every group of the set this node
+   * is source or target of is in the request (a set whose groups span nodes fails back pair of
+   * nodes by pair of nodes).
+   */
   private wholeSets(list: readonly GroupConfig[]): void {
     const names = new Set(list.map((g) => g.name));
+    const me = this.node.cfg.name;
+    const mine = (m: string): boolean => {
+      const c = this.node.topo.groups.get(m);
+      return c !== undefined && (c.source === me || c.target === me);
+    };
     for (const g of list) {
       const set = setOf(this.node.topo, g.name);
-      const missing = (this.node.topo.consistencySets.get(set) ?? []).filter((m) => !names.has(m));
+      const missing = (this.node.topo.consistencySets.get(set) ?? []).filter((m) => mine(m) && !names.has(m));
       if (missing.length > 0) {
         throw conflict(
           `${g.name} is in consistency set ${set}: fail back the whole set (missing ${missing.join(', ')})`,
