@@ -149,16 +149,6 @@ interface MarkersReport {
 }
 
 /**
- * `remcopy takeover --set S` for a set whose groups span nodes (or with `--snapshot N`): every
- * target node of the set is promoted at one snapshot, the only image all of them agree on.
- *
- * Planned (every source answers, in pair, link up): the sources' writes are held, a checkpoint
- * takes snapshot N of everything they acknowledged, every target is promoted at N, the sources
- * are fenced; nothing is lost. Otherwise (a disaster): N is the newest snapshot every target still
- * keeps (or `--snapshot N`); writes the targets applied past it are undone, and their chunks are
- * in the dirty bitmaps a failback copies back.
- */
-/**
  * The snapshot a set takeover must use when some groups of the set are promoted already (`done`,
  * with the marker each was taken over at): theirs, which all must share, and which `asked`
  * (--snapshot) must name if given. Undefined when nothing is promoted yet (the caller picks).
@@ -193,6 +183,16 @@ export function resumeSnapshot(
   return markers[0];
 }
 
+/**
+ * `remcopy takeover --set S` for a set whose groups span nodes (or with `--snapshot N`): every
+ * target node of the set is promoted at one snapshot, the only image all of them agree on.
+ *
+ * Planned (every source answers, in pair, link up): the sources' writes are held, a checkpoint
+ * takes snapshot N of everything they acknowledged, every target is promoted at N, the sources
+ * are fenced; nothing is lost. Otherwise (a disaster): N is the newest snapshot every target still
+ * keeps (or `--snapshot N`); writes the targets applied past it are undone, and their chunks are
+ * in the dirty bitmaps a failback copies back.
+ */
 export async function runSetTakeover(configFile: string, o: SetTakeoverOptions): Promise<number> {
   const topo = loadConfig(configFile);
   const asked = o.snapshot === undefined ? undefined : positiveInt(o.snapshot, '--snapshot', 1);
