@@ -64,6 +64,8 @@ import { writeFileDurable } from './state-file.js';
 export const SNAPSHOT_CHUNK_BYTES_DEFAULT = 64 * 1024;
 /** Largest run of chunks copied in one read + write by preserve() and delete(): bounds memory. */
 export const SNAPSHOT_COPY_BYTES_MAX = 1024 * 1024;
+/** Runs copied at once by preserve() and delete(): keeps the thread pool busy, bounds memory. */
+export const SNAPSHOT_COPY_RUNS_IN_FLIGHT = 8;
 /** Largest header of a map file: far above any real one (four numbers). */
 const MAP_HEADER_BYTES_MAX = 4096;
 
@@ -530,17 +532,40 @@ export class VolumeSnapshots {
     this.step('delete:older-map', s.header.number);
   }
 
-  /** Copies `chunks` (ascending) from `from` to `to` at the same offsets, in runs of at most SNAPSHOT_COPY_BYTES_MAX. */
+  /**
+   * Copies `chunks` (ascending) from `from` to `to` at the same offsets, in runs of at most
+   * SNAPSHOT_COPY_BYTES_MAX, SNAPSHOT_COPY_RUNS_IN_FLIGHT runs at a time: scattered small chunks
+   * (random writes) would otherwise cost two thread-pool round trips each, one after the other.
+   * Runs are disjoint, so their order does not matter; the caller syncs `to` after.
+   */
   private async copyChunks(from: BlockDevice, to: BlockDevice, chunks: readonly number[]): Promise<void> {
     const runChunksMax = Math.max(1, Math.floor(SNAPSHOT_COPY_BYTES_MAX / this.chunkBytes));
+    const runs: { offset: number; length: number }[] = [];
     for (let k = 0; k < chunks.length;) {
       let end = k + 1;
       while (end < chunks.length && end - k < runChunksMax && chunks[end] === chunks[end - 1]! + 1) end++;
       const offset = chunks[k]! * this.chunkBytes;
       const length = Math.min(chunks[end - 1]! * this.chunkBytes + this.chunkBytes, from.sizeBytes) - offset;
-      await to.write(offset, await from.read(offset, length));
+      runs.push({ offset, length });
       k = end;
     }
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < runs.length) {
+        const r = runs[next++]!;
+        try {
+          await to.write(r.offset, await from.read(r.offset, r.length));
+        } catch (e) {
+          next = runs.length; // the others stop after their current run
+          throw e;
+        }
+      }
+    };
+    const workers = Array.from({ length: Math.min(SNAPSHOT_COPY_RUNS_IN_FLIGHT, runs.length) }, worker);
+    // Every worker settles before this returns (no copy still running when the caller syncs).
+    const results = await Promise.allSettled(workers);
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   /**

@@ -242,6 +242,40 @@ describe('VolumeSnapshots', () => {
   });
 });
 
+describe('VolumeSnapshots copy errors', () => {
+  test('a read failing in the middle of a scattered preserve fails it whole: no bit set, reads unchanged', async () => {
+    const chunk = 4 * K;
+    const base = join(root, `r${dirs++}`);
+    fs.mkdirSync(base);
+    const live = FileBlockDevice.open(join(base, 'volume.img'), 256 * K);
+    const dir = join(base, 'snaps');
+    const vs = VolumeSnapshots.open(dir, live, chunk);
+    const rnd = mulberry32(5);
+    const before = randomBytes(rnd, 256 * K);
+    live.writeSync(0, before);
+    await vs.create(1, 1001);
+    // Every other chunk: 32 runs of one chunk, copied several at a time.
+    const ranges = Array.from({ length: 32 }, (_, i) => ({ offset: 2 * i * chunk + 10, length: 100 }));
+    let reads = 0;
+    const read = live.read.bind(live);
+    live.read = (offset, length) =>
+      ++reads === 5 ? Promise.reject(new Error('EIO: fifth read')) : read(offset, length);
+    await assert.rejects(vs.preserve(ranges), /EIO: fifth read/);
+    assert.ok(reads < 32, `the copy stopped early (${reads} reads)`);
+    for (const r of ranges) assert.equal(vs.needsPreserve(r.offset, r.length), true, 'no chunk marked');
+    assert.equal(vs.usedBytes(), 0);
+    await vs.close();
+    const again = VolumeSnapshots.open(dir, live, chunk);
+    assert.deepEqual(again.list(), [{ number: 1, createdAtMs: 1001, preservedChunks: 0, usedBytes: 0 }]);
+    await again.preserve(ranges);
+    for (const r of ranges) live.writeSync(r.offset, Buffer.alloc(r.length, 0xee));
+    sameBytes(await again.read(1, 0, 256 * K), before, 'snapshot 1 after the retried preserve');
+    assert.equal(again.usedBytes(), 32 * chunk);
+    await again.close();
+    await live.close();
+  });
+});
+
 describe('VolumeSnapshots after a crash', () => {
   const chunk = 4 * K;
   const size = 64 * K;
