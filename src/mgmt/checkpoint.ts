@@ -94,6 +94,10 @@ export async function checkpoint(
   const marker = Math.max(...last) + 1;
   const markOne = (n: string): Promise<unknown> => call(n, 'POST', `/v1/sets/${enc}/mark`, { id, marker });
   const markedRemote = remote.map(markOne);
+  // The remote requests go out on the next tick (when their sockets are attached); the local mark
+  // runs synchronously up to its journal append, so it waits for that tick: the remote sources,
+  // whose writes wait a round trip already, do not wait for this node's work too.
+  await new Promise<void>((resolve) => process.nextTick(resolve));
   const markedLocal = local.map(markOne);
   const markedAll = await Promise.allSettled([...markedRemote, ...markedLocal]);
   const marked = sources.map((n) =>

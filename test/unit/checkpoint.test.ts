@@ -65,6 +65,18 @@ test('the local source is frozen after the others answered and marked after them
   assert.deepEqual(Object.keys(r.freezeMs).sort(), ['a1', 'a2', 'a3']);
 });
 
+test('the remote marks leave before the local mark runs (HTTP writes a request a tick after the call)', async () => {
+  const topo = threeSources();
+  const { calls, call } = recorder();
+  const wire = (node: string, method: 'GET' | 'POST', path: string): Promise<unknown> => {
+    if (node !== 'a2' && path.endsWith('/mark')) process.nextTick(() => calls.push(`sent ${node}`));
+    return call(node, method, path);
+  };
+  await checkpoint(topo, 's', wire, { reachTimeoutMs: 1000, local: 'a2' });
+  const marks = calls.filter((c) => c.startsWith('mark') || c.startsWith('sent'));
+  assert.deepEqual(marks, ['mark a1', 'mark a3', 'sent a1', 'sent a3', 'mark a2']);
+});
+
 test('without a local node every source is frozen at once, then marked', async () => {
   const { calls, call } = recorder();
   await checkpoint(threeSources(), 's', call, { reachTimeoutMs: 1000 });
