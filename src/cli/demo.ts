@@ -20,7 +20,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { connect } from '../client/index.js';
 import { ExitCode } from '../core/errors.js';
-import { apiCall } from '../node/api.js';
+import { apiCall, endpointOf } from '../node/api.js';
 import type { Topology } from '../node/config.js';
 import { loadConfig } from '../node/config.js';
 import type { BankLayout, BankProgress } from '../testing/bank.js';
@@ -92,7 +92,7 @@ function startNode(dir: string, configFile: string, name: string): Promise<DemoN
 }
 
 async function groups(topo: Topology, node: string): Promise<GroupLine[]> {
-  const s = (await apiCall(topo.nodes.get(node)!.api, topo.secret, 'GET', '/v1/status')) as {
+  const s = (await apiCall(endpointOf(topo.nodes.get(node)!), topo.secret, 'GET', '/v1/status')) as {
     groups: GroupLine[];
   };
   return s.groups;
@@ -100,7 +100,7 @@ async function groups(topo: Topology, node: string): Promise<GroupLine[]> {
 
 /** Reads both bank volumes of siteB at one completed cut and checks the dependent writes. */
 async function checkLiveCut(topo: Topology): Promise<ReturnType<typeof checkBank> | undefined> {
-  const r = (await apiCall(topo.nodes.get('siteB')!.api, topo.secret, 'POST', '/v1/sets/bank/read', {
+  const r = (await apiCall(endpointOf(topo.nodes.get('siteB')!), topo.secret, 'POST', '/v1/sets/bank/read', {
     reads: [
       { volume: 'debits', offset: 0, length: BANK_BYTES },
       { volume: 'credits', offset: 0, length: BANK_BYTES },

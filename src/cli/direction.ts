@@ -4,7 +4,7 @@
  * commands ask both nodes and believe the one with the highest epoch.
  */
 import { RemcopyError } from '../core/errors.js';
-import { apiCall } from '../node/api.js';
+import { apiCall, endpointOf } from '../node/api.js';
 import type { GroupConfig, Topology } from '../node/config.js';
 import { reversedGroup } from '../node/config.js';
 
@@ -75,7 +75,7 @@ export async function callNode(
 ): Promise<unknown> {
   const n = topo.nodes.get(node)!;
   try {
-    return await apiCall(n.api, topo.secret, method, path, body);
+    return await apiCall(endpointOf(n), topo.secret, method, path, body);
   } catch (e) {
     throw new RemcopyError('RC_ERR_STATE', `${node} (${n.api.host}:${n.api.port}): ${(e as Error).message}`);
   }

@@ -3,7 +3,7 @@
  * prints one table (or JSON). A node that does not answer is shown as down, not as an error.
  */
 import { ExitCode } from '../core/errors.js';
-import { apiCall } from '../node/api.js';
+import { apiCall, endpointOf } from '../node/api.js';
 import { loadConfig } from '../node/config.js';
 
 /** A group as a node reports it: the source side (seqWritten...) or the target side (seqArrived...). */
@@ -91,7 +91,7 @@ export async function runStatus(configFile: string, o: { json?: boolean; watch?:
           return {
             name: n.name,
             up: true as const,
-            status: (await apiCall(n.api, topo.secret, 'GET', '/v1/status')) as NodeStatus,
+            status: (await apiCall(endpointOf(n), topo.secret, 'GET', '/v1/status')) as NodeStatus,
           };
         } catch (e) {
           return { name: n.name, up: false as const, error: String((e as Error).message) };

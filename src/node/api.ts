@@ -1,6 +1,7 @@
 /**
  * The management HTTP API of a node (JSON), authenticated with the cluster secret as a bearer
- * token (constant-time compare), on every route including /metrics. Routes:
+ * token (constant-time compare), on every route including /metrics; HTTPS only when the node has
+ * `tls` (the token must not cross the network in the clear). Routes:
  *   GET  /v1/status                          node, volumes, groups (source and target side), journal
  *   GET  /metrics                            Prometheus text format, names prefixed remcopy_
  *   GET  /v1/groups/:group/records?fromSeq=N&max=M   headers of retained journal records (no data)
@@ -31,6 +32,10 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import * as http from 'node:http';
+import * as https from 'node:https';
+import { readFileSync } from 'node:fs';
+import { RemcopyError } from '../core/errors.js';
+import type { NodeConfig } from './config.js';
 import type { Log } from './log.js';
 
 /** Largest request body accepted. */
@@ -72,18 +77,62 @@ export class ApiError extends Error {
   }
 }
 
+/** A node's API as a caller reaches it: HTTPS trusting `tls.ca` (Node's roots without one) when set. */
+export interface ApiEndpoint {
+  readonly host: string;
+  readonly port: number;
+  readonly tls?: { readonly ca?: Buffer } | undefined;
+}
+
+const caCache = new Map<string, Buffer>();
+
+/**
+ * How a caller reaches `node`'s API: HTTPS when the node has `tls`, trusting `caFile` (the
+ * caller's own CA, for a node calling a peer), else the node's configured `ca`, else Node's roots.
+ */
+export function endpointOf(node: NodeConfig, caFile?: string): ApiEndpoint {
+  if (!node.tls) return node.api;
+  const file = caFile ?? node.tls.caFile;
+  if (file === undefined) return { ...node.api, tls: {} };
+  let ca = caCache.get(file);
+  if (ca === undefined) {
+    try {
+      ca = readFileSync(file);
+    } catch (e) {
+      throw new RemcopyError(
+        'RC_ERR_CONFIG',
+        `cannot read the CA certificate ${file} to reach ${node.name}'s API: ${(e as Error).message}`,
+      );
+    }
+    caCache.set(file, ca);
+  }
+  return { ...node.api, tls: { ca } };
+}
+
 export class ApiServer {
   private readonly server: http.Server;
+  /**
+   * With `tls` (the node's certificate and key) the API is served over HTTPS only: the bearer
+   * secret, which also lets a peer open links, never crosses the network in the clear.
+   */
   constructor(
     private readonly secret: string,
     private readonly handlers: ApiHandlers,
     private readonly log: Log,
+    tls?: { readonly cert: Buffer; readonly key: Buffer },
   ) {
-    this.server = http.createServer((req, res) => {
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
       this.route(req, res).catch((e) =>
         this.reply(res, e instanceof ApiError ? e.status : 500, { error: String(e.message ?? e) }),
       );
-    });
+    };
+    this.server = tls
+      ? https.createServer({ cert: tls.cert, key: tls.key }, onRequest)
+      : http.createServer(onRequest);
+    // A client that fails the TLS handshake (plain HTTP, an untrusted certificate) is only logged.
+    this.server.on('tlsClientError', (e: Error) =>
+      this.log('warn', 'management API: TLS handshake failed', { error: e.message }),
+    );
   }
 
   listen(host: string, port: number): Promise<number> {
@@ -300,10 +349,11 @@ function readJson(req: http.IncomingMessage, bytesMax = BODY_BYTES_MAX): Promise
  * every freeze time. Idle sockets do not keep a process alive.
  */
 const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 16, maxFreeSockets: 4 });
+const keepAliveTls = new https.Agent({ keepAlive: true, maxSockets: 16, maxFreeSockets: 4 });
 
 /** Client side: call a node's API (used by the CLI, the cycle coordinator and tests). */
 export async function apiCall(
-  addr: { host: string; port: number },
+  addr: ApiEndpoint,
   secret: string,
   method: 'GET' | 'POST',
   path: string,
@@ -323,7 +373,7 @@ export async function apiCall(
 class StaleConnection extends Error {}
 
 function apiRequest(
-  addr: { host: string; port: number },
+  addr: ApiEndpoint,
   secret: string,
   method: 'GET' | 'POST',
   path: string,
@@ -331,13 +381,14 @@ function apiRequest(
 ): Promise<unknown> {
   return new Promise((resolve, reject) => {
     let answered = false;
-    const req = http.request(
+    const request = addr.tls ? https.request : http.request;
+    const req = request(
       {
         host: addr.host,
         port: addr.port,
         path,
         method,
-        agent: keepAlive,
+        ...(addr.tls ? { agent: keepAliveTls, ca: addr.tls.ca } : { agent: keepAlive }),
         headers: {
           authorization: `Bearer ${secret}`,
           'content-type': 'application/json',

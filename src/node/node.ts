@@ -21,7 +21,7 @@ import { NbdServer } from '../frontend/nbd/server.js';
 import type { BlockDevice } from '../storage/blockdev.js';
 import { FileBlockDevice } from '../storage/blockdev.js';
 import { Journal } from '../storage/journal.js';
-import { ApiError, ApiServer, apiCall } from './api.js';
+import { ApiError, ApiServer, apiCall, endpointOf } from './api.js';
 import type { NodeCall } from '../mgmt/checkpoint.js';
 import { CycleRunner } from '../mgmt/cycles.js';
 import { MarkerSource } from './markers.js';
@@ -246,9 +246,16 @@ export class RemcopyNode {
             });
         }
         const n = this.topo.nodes.get(node)!;
-        return apiCall(n.api, this.topo.secret, method, path, body).catch((e: unknown) => {
+        const failed = (e: unknown): never => {
           throw new Error(`${node}: ${(e as Error).message}`);
-        });
+        };
+        let endpoint;
+        try {
+          endpoint = endpointOf(n, this.cfg.tls?.caFile);
+        } catch (e) {
+          return Promise.reject(e).catch(failed);
+        }
+        return apiCall(endpoint, this.topo.secret, method, path, body).catch(failed);
       };
       const runner = new CycleRunner(set, o.cycleSeconds, () => this.topo, call, this.log, this.cfg.name);
       this.cycles.push(runner);
@@ -381,6 +388,7 @@ export class RemcopyNode {
         snapshots: (volume, action, body) => this.ops.snapshots(volume, action, body),
       },
       this.log,
+      tls,
     );
     this.ports.api = await listening('api', cfg.api, () => this.api!.listen(cfg.api.host, cfg.api.port));
     this.linkServer = new LinkServer(

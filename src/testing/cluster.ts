@@ -2,14 +2,14 @@
  * Helpers for tests that run nodes as processes and watch them through the management API:
  * group status by name, and polling until a condition holds (with a bound and a clear message).
  */
-import { apiCall } from '../node/api.js';
+import { readFileSync } from 'node:fs';
+import { type ApiEndpoint, apiCall } from '../node/api.js';
 
-export interface Api {
-  readonly host: string;
-  readonly port: number;
-}
+export type Api = ApiEndpoint;
 
-export const apiOf = (port: number): Api => ({ host: '127.0.0.1', port });
+/** A node's API on this machine; with `ca` (a PEM file) over HTTPS trusting that CA. */
+export const apiOf = (port: number, ca?: string): Api =>
+  ca === undefined ? { host: '127.0.0.1', port } : { host: '127.0.0.1', port, tls: { ca: readFileSync(ca) } };
 
 /** A group's entry in GET /v1/status (the fields tests read). */
 export interface GroupStatus {

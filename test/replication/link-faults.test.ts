@@ -5,7 +5,9 @@
  *   from the target's durable seq, and the copy converges (verify identical);
  * - a target killed (kill -9) in mid-stream and restarted resumes with no gap and nothing applied
  *   twice (verify identical);
- * - links over TLS: replication works, and a plain-TCP peer is not let in.
+ * - links over TLS: replication works, and a plain-TCP peer is not let in; the management API of
+ *   a node with TLS is HTTPS only (the CLI and a client trusting the CA get answers; plain HTTP and
+ *   a client trusting another CA get none).
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -17,6 +19,7 @@ import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { connect } from '../../src/client/index.js';
 import { encodeFrame, FrameType, newNonce } from '../../src/link/frames.js';
+import { apiCall } from '../../src/node/api.js';
 import { apiOf, copyJournalled, groupStatus, waitFor } from '../../src/testing/cluster.js';
 import { FaultProxy } from '../../src/testing/fault-proxy.js';
 import { CLI_MAIN, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
@@ -185,9 +188,10 @@ async function makePki(dir: string): Promise<{ ca: string; cert: string; key: st
   return { ca: p('ca.pem'), cert: p('cert.pem'), key: p('key.pem') };
 }
 
-test('links over TLS replicate; a plain-TCP peer is not let in', async () => {
+test('links over TLS replicate; a plain-TCP peer is not let in; the API is HTTPS only', async () => {
   const dir = mkdtempSync(join(root, 'tls-'));
   const pki = await makePki(join(dir, 'pki'));
+  const stranger = await makePki(join(dir, 'stranger'));
   const tls = `{ cert: ${pki.cert}, key: ${pki.key}, ca: ${pki.ca} }`;
   const topo = await writeTopology(
     dir,
@@ -195,9 +199,16 @@ test('links over TLS replicate; a plain-TCP peer is not let in', async () => {
     { g: ['a', 'b', 'v'] },
   );
   const [A, B] = await Promise.all([startNodeProcess(topo.file, 'a'), startNodeProcess(topo.file, 'b')]);
-  const api = apiOf(topo.ports.get('a')!.api);
+  const api = apiOf(topo.ports.get('a')!.api, pki.ca);
   try {
     await copyJournalled(api, topo.secret, 'g');
+    // No answer over plain HTTP (the secret would cross the wire in the clear), nor to a client
+    // that does not trust the node's certificate.
+    await assert.rejects(apiCall(apiOf(topo.ports.get('a')!.api), topo.secret, 'GET', '/v1/status'));
+    await assert.rejects(
+      apiCall(apiOf(topo.ports.get('a')!.api, stranger.ca), topo.secret, 'GET', '/v1/status'),
+      /certificate|self.signed|verify/i,
+    );
     let n = 0;
     await writeLoop(topo.ports.get('a')!.native!, () => ++n > 200, 3);
     await waitFor('the target to apply over TLS', async () => {
@@ -230,7 +241,23 @@ test('links over TLS replicate; a plain-TCP peer is not let in', async () => {
       'RCLK',
       'no link frame answers a plain-TCP peer',
     );
-    assert.equal((await groupStatus(apiOf(topo.ports.get('b')!.api), topo.secret, 'g')).linkUp, true);
+    assert.equal((await groupStatus(apiOf(topo.ports.get('b')!.api, pki.ca), topo.secret, 'g')).linkUp, true);
+    const { stdout: status } = await run(process.execPath, [
+      CLI_MAIN,
+      'status',
+      '--config',
+      topo.file,
+      '--json',
+    ]);
+    const nodes = JSON.parse(status) as { name: string; up: boolean }[];
+    assert.deepEqual(
+      nodes.map((x) => [x.name, x.up]),
+      [
+        ['a', true],
+        ['b', true],
+      ],
+      status,
+    );
   } finally {
     assert.equal(await A.stop(), 0);
     assert.equal(await B.stop(), 0);

@@ -3,13 +3,21 @@
  * idle one after its keep-alive timeout; when that happens just as the next call goes out on it,
  * the call must be sent again on a new connection, not fail (a consistency cycle would fail, and
  * a CLI command report a reset it had nothing to do with). A reset after the server answered, or
- * on a fresh connection, is a real failure and is reported.
+ * on a fresh connection, is a real failure and is reported. endpointOf picks HTTPS and the CA to
+ * trust for a node with tls.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
-import { apiCall } from '../../src/node/api.js';
+import { stringify } from 'yaml';
+import { RemcopyError } from '../../src/core/errors.js';
+import { apiCall, endpointOf } from '../../src/node/api.js';
+import { parseConfig } from '../../src/node/config.js';
+import { twoSiteConfig } from '../../src/testing/config-fixture.js';
 
 function response(body: object): string {
   const text = JSON.stringify(body);
@@ -108,5 +116,28 @@ test('a reset after the answer began is an error, not a second request', async (
     assert.equal(srv.requests.length, 2);
   } finally {
     await srv.close();
+  }
+});
+
+test('endpointOf: plain for a node without tls; HTTPS trusting the caller CA, else the node CA', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rc-endpoint-'));
+  try {
+    writeFileSync(join(dir, 'node-ca.pem'), 'node CA');
+    writeFileSync(join(dir, 'own-ca.pem'), 'own CA');
+    const cfg = twoSiteConfig();
+    cfg.nodes.siteB!.tls = { cert: 'b.pem', key: 'b.key', ca: 'node-ca.pem' };
+    const topo = parseConfig(stringify(cfg), dir, 'test.yaml', {});
+    const a = topo.nodes.get('siteA')!;
+    const b = topo.nodes.get('siteB')!;
+    assert.deepEqual(endpointOf(a), a.api, 'no tls: plain HTTP');
+    assert.equal(endpointOf(b).tls?.ca?.toString(), 'node CA');
+    assert.equal(endpointOf(b, join(dir, 'own-ca.pem')).tls?.ca?.toString(), 'own CA');
+    assert.throws(
+      () => endpointOf(b, join(dir, 'missing.pem')),
+      (e: unknown) =>
+        e instanceof RemcopyError && e.code === 'RC_ERR_CONFIG' && /missing\.pem.*siteB/.test(e.message),
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
