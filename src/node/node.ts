@@ -398,8 +398,8 @@ export class RemcopyNode {
       this.log,
     );
     this.ports.link = await listening('link', cfg.link, () => this.linkServer!.listen());
+    // The node's name is in every line already (the logger's base fields).
     this.log('info', 'node ready', {
-      node: cfg.name,
       ports: this.ports,
       volumes: [...this.volumes.keys()],
       redoRecords: this.redoRecords,
@@ -485,7 +485,7 @@ export class RemcopyNode {
   }
 
   private async doStop(): Promise<void> {
-    this.log('info', 'stopping', { node: this.cfg.name });
+    this.log('info', 'stopping');
     await Promise.all(this.cycles.map((c) => c.stop()));
     this.markerSource.close();
     this.loopDelay.disable();
@@ -498,7 +498,7 @@ export class RemcopyNode {
     await this.journal.close();
     await Promise.all([...this.volumes.values()].map((v) => v.device.close()));
     this.unlock();
-    this.log('info', 'stopped', { node: this.cfg.name });
+    this.log('info', 'stopped');
   }
 }
 
