@@ -308,7 +308,8 @@ test('consistency cycles under a bank workload across two source nodes: every sn
 });
 
 test('takeover of a set across nodes: both targets go back to the newest common snapshot, a crash half-way is finished at restart', async () => {
-  const s = await fourNodes('takeover-', '{ groups: [g1, g2] }');
+  // A generous freeze bound: a checkpoint here sets the test up; CI load must not fail it.
+  const s = await fourNodes('takeover-', '{ groups: [g1, g2], freezeBound: 2s }');
   const layout = { workers: 8, blocksPerWorker: 8 };
   const bytes = layout.workers * layout.blocksPerWorker * BANK_BLOCK_BYTES;
   const bank = await bankAcross(s, layout);
@@ -328,9 +329,9 @@ test('takeover of a set across nodes: both targets go back to the newest common 
     let marker = 0;
     for (let i = 0; i < 2; i++) {
       await waitFor('transfers', async () => (progress.completed > 20 * (i + 1) ? true : undefined));
-      marker = Number(
-        (await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank')).out.split('\n')[0],
-      );
+      const cp = await runCli('checkpoint', '--config', s.topo.file, '--set', 'bank');
+      assert.equal(cp.code, 0, cp.out);
+      marker = Number(cp.out.split('\n')[0]);
     }
     // Both targets apply writes past the marker (resume: auto): the takeover has to undo them.
     const seqAt = async (node: string, group: string) => {
