@@ -4,7 +4,7 @@
  * interop tests and the benchmarks; everything binds to 127.0.0.1.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -12,22 +12,50 @@ import { fileURLToPath } from 'node:url';
 
 export const CLI_MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
-/** Ports the kernel reports free right now (bound to port 0, then released). */
+/** Lowest port tests pick; below the ephemeral range (see freePorts). */
+const TEST_PORT_MIN = 10_000;
+
+/** The first port of the kernel's ephemeral range (32768 when it cannot be read). */
+function ephemeralLow(): number {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isSafeInteger(low) && low > 0 ? low : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
+
+function bindable(port: number): Promise<net.Server | undefined> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(undefined));
+    s.listen(port, '127.0.0.1', () => resolve(s));
+  });
+}
+
+/**
+ * `n` distinct ports free right now, picked at random below the kernel's ephemeral range: a port
+ * from that range, free when picked, can be taken as the source port of any outgoing connection
+ * (another test's API call, link or NBD client) before the node binds it (CI saw EADDRINUSE).
+ * Falls back to kernel-chosen ports when the range leaves no room below it.
+ */
 export async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise<net.Server>((resolve, reject) => {
-          const s = net.createServer();
-          s.once('error', reject);
-          s.listen(0, '127.0.0.1', () => resolve(s));
-        }),
-    ),
-  );
-  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
+  const high = ephemeralLow();
+  const held: net.Server[] = [];
+  try {
+    if (high - TEST_PORT_MIN < 1000) {
+      for (let i = 0; i < n; i++) held.push((await bindable(0))!);
+    } else {
+      for (let tries = 0; held.length < n; tries++) {
+        if (tries > 100 * n) throw new Error(`no ${n} free ports between ${TEST_PORT_MIN} and ${high}`);
+        const s = await bindable(TEST_PORT_MIN + Math.floor(Math.random() * (high - TEST_PORT_MIN)));
+        if (s) held.push(s);
+      }
+    }
+    return held.map((s) => (s.address() as net.AddressInfo).port);
+  } finally {
+    await Promise.all(held.map((s) => new Promise((r) => s.close(r))));
+  }
 }
 
 export interface TestNodeSpec {
