@@ -6,8 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import * as prom from 'prom-client';
-import { ApiError, numberField } from './api.js';
-import { HOLD_MS_MAX } from './api.js';
+import { ApiError, HOLD_MS_MAX, numberField } from './api.js';
 import { FREEZE_BOUND_MS_MAX } from './config-schema.js';
 import { setMembers } from './config.js';
 import type { RemcopyNode } from './node.js';
@@ -489,8 +488,7 @@ export class NodeOperations {
       for (const [set, m] of node.target?.markers() ?? []) g.set({ set }, m.status().reached);
     });
     gauge('remcopy_snapshot_bytes', 'Bytes used by the snapshots of a target volume', ['volume'], (g) => {
-      for (const [set, m] of node.target?.markers() ?? []) {
-        void set;
+      for (const m of node.target?.markers().values() ?? []) {
         for (const s of m.status().snapshots) g.set({ volume: s.volume }, s.usedBytes);
       }
     });

@@ -255,20 +255,32 @@ export class WritePath {
    */
   appendMarkers(markers: ReadonlyArray<{ group: string; markerNo: number; prev: number }>): RecordHeader[] {
     assert(!this.closed, 'appendMarkers on a closed write path');
+    const records = this.journalNow(() =>
+      markers.map((m) => ({
+        header: {
+          ...this.headerOf({
+            group: m.group,
+            kind: Kind.marker,
+            volume: '',
+            offset: m.prev,
+            length: 0,
+            hostTimeUs: undefined,
+          }),
+          markerNo: m.markerNo,
+        },
+      })),
+    );
+    return records.map((r) => r.header);
+  }
+
+  /**
+   * Sequences and appends the records `make` builds (it calls headerOf), in one step; when the
+   * append throws, the sequencer is rolled back (no seq taken) and the error passed on. Not for
+   * host writes: those are applied and acknowledged too (appendAll).
+   */
+  private journalNow(make: () => AppendedRecord[]): AppendedRecord[] {
     const snap = this.o.sequencer.snapshot();
-    const records = markers.map((m) => ({
-      header: {
-        ...this.headerOf({
-          group: m.group,
-          kind: Kind.marker,
-          volume: '',
-          offset: m.prev,
-          length: 0,
-          hostTimeUs: undefined,
-        }),
-        markerNo: m.markerNo,
-      },
-    }));
+    const records = make();
     try {
       this.o.journal.append(records);
     } catch (e) {
@@ -277,7 +289,7 @@ export class WritePath {
     }
     this.stats.recordsAppended += records.length;
     this.o.onAppended?.(records, this.o.nowMs());
-    return records.map((r) => r.header);
+    return records;
   }
 
   /**
@@ -333,24 +345,20 @@ export class WritePath {
     // knownZero is asked in the same synchronous step as the append: no write can slip between.
     const data = knownZero() ? undefined : device.readSync(offset, length);
     const zero = data === undefined || isZero(data);
-    const snap = this.o.sequencer.snapshot();
-    const header = this.headerOf({
-      group,
-      kind: zero ? Kind.zero : Kind.copy,
-      volume,
-      offset,
-      length,
-      hostTimeUs: undefined,
-    });
-    try {
-      this.o.journal.append([{ header, payload: zero ? undefined : data }]);
-    } catch (e) {
-      this.o.sequencer.restore(snap);
-      throw e;
-    }
-    this.stats.recordsAppended++;
-    this.o.onAppended?.([{ header, payload: zero ? undefined : data }], this.o.nowMs());
-    return { seq: header.seq, zero };
+    const [record] = this.journalNow(() => [
+      {
+        header: this.headerOf({
+          group,
+          kind: zero ? Kind.zero : Kind.copy,
+          volume,
+          offset,
+          length,
+          hostTimeUs: undefined,
+        }),
+        payload: zero ? undefined : data,
+      },
+    ]);
+    return { seq: record!.header.seq, zero };
   }
 
   /** Durable point for FLUSH: every acknowledged write is in the fsynced journal. */

@@ -233,9 +233,7 @@ export class SetMarkers {
       const detail = `${ahead.map(([g, m]) => `${g} went on to marker ${m}`).join(', ')}`;
       this.log('warn', 'marker incomplete on this node: no snapshot', { set: this.set, marker: low, detail });
       this.note({ marker: low, atMs: Date.now(), outcome: 'incomplete', detail });
-      this.released = low;
-      await this.persist();
-      this.kickAll();
+      await this.release(low);
       return;
     }
     if (this.abandoned.includes(low)) {
@@ -246,9 +244,7 @@ export class SetMarkers {
         detail: 'the checkpoint failed on another node',
       });
       this.abandoned = this.abandoned.filter((m) => m !== low);
-      this.released = low;
-      await this.persist();
-      this.kickAll();
+      await this.release(low);
       return;
     }
     // Every group waits at `low`: make the volumes durable there and snapshot them.

@@ -717,11 +717,11 @@ export class TargetReplicator {
       );
     }
     const h = markers.historyOf(marker);
-    const have = markers
-      .status()
-      .history.filter((x) => x.outcome === 'snapshot')
-      .map((x) => x.marker);
     if (h?.outcome !== 'snapshot') {
+      const have = markers
+        .status()
+        .history.filter((x) => x.outcome === 'snapshot')
+        .map((x) => x.marker);
       throw new RemcopyError(
         'RC_ERR_STATE',
         `${set}: no snapshot ${marker} on ${this.cfg.name} (snapshots taken here: ${have.join(', ') || 'none'})`,
