@@ -13,7 +13,8 @@ import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { apiOf, copyJournalled, groupStatus, waitFor } from '../src/testing/cluster.js';
-import { CLI_MAIN, writeTopology } from '../src/testing/proc.js';
+import { nodeProcessArgs } from '../src/cli/node-process.js';
+import { writeTopology } from '../src/testing/proc.js';
 import {
   fio,
   installCleanup,
@@ -32,11 +33,9 @@ function startProfiledNode(config: string, name: string): Promise<ChildProcess> 
   const dir = join(PROFILE_DIR, name);
   mkdirSync(dir, { recursive: true });
   const child = track(
-    spawn(
-      process.execPath,
-      ['--cpu-prof', `--cpu-prof-dir=${dir}`, CLI_MAIN, 'node', '--config', config, '--node', name],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    ),
+    spawn(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${dir}`, ...nodeProcessArgs(config, name)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
   );
   return new Promise((resolve, reject) => {
     child.once('exit', (code) => reject(new Error(`node ${name} exited (${code})`)));

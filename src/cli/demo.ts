@@ -17,7 +17,6 @@ import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { connect } from '../client/index.js';
 import { ExitCode } from '../core/errors.js';
 import { apiCall, endpointOf } from '../node/api.js';
@@ -26,6 +25,7 @@ import { loadConfig } from '../node/config.js';
 import type { BankLayout, BankProgress } from '../testing/bank.js';
 import { BANK_BLOCK_BYTES, checkBank, runBank } from '../testing/bank.js';
 import { runTakeover, verifyGroup } from './manage.js';
+import { nodeProcessArgs } from './node-process.js';
 import type { GroupLine } from './status.js';
 
 /** The workload runs 25 s; REMCOPY_DEMO_SECONDS shortens it (the test of the demo uses 8). */
@@ -74,8 +74,7 @@ interface DemoNode {
 
 /** Starts `remcopy node` with its log in `<dir>/<name>.log`; resolves when it is ready. */
 function startNode(dir: string, configFile: string, name: string): Promise<DemoNode> {
-  const main = fileURLToPath(new URL('./main.js', import.meta.url));
-  const child = spawn(process.execPath, [main, 'node', '--config', configFile, '--node', name], {
+  const child = spawn(process.execPath, nodeProcessArgs(configFile, name), {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const log = createWriteStream(join(dir, `${name}.log`), { flags: 'a' });

@@ -5,11 +5,11 @@
  */
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { ExitCode } from '../core/errors.js';
 import { loadConfig } from '../node/config.js';
 import { makeLog } from '../node/log.js';
 import { RemcopyNode } from '../node/node.js';
+import { nodeProcessArgs } from './node-process.js';
 
 function waitForSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
@@ -46,9 +46,8 @@ export async function runNode(configFile: string, nodeName: string): Promise<num
 
 export async function runUp(configFile: string): Promise<number> {
   const topo = loadConfig(configFile);
-  const main = fileURLToPath(new URL('./main.js', import.meta.url));
   const children = [...topo.nodes.keys()].map((name) => {
-    const child = spawn(process.execPath, [main, 'node', '--config', configFile, '--node', name], {
+    const child = spawn(process.execPath, nodeProcessArgs(configFile, name), {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     for (const stream of [child.stdout, child.stderr]) {

@@ -391,6 +391,14 @@ export class NodeOperations {
         },
       });
     };
+    // Process figures (memory, CPU, heap, GC pauses by kind, event-loop lag), same prefix.
+    prom.collectDefaultMetrics({ register: r, prefix: 'remcopy_' });
+    gauge(
+      'remcopy_process_info',
+      'Always 1; the labels say how this process runs: Node.js version, V8 flags given (NODE_PROCESS_V8_FLAGS)',
+      ['nodejs', 'v8_flags'],
+      (g) => g.set({ nodejs: process.version, v8_flags: process.execArgv.join(' ') }, 1),
+    );
     gauge('remcopy_group_seq', 'Sequence numbers per group and stage', ['group', 'role', 'stage'], (g) => {
       for (const s of node.source?.status() ?? []) {
         for (const stage of ['written', 'durable', 'sent', 'arrived', 'applied'] as const) {

@@ -8,9 +8,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { CLI_MAIN, nodeProcessArgs } from '../cli/node-process.js';
 
-export const CLI_MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+export { CLI_MAIN };
 
 /** Lowest port tests pick; below the ephemeral range (see freePorts). */
 const TEST_PORT_MIN = 10_000;
@@ -148,7 +148,7 @@ export function startNodeProcess(
   timeoutMs = 15000,
   env: Readonly<Record<string, string>> = {},
 ): Promise<NodeProcess> {
-  const child = spawn(process.execPath, [CLI_MAIN, 'node', '--config', configFile, '--node', node], {
+  const child = spawn(process.execPath, nodeProcessArgs(configFile, node), {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });

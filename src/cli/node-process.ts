@@ -1,0 +1,27 @@
+/**
+ * How a `remcopy node` process is started: `remcopy up`, the demo and the tests' real-process
+ * layer all spawn it through nodeProcessArgs, so they run it the way the `remcopy` bin does.
+ *
+ * NODE_PROCESS_V8_FLAGS: a node's JavaScript heap stays small (about 13 MB live) while megabytes
+ * of buffers a second pass through it (payloads kept until the target reports them, frames kept
+ * until applied). V8 sizes its old-generation limit from that small live size, and under such
+ * load it then ran a full mark-compact every 40-80 ms: measured with --trace-gc, 118 full GCs in
+ * 10 s of fio 1 MiB writes on the source node, 35% of its CPU in marking and sweeping (perf).
+ * Starting with a larger initial heap keeps the limit above the churn: 14-26 full GCs instead,
+ * and CPU per replicated record fell by about a quarter (bench/cost.ts: 1 MiB writes 10.1-10.7
+ * -> 7.4-8.0 ms on a and b together; 4 KiB writes 81-105 -> 68-74 us). The heap still collects
+ * as before; only full collections wait until 128 MB have been allocated in the old generation.
+ * V8 takes this flag only on its command line (NODE_OPTIONS refuses it), so the bin's shebang
+ * (src/cli/main.ts) carries the same flag: keep the two equal.
+ */
+import { fileURLToPath } from 'node:url';
+
+export const NODE_PROCESS_V8_FLAGS: readonly string[] = ['--initial-heap-size=128'];
+
+/** The CLI entry point (dist/src/cli/main.js). */
+export const CLI_MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
+
+/** Arguments for process.execPath that run node `name` of `configFile` in the foreground. */
+export function nodeProcessArgs(configFile: string, name: string): string[] {
+  return [...NODE_PROCESS_V8_FLAGS, CLI_MAIN, 'node', '--config', configFile, '--node', name];
+}
