@@ -56,6 +56,7 @@ import { MiB } from '../core/units.js';
 import {
   decodeRecord,
   encodeHeader,
+  encodingFits,
   isValidName,
   RECORD_BYTES_MAX,
   RECORD_HEADER_BYTES,
@@ -184,10 +185,14 @@ export interface AuthFailFrame {
   readonly type: typeof FrameType.authFail;
   readonly reason: string;
 }
-/** A journal record to send: what the journal returns. */
+/**
+ * A journal record to send: what the journal returns. `head`, when given, is its header and names
+ * as the journal encoded them (checksum over them and the payload set): sent as it is.
+ */
 export interface LinkRecord {
   readonly header: RecordHeader;
   readonly payload: Buffer;
+  readonly head?: Buffer | undefined;
 }
 /** A journal record received: `bytes` is its exact journal encoding, to be journalled as is. */
 export interface ReceivedRecord extends LinkRecord {
@@ -704,7 +709,10 @@ export function encodeRecordsParts(f: Fields<RecordsFrame<LinkRecord>>): Buffer[
   for (const rec of f.records) {
     const broken = batchRuleBroken(rec.header, f.group, f.epoch, prev);
     assert(broken === null, `RECORDS batch: ${broken}`);
-    const head = encodeHeader(rec.header, rec.payload);
+    const head = rec.head ?? encodeHeader(rec.header, rec.payload);
+    if (rec.head !== undefined && !encodingFits(rec.header, head, 0)) {
+      assert(false, `RECORDS batch: the head given for seq ${rec.header.seq} is not its encoding`);
+    }
     heads.push(head);
     payloadBytes += head.length + rec.payload.length;
     ownBytes += head.length + (byReference(rec.payload) ? 0 : rec.payload.length);

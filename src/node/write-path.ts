@@ -37,7 +37,8 @@ import { isZero } from '../storage/zeroes.js';
 
 /** What the write path needs of a journal (src/storage/journal.ts implements it). */
 export interface JournalPort {
-  append(records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer }>): void;
+  /** Returns each record's encoded header and names, checksum set (journal.ts). */
+  append(records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer | undefined }>): Buffer[];
   sync(): Promise<void>;
   release(group: string, uptoSeq: Seq): void;
 }
@@ -90,10 +91,15 @@ export interface WritePathOptions {
   readonly onJournalFull?: (groups: ReadonlySet<string>) => void;
 }
 
-/** A record just appended; `payload` is the caller's buffer, valid only during the call. */
+/**
+ * A record just appended; `payload` is the caller's buffer, valid only during the call. `head` is
+ * its header and names as journalled (checksum over them and the payload set): a source ships it
+ * as it is instead of encoding and checksumming the record again.
+ */
 export interface AppendedRecord {
   readonly header: RecordHeader;
   readonly payload?: Buffer | undefined;
+  head?: Buffer | undefined;
 }
 
 /** What copyChunk journalled: a copy record with the bytes, or a zero record for a zero range. */
@@ -282,7 +288,7 @@ export class WritePath {
     const snap = this.o.sequencer.snapshot();
     const records = make();
     try {
-      this.o.journal.append(records);
+      this.append(records);
     } catch (e) {
       this.o.sequencer.restore(snap);
       throw e;
@@ -437,9 +443,13 @@ export class WritePath {
   /** Append and apply `batch` in order; returns how many were appended (all, unless full). */
   private appendAll(batch: Pending[]): number {
     const snap = this.o.sequencer.snapshot();
-    const records = batch.map((p) => ({ header: this.headerOf(p), payload: p.payload }));
+    const records: AppendedRecord[] = batch.map((p) => ({
+      header: this.headerOf(p),
+      payload: p.payload,
+      head: undefined,
+    }));
     try {
-      this.o.journal.append(records);
+      this.append(records);
     } catch (e) {
       this.o.sequencer.restore(snap);
       if (!(e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') || batch.length === 1) {
@@ -459,9 +469,9 @@ export class WritePath {
     for (; i < batch.length; i++) {
       const p = batch[i]!;
       const snap = this.o.sequencer.snapshot();
-      const header = this.headerOf(p);
+      const records: AppendedRecord[] = [{ header: this.headerOf(p), payload: p.payload, head: undefined }];
       try {
-        this.o.journal.append([{ header, payload: p.payload }]);
+        this.append(records);
       } catch (e) {
         this.o.sequencer.restore(snap);
         if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') break;
@@ -469,10 +479,16 @@ export class WritePath {
         continue;
       }
       this.applyAndAck([p]);
-      this.o.onAppended?.([{ header, payload: p.payload }], p.arrivedMs);
+      this.o.onAppended?.(records, p.arrivedMs);
     }
     this.stats.batches++;
     return i;
+  }
+
+  /** journal.append, keeping the encoded heads it returns on the records. */
+  private append(records: AppendedRecord[]): void {
+    const heads = this.o.journal.append(records);
+    for (let i = 0; i < records.length; i++) records[i]!.head = heads[i];
   }
 
   /** A full journal returns 0 (the caller throttles); any other error fails the writes. */

@@ -65,6 +65,7 @@ import {
 import {
   decodeRecord,
   encodeHeader,
+  encodingFits,
   peekRecordBytes,
   RECORD_HEADER_AND_NAMES_BYTES_MAX,
   RECORD_PAYLOAD_BYTES_MAX,
@@ -159,9 +160,22 @@ function deferred(): Deferred {
   return { promise, resolve, reject };
 }
 
+/**
+ * A record to append. `encoded`, when given, is its exact encoding, checksum verified (as a target
+ * received it over a link): written as it is instead of being encoded and checksummed again.
+ */
+export interface JournalInput {
+  readonly header: RecordHeader;
+  readonly payload?: Buffer | undefined;
+  readonly encoded?: Buffer | undefined;
+}
+
 interface PlannedRecord {
   readonly header: RecordHeader;
-  readonly headerBuf: Buffer;
+  /** Written first: the encoded header and names, or the whole encoding given (then no payload). */
+  readonly head: Buffer;
+  /** Bytes of header and names at the start of head. */
+  readonly headBytes: number;
   readonly payload: Buffer | undefined;
   readonly bytes: number;
   segNo: number;
@@ -386,14 +400,15 @@ export class Journal {
 
   /**
    * Appends `records` in order; synchronous: they are in the page cache when this returns (not
-   * durable until sync()). Throws RC_ERR_JOURNAL_FULL, having written nothing, when the batch does
-   * not fit in bytesMax; RC_ERR_JOURNAL_IO, having written nothing that recovery would load, on a
-   * write error.
+   * durable until sync()). Returns each record's encoded header and names (checksum set), which a
+   * source ships as they are. Throws RC_ERR_JOURNAL_FULL, having written nothing, when the batch
+   * does not fit in bytesMax; RC_ERR_JOURNAL_IO, having written nothing that recovery would load,
+   * on a write error.
    */
-  append(records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer }>): void {
+  append(records: ReadonlyArray<JournalInput>): Buffer[] {
     assert(!this.closed, 'append on a closed journal');
     if (this.failed) throw ioError('journal failed earlier', this.failed);
-    if (records.length === 0) return;
+    if (records.length === 0) return [];
     const planned = this.encodeBatch(records);
     let total = 0;
     for (const p of planned) total += p.bytes;
@@ -408,15 +423,19 @@ export class Journal {
     const recycledNos = new Set<number>();
     const fds = this.writeBatch(planned, created, recycledNos);
     this.commitBatch(planned, fds, recycledNos);
+    return planned.map((p) => (p.head.length === p.headBytes ? p.head : p.head.subarray(0, p.headBytes)));
   }
 
-  /** Checks the sequence rules and encodes every header (checksum over header + payload). */
-  private encodeBatch(records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer }>): PlannedRecord[] {
+  /**
+   * Checks the sequence rules and encodes every header (checksum over header + payload), or takes
+   * the record's encoding as given.
+   */
+  private encodeBatch(records: ReadonlyArray<JournalInput>): PlannedRecord[] {
     const planned: PlannedRecord[] = new Array(records.length);
     const batchSeq = new Map<string, number>();
     let lastOrdinal = this.lastOrdinalValue;
     for (let i = 0; i < records.length; i++) {
-      const { header: h, payload } = records[i]!;
+      const { header: h, payload, encoded } = records[i]!;
       assert(h.kind !== RecordKind.tick, 'tick records take no seq and are never journalled');
       const prev = batchSeq.get(h.group) ?? this.groups.get(h.group)?.lastSeq ?? 0;
       const payloadBytes = payload === undefined ? 0 : payload.length;
@@ -429,11 +448,22 @@ export class Journal {
       }
       batchSeq.set(h.group, h.seq);
       lastOrdinal = h.ordinal;
-      const headerBuf = encodeHeader(h, payloadBytes > 0 ? payload : undefined);
-      const bytes = headerBuf.length + payloadBytes;
+      if (encoded !== undefined) {
+        const bytes = encoded.length;
+        if (!encodingFits(h, encoded, payloadBytes)) {
+          assert(false, `group ${h.group} seq ${h.seq}: the encoding given is not this record's`);
+        }
+        // Written as one buffer: the payload is inside it.
+        const headBytes = bytes - payloadBytes;
+        planned[i] = { header: h, head: encoded, headBytes, payload: undefined, bytes, segNo: 0, offset: 0 };
+        continue;
+      }
+      const head = encodeHeader(h, payloadBytes > 0 ? payload : undefined);
+      const bytes = head.length + payloadBytes;
       planned[i] = {
         header: h,
-        headerBuf,
+        head,
+        headBytes: head.length,
         payload: payloadBytes > 0 ? payload : undefined,
         bytes,
         segNo: 0,
@@ -484,7 +514,7 @@ export class Journal {
         let j = i;
         for (; j < planned.length && planned[j]!.segNo === first.segNo; j++) {
           if (iov.length + 2 > WRITEV_BUFFERS_MAX) break;
-          iov.push(planned[j]!.headerBuf);
+          iov.push(planned[j]!.head);
           if (planned[j]!.payload !== undefined) iov.push(planned[j]!.payload!);
         }
         this.writeFully(fdOf(first.segNo), iov, first.offset);

@@ -177,6 +177,19 @@ function readU64(buf: Buffer, off: number): number {
 }
 
 /**
+ * Whether `encoded` is the encoding of `h`'s header and names followed by `payloadBytes` bytes
+ * (0: the header and names alone): its length and seq agree. A cheap guard where an encoding made
+ * earlier is passed along instead of encoding the record again (the checksum inside was computed,
+ * or verified, where the encoding was made).
+ */
+export function encodingFits(h: RecordHeader, encoded: Buffer, payloadBytes: number): boolean {
+  return (
+    encoded.length === RECORD_HEADER_BYTES + nameBytes(h.group) + nameBytes(h.volume) + payloadBytes &&
+    readU64(encoded, OFF_SEQ) === h.seq
+  );
+}
+
+/**
  * The header and names of a record, with the checksum computed over header, names and `payload`.
  * The caller writes [result, payload] (writev), so the payload is never copied.
  */

@@ -136,6 +136,43 @@ describe('journal', () => {
     await j3.close();
   });
 
+  test('append returns each head; an encoding given is written as is; a wrong one writes nothing', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs = [m.rec('a', Kind.data, 4096), m.rec('a', Kind.marker, 0), m.rec('b', Kind.zero, 512)];
+    const heads = j.append(recs);
+    assert.equal(heads.length, 3);
+    recs.forEach((r, i) => assert.ok(heads[i]!.equals(encodeHeader(r.header, r.payload)), `head ${i}`));
+    // As a target journals what it received: the exact bytes, payload inside them.
+    const more = [m.rec('a', Kind.data, 3000), m.rec('b', Kind.marker, 0)];
+    const encoded = more.map((r) => {
+      const head = encodeHeader(r.header, r.payload);
+      return r.payload ? Buffer.concat([head, r.payload]) : head;
+    });
+    const heads2 = j.append(more.map((r, i) => ({ ...r, encoded: encoded[i] })));
+    more.forEach((r, i) => assert.ok(heads2[i]!.equals(encodeHeader(r.header, r.payload)), `head ${i + 3}`));
+    // An encoding that is not the record's (another seq; a payload cut short) is refused whole.
+    const bad = m.rec('a', Kind.data, 100);
+    const other = m.rec('b', Kind.data, 100);
+    const used = j.usage().usedBytes;
+    assert.throws(
+      () =>
+        j.append([
+          { ...bad, encoded: Buffer.concat([encodeHeader(other.header, other.payload), other.payload!]) },
+        ]),
+      /not this record's/,
+    );
+    const cut = Buffer.concat([encodeHeader(bad.header, bad.payload), bad.payload!]).subarray(0, -1);
+    assert.throws(() => j.append([{ ...bad, encoded: cut }]), /not this record's/);
+    assert.equal(j.usage().usedBytes, used, 'nothing written');
+    await j.sync();
+    await j.close();
+    const j2 = await open(dir);
+    assertSame(collect(j2), [...recs, ...more]);
+    await j2.close();
+  });
+
   test('group commit: 100 concurrent sync() callers cost at most 2 fdatasyncs', async () => {
     const j = await open(newDir(), { segmentBytes: 1 << 20, bytesMax: 2 << 20 });
     const m = new Maker();

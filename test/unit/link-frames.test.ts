@@ -340,6 +340,21 @@ describe('link frames: RECORDS batch rules', () => {
     );
   });
 
+  test('a head passed along (as the journal encoded it) gives the same frame; a wrong one is refused', () => {
+    // Small payloads are copied into the frame, large ones sent by reference: both paths.
+    const recs = [record(5), record(6, {}, 128 * 1024), record(7, { kind: Kind.marker })];
+    const withHeads = recs.map((r) => ({ ...r, head: encodeHeader(r.header, r.payload) }));
+    const plain = encodeRecords({ ...batch, records: recs });
+    assert.ok(encodeRecords({ ...batch, records: withHeads }).equals(plain));
+    const d = decodeFrame(plain);
+    assert.ok(d.ok && d.frame.type === FrameType.records && d.frame.records.length === 3);
+    // Another record's head, or a whole record's bytes instead of its head, must not be sent.
+    const swapped = [withHeads[0]!, { ...withHeads[1]!, head: withHeads[0]!.head }, withHeads[2]!];
+    assert.throws(() => encodeRecords({ ...batch, records: swapped }), /head given for seq 6/);
+    const whole = [{ ...withHeads[0]!, head: journalBytes(recs[0]!) }];
+    assert.throws(() => encodeRecords({ ...batch, records: whole }), /head given for seq 5/);
+  });
+
   test('the encoder refuses to build a batch that breaks the rules', () => {
     const bad = [
       { ...batch, records: [] },

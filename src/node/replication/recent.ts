@@ -9,6 +9,8 @@ import type { RecordHeader, Seq } from '../../core/types.js';
 export interface KeptRecord {
   readonly header: RecordHeader;
   readonly payload: Buffer;
+  /** Its encoded header and names as journalled, when known (a source ships it as it is). */
+  readonly head?: Buffer | undefined;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -26,10 +28,10 @@ export class RecentRecords {
   }
 
   /** Keeps a record (its payload as given: the caller copies a buffer it may not keep). */
-  add(header: RecordHeader, payload: Buffer | undefined): void {
+  add(header: RecordHeader, payload: Buffer | undefined, head?: Buffer): void {
     const cost = (payload?.length ?? 0) + RECORD_OVERHEAD_BYTES;
     if (this.bytes + cost > this.bytesMax || this.recs.has(header.seq)) return;
-    this.recs.set(header.seq, { header, payload: payload ?? EMPTY });
+    this.recs.set(header.seq, { header, payload: payload ?? EMPTY, head });
     this.bytes += cost;
   }
 

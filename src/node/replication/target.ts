@@ -383,7 +383,8 @@ export class TargetReplicator {
     }
     const recs = f.records.slice(r.from);
     try {
-      tg.journal.append(recs.map((x) => ({ header: x.header, payload: x.payload })));
+      // Journalled as received: each record's bytes, checksum verified by the frame decoder.
+      tg.journal.append(recs.map((x) => ({ header: x.header, payload: x.payload, encoded: x.bytes })));
     } catch (e) {
       const full = e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL';
       this.log(full ? 'warn' : 'error', 'target journal refused records; the source resends later', {
