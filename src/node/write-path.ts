@@ -38,7 +38,9 @@ import { isZero } from '../storage/zeroes.js';
 /** What the write path needs of a journal (src/storage/journal.ts implements it). */
 export interface JournalPort {
   /** Returns each record's encoded header and names, checksum set (journal.ts). */
-  append(records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer | undefined }>): Buffer[];
+  append(
+    records: ReadonlyArray<{ header: RecordHeader; payload?: Buffer | undefined }>,
+  ): (Buffer | undefined)[];
   sync(): Promise<void>;
   release(group: string, uptoSeq: Seq): void;
 }

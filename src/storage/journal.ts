@@ -174,8 +174,8 @@ interface PlannedRecord {
   readonly header: RecordHeader;
   /** Written first: the encoded header and names, or the whole encoding given (then no payload). */
   readonly head: Buffer;
-  /** Bytes of header and names at the start of head. */
-  readonly headBytes: number;
+  /** head is the encoding the caller gave (JournalInput.encoded). */
+  readonly given: boolean;
   readonly payload: Buffer | undefined;
   readonly bytes: number;
   segNo: number;
@@ -401,11 +401,11 @@ export class Journal {
   /**
    * Appends `records` in order; synchronous: they are in the page cache when this returns (not
    * durable until sync()). Returns each record's encoded header and names (checksum set), which a
-   * source ships as they are. Throws RC_ERR_JOURNAL_FULL, having written nothing, when the batch
+   * source ships as they are; undefined for a record given encoded (its caller has it). Throws RC_ERR_JOURNAL_FULL, having written nothing, when the batch
    * does not fit in bytesMax; RC_ERR_JOURNAL_IO, having written nothing that recovery would load,
    * on a write error.
    */
-  append(records: ReadonlyArray<JournalInput>): Buffer[] {
+  append(records: ReadonlyArray<JournalInput>): (Buffer | undefined)[] {
     assert(!this.closed, 'append on a closed journal');
     if (this.failed) throw ioError('journal failed earlier', this.failed);
     if (records.length === 0) return [];
@@ -423,7 +423,7 @@ export class Journal {
     const recycledNos = new Set<number>();
     const fds = this.writeBatch(planned, created, recycledNos);
     this.commitBatch(planned, fds, recycledNos);
-    return planned.map((p) => (p.head.length === p.headBytes ? p.head : p.head.subarray(0, p.headBytes)));
+    return planned.map((p) => (p.given ? undefined : p.head));
   }
 
   /**
@@ -454,8 +454,15 @@ export class Journal {
           assert(false, `group ${h.group} seq ${h.seq}: the encoding given is not this record's`);
         }
         // Written as one buffer: the payload is inside it.
-        const headBytes = bytes - payloadBytes;
-        planned[i] = { header: h, head: encoded, headBytes, payload: undefined, bytes, segNo: 0, offset: 0 };
+        planned[i] = {
+          header: h,
+          head: encoded,
+          given: true,
+          payload: undefined,
+          bytes,
+          segNo: 0,
+          offset: 0,
+        };
         continue;
       }
       const head = encodeHeader(h, payloadBytes > 0 ? payload : undefined);
@@ -463,7 +470,7 @@ export class Journal {
       planned[i] = {
         header: h,
         head,
-        headBytes: head.length,
+        given: false,
         payload: payloadBytes > 0 ? payload : undefined,
         bytes,
         segNo: 0,

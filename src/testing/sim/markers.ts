@@ -906,18 +906,19 @@ class MarkerSim {
           () => {},
         );
     };
+    /** A source whose reply is missing or not ok fails the checkpoint: thaw all, report it. */
+    const failed = (replies: readonly ({ ok: boolean } | undefined)[], what: string): boolean => {
+      const bad = replies.findIndex((r) => r === undefined || !r.ok);
+      if (bad < 0) return false;
+      thawAll();
+      done(undefined, `${what} ${this.sources[bad]!.name}: ${JSON.stringify(replies[bad]) ?? 'no answer'}`);
+      return true;
+    };
     this.gather<FreezeReply>(
       this.cfg.boundUs,
       (s, reply) => this.rpc(unreachable(s, 'freeze-lost'), 0, () => s.freeze(id, this.cfg.boundUs), reply),
       (frozen) => {
-        const bad = frozen.findIndex((r) => r === undefined || !r.ok);
-        if (bad >= 0) {
-          thawAll();
-          return done(
-            undefined,
-            `freeze of ${this.sources[bad]!.name}: ${JSON.stringify(frozen[bad]) ?? 'no answer'}`,
-          );
-        }
+        if (failed(frozen, 'freeze of')) return;
         const n = 1 + Math.max(...frozen.map((r) => (r as { lastMarker: number }).lastMarker));
         this.gather<MarkReply>(
           2 * this.cfg.boundUs,
@@ -929,14 +930,7 @@ class MarkerSim {
               reply,
             ),
           (marked) => {
-            const badMark = marked.findIndex((r) => r === undefined || !r.ok);
-            if (badMark >= 0) {
-              thawAll();
-              return done(
-                undefined,
-                `marker ${n} on ${this.sources[badMark]!.name}: ${JSON.stringify(marked[badMark]) ?? 'no answer'}`,
-              );
-            }
+            if (failed(marked, `marker ${n} on`)) return;
             done(n, '');
           },
         );
