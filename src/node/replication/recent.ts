@@ -16,10 +16,40 @@ export interface KeptRecord {
 const EMPTY = Buffer.alloc(0);
 /** Bytes a record costs beyond its payload (header, map entry), for the bound. */
 const RECORD_OVERHEAD_BYTES = 160;
+/** Copies of small payloads are cut from slabs this large (see SlabCopier). */
+export const SLAB_BYTES = 1024 * 1024;
+/** Payloads larger than this are copied into a buffer of their own. */
+const SLAB_COPY_MAX_BYTES = SLAB_BYTES / 8;
+
+/**
+ * Copies payloads into large shared slabs instead of one new buffer each: a 4 KiB Buffer.from
+ * allocates an ArrayBuffer of its own (Node pools only smaller ones), which cost a source more CPU
+ * than the copy itself and loaded the garbage collector. A slab lives while any record cut from
+ * it is kept; records are dropped in seq order, so at most the newest slabs are partly in use.
+ */
+export class SlabCopier {
+  private slab: Buffer = EMPTY;
+  private used = 0;
+
+  copy(src: Buffer): Buffer {
+    const n = src.length;
+    if (n > SLAB_COPY_MAX_BYTES) return Buffer.from(src);
+    if (this.used + n > this.slab.length) {
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.used = 0;
+    }
+    const out = this.slab.subarray(this.used, this.used + n);
+    src.copy(out);
+    // Cuts start 8-byte aligned, so typed views over a payload stay possible.
+    this.used += (n + 7) & ~7;
+    return out;
+  }
+}
 
 export class RecentRecords {
   private readonly recs = new Map<number, KeptRecord>();
   private bytes = 0;
+  private readonly slabs = new SlabCopier();
 
   constructor(readonly bytesMax: number) {}
 
@@ -27,11 +57,15 @@ export class RecentRecords {
     return this.recs.size;
   }
 
-  /** Keeps a record (its payload as given: the caller copies a buffer it may not keep). */
-  add(header: RecordHeader, payload: Buffer | undefined, head?: Buffer): void {
+  /**
+   * Keeps a record. Its payload is kept as given, or with `copy` (a buffer the caller may reuse,
+   * such as a front end's) a copy of it, made only when the record is kept.
+   */
+  add(header: RecordHeader, payload: Buffer | undefined, head?: Buffer, copy = false): void {
     const cost = (payload?.length ?? 0) + RECORD_OVERHEAD_BYTES;
     if (this.bytes + cost > this.bytesMax || this.recs.has(header.seq)) return;
-    this.recs.set(header.seq, { header, payload: payload ?? EMPTY, head });
+    const kept = payload === undefined ? EMPTY : copy ? this.slabs.copy(payload) : payload;
+    this.recs.set(header.seq, { header, payload: kept, head });
     this.bytes += cost;
   }
 

@@ -857,7 +857,7 @@ export class SourceReplicator {
       const g = this.groups.get(h.group);
       if (!g) continue;
       // Kept for shipping; a copy, as the front end may reuse its buffer once the write is answered.
-      g.recent.add(h, payload === undefined ? undefined : Buffer.from(payload), head);
+      g.recent.add(h, payload, head, true);
       const e = per.get(g) ?? { last: 0, bytes: 0 };
       e.last = h.seq;
       if (kindCarriesData(h.kind)) e.bytes += h.length;
