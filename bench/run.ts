@@ -12,14 +12,17 @@
  * remcopy runs with its volume as the source of an async group to a second node on this machine,
  * so every write is journalled and shipped; the target's durable reports release the records.
  * Both nodes start fresh for each workload, and fio starts once the initial copy is done.
+ * remcopy-journal is the same pair with the target stopped once the copy is done: every write is
+ * sequenced and journalled (the storage node of issue 2), nothing is shipped or released.
  *
  * Environment:
  *   BENCH_SECONDS              per fio run (default 8)
  *   BENCH_SIZE_MIB             file / volume size (default 1024)
  *   BENCH_WORKLOADS            comma list of the workloads above (server table only)
- *   BENCH_ONLY                 comma list of servers: nbdkit,qemu-nbd,remcopy, and of resync (the
- *                              resync case); empty skips the table and resync. BENCH_REPL still picks
- *                              the replication cases (BENCH_ONLY=resync BENCH_REPL=0: resync alone)
+ *   BENCH_ONLY                 comma list of servers: nbdkit,qemu-nbd,remcopy-journal,remcopy, and
+ *                              of resync (the resync case); empty skips the table and resync.
+ *                              BENCH_REPL still picks the replication cases (BENCH_ONLY=resync
+ *                              BENCH_REPL=0: resync alone)
  *   BENCH_DIR                  where temporary directories go (default: the system temp dir)
  *   BENCH_JOURNAL              remcopy journal size per node (default 4GiB)
  *   BENCH_REPL                 replication cases: 1/all (default), 0 (none), or a comma list of
@@ -139,7 +142,24 @@ async function startRemcopy(): Promise<Server> {
   return { name: 'remcopy', uri: c.uri, stop: () => c.stop() };
 }
 
-const ONLY = (process.env.BENCH_ONLY ?? 'nbdkit,qemu-nbd,remcopy,resync').split(',').filter((s) => s !== '');
+/**
+ * remcopy with its journal alone (the storage node of issue 2): the same pair, then node b is
+ * stopped, so every write is sequenced and journalled but nothing is shipped or released.
+ */
+async function startRemcopyJournal(): Promise<Server> {
+  const c = await startCluster(true);
+  try {
+    await c.stopB('SIGTERM');
+  } catch (e) {
+    await c.stop();
+    throw e;
+  }
+  return { name: 'remcopy-journal', uri: c.uri, stop: () => c.stop() };
+}
+
+const ONLY = (process.env.BENCH_ONLY ?? 'nbdkit,qemu-nbd,remcopy-journal,remcopy,resync')
+  .split(',')
+  .filter((s) => s !== '');
 
 async function serverTable(): Promise<string> {
   const only = ONLY.filter((s) => s !== 'resync');
@@ -149,6 +169,7 @@ async function serverTable(): Promise<string> {
     nbdkit: startNbdkit,
     'qemu-nbd': startQemuNbd,
     remcopy: startRemcopy,
+    'remcopy-journal': startRemcopyJournal,
   };
   for (const name of only)
     if (!starters[name]) throw new Error(`BENCH_ONLY: unknown server ${name} (or resync)`);
@@ -186,10 +207,10 @@ async function main(): Promise<void> {
 function report(results: Map<string, Map<string, number>>): string {
   const base = results.get('nbdkit');
   const lines = [
-    `fio over NBD, ${SECONDS} s per workload, ${SIZE_MIB} MiB files, one run; remcopy: async replication on (both nodes here)`,
+    `fio over NBD, ${SECONDS} s per workload, ${SIZE_MIB} MiB files, one run; remcopy: async replication on (both nodes here); remcopy-journal: journal alone (target stopped)`,
     '',
   ];
-  lines.push(['server'.padEnd(10), ...workloads.map((w) => `${w.name} (${w.unit})`.padStart(28))].join(''));
+  lines.push(['server'.padEnd(16), ...workloads.map((w) => `${w.name} (${w.unit})`.padStart(28))].join(''));
   for (const [name, row] of results) {
     const cells = workloads.map((w) => {
       const v = row.get(w.name) ?? Number.NaN;
@@ -197,7 +218,7 @@ function report(results: Map<string, Map<string, number>>): string {
       const ratio = b ? ` ${(v / b).toFixed(2)}x` : '';
       return `${v.toFixed(0)}${ratio}`.padStart(28);
     });
-    lines.push([name.padEnd(10), ...cells].join(''));
+    lines.push([name.padEnd(16), ...cells].join(''));
   }
   return `${lines.join('\n')}\n`;
 }
