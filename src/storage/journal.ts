@@ -401,9 +401,9 @@ export class Journal {
   /**
    * Appends `records` in order; synchronous: they are in the page cache when this returns (not
    * durable until sync()). Returns each record's encoded header and names (checksum set), which a
-   * source ships as they are; undefined for a record given encoded (its caller has it). Throws RC_ERR_JOURNAL_FULL, having written nothing, when the batch
-   * does not fit in bytesMax; RC_ERR_JOURNAL_IO, having written nothing that recovery would load,
-   * on a write error.
+   * source ships as they are; undefined for a record given encoded (its caller has it). Throws
+   * RC_ERR_JOURNAL_FULL, having written nothing, when the batch does not fit in bytesMax;
+   * RC_ERR_JOURNAL_IO, having written nothing that recovery would load, on a write error.
    */
   append(records: ReadonlyArray<JournalInput>): (Buffer | undefined)[] {
     assert(!this.closed, 'append on a closed journal');
