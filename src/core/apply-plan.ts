@@ -100,7 +100,10 @@ export interface CyclePlan {
 export type PlanResult =
   /** Some group has no arrived key and no cut completed: wait for a record or a tick. */
   | { readonly kind: 'no-cut'; readonly waitingFor: readonly string[] }
-  /** The cut equals the completed one: nothing new to apply. */
+  /**
+   * Nothing new to apply: the cut equals the completed one, or (with markers) every group that
+   * could move waits at a marker. `cut` is the cut computed now, not persisted.
+   */
   | { readonly kind: 'idle'; readonly cut: OrderKey }
   /** Persist `state`, apply `plan`, then call completeCycle(state, plan). */
   | { readonly kind: 'cycle'; readonly state: ApplyState; readonly plan: CyclePlan };
@@ -169,7 +172,16 @@ export function planCycle(
   const groups = arrivals.map((a) =>
     planGroup(a, state.seqApplied.get(a.group)!, state.markerReached.get(a.group), completed, cut, released),
   );
-  if (!redo && same && groups.every((g) => g.seqLast < g.seqFirst)) return { kind: 'idle', cut };
+  const reachesNone = groups.every((g) => g.seqLast < g.seqFirst);
+  if (!redo && same && reachesNone) return { kind: 'idle', cut };
+  // Groups wait at markers and no group reaches a record: a cycle would only persist a cut that
+  // moved, and while records keep arriving it moves every time, so the driver would never go idle
+  // to see that every group waits at the marker (its snapshot step runs when cycles stop). An
+  // abnormal marker still gets its cycle: that is where the driver reports it.
+  const waits = groups.some((g) => g.stop === 'marker');
+  if (!redo && released !== undefined && reachesNone && waits && groups.every((g) => !g.abnormal)) {
+    return { kind: 'idle', cut };
+  }
   return {
     kind: 'cycle',
     state: { ...state, cutPlanned: cut },

@@ -5,7 +5,9 @@
  * (the markers of one freeze are contiguous in the source's order); a marker that does not name
  * the group's last marker stops the group before it as an abnormal state; a number skipped by a
  * failed cycle is not abnormal when the marker names its real predecessor; a release lets the
- * group go on even when the cut did not move; without `markersReleased` markers never stop.
+ * group go on even when the cut did not move; while every group waits no cycle is planned, however
+ * far the cut moves (the driver goes idle, which is when the snapshot is taken), unless a group
+ * stopped at an abnormal marker; without `markersReleased` markers never stop.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -95,12 +97,14 @@ test('a group stops at its marker, the others catch up to theirs, then a release
       ['B', 1],
     ]),
   );
-  // While they wait, nothing moves however far the records go.
+  // While they wait, nothing moves however far the records go; and no cycle is planned although
+  // the cut moved: an empty cycle per arrival would keep the driver from ever going idle, and the
+  // snapshot at the marker is taken when it does.
   feed(a, rec('A', 4, 7));
   feed(b, rec('B', 4, 8));
   step = run(s, [a, b], { markersReleased: 0 });
   s = step.state;
-  assert.ok(step.plans === undefined || step.plans.every((p) => p.seqLast < p.seqFirst), 'nothing planned');
+  assert.equal(step.r.kind, 'idle', 'every group waits: nothing to apply, no cycle');
   assert.deepEqual([...s.seqApplied.values()], [2, 2]);
   // Released: both go on, although the cut may not move (it already passed their records).
   step = run(s, [a, b], { markersReleased: 1 });
@@ -159,6 +163,30 @@ test('a marker that does not follow the last one stops its group as abnormal', (
   step = run(s, [a], { markersReleased: 5 });
   assert.ok(step.plans === undefined || step.plans[0]!.stop === 'abnormal-marker', 'and it stays there');
   assert.equal(Number(step.state.seqApplied.get('A')), 2);
+});
+
+test('a group at an abnormal marker still gets its cycle while another waits at its marker', () => {
+  const a = new GroupArrival('A');
+  const b = new GroupArrival('B');
+  // A reaches marker 1; B's first marker names 5 before it (a lost marker): abnormal.
+  feed(a, rec('A', 1, 1), marker('A', 2, 3, 1, 0), rec('A', 3, 5));
+  feed(b, rec('B', 1, 2), marker('B', 2, 4, 6, 5), rec('B', 3, 6));
+  const first = run(initialApplyState(['A', 'B']), [a, b], { markersReleased: 0 });
+  assert.deepEqual(
+    first.plans!.map((p) => [p.stop, Number(p.seqLast)]),
+    [
+      ['marker', 2],
+      ['abnormal-marker', 1],
+    ],
+  );
+  // Nothing more can move, but the cycle that says why is still planned: the driver reports it.
+  feed(a, rec('A', 4, 7));
+  feed(b, rec('B', 4, 8));
+  const again = planCycle(first.state, [a, b], { markersReleased: 0 });
+  assert.equal(again.kind, 'cycle');
+  if (again.kind !== 'cycle') return;
+  assert.ok(again.plan.groups.every((g) => g.seqLast < g.seqFirst));
+  assert.match(again.plan.groups[1]!.abnormal!, /marker 6 at seq 2 names marker 5/);
 });
 
 test('a number skipped by a failed cycle is not abnormal; an unknown last marker accepts any', () => {
