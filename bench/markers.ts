@@ -11,7 +11,9 @@
  * writes, measured here; fio's completion latency percentiles).
  *
  * Environment: BENCH_MARKERS_SECONDS (default 60), BENCH_CYCLE_SECONDS (default 2),
- * BENCH_DIR (temporary directories), REMCOPY_LOG_LEVEL (node logs, default warn).
+ * BENCH_MARKERS_FIO_IOPS (fio's rate; unset, as fast as it goes: then b1 applies less than a1
+ * takes on this machine, and the cycle time grows with b1's lag), BENCH_DIR (temporary
+ * directories), REMCOPY_LOG_LEVEL (node logs, default warn).
  */
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
@@ -28,6 +30,7 @@ import { envNumber, fmt, installCleanup, percentile, removeDir, run, tempDir, tr
 
 const SECONDS = envNumber('BENCH_MARKERS_SECONDS', 60);
 const CYCLE_SECONDS = envNumber('BENCH_CYCLE_SECONDS', 2);
+const FIO_IOPS = envNumber('BENCH_MARKERS_FIO_IOPS', 0);
 const LAYOUT = { workers: 8, blocksPerWorker: 32 };
 
 interface Summary {
@@ -65,8 +68,9 @@ async function main(): Promise<void> {
       await copyJournalled(apiOf(port(src).api), topo.secret, g);
       await waitState(apiOf(port(dst).api), topo.secret, g, 'pair', 300_000);
     }
+    const fioRate = FIO_IOPS > 0 ? ` at ${FIO_IOPS} IOPS` : '';
     process.stdout.write(
-      `markers: 2 source + 2 target nodes, cycles every ${CYCLE_SECONDS} s for ${SECONDS} s, bank (8 workers) + fio 4k randwrite QD4\n`,
+      `markers: 2 source + 2 target nodes, cycles every ${CYCLE_SECONDS} s for ${SECONDS} s, bank (8 workers) + fio 4k randwrite QD4${fioRate}\n`,
     );
     const debit = await nbdWriter(uri('a1', 'v1'));
     const credit = await nbdWriter(uri('a2', 'v2'));
@@ -90,6 +94,7 @@ async function main(): Promise<void> {
           '--rw=randwrite',
           '--bs=4k',
           '--iodepth=4',
+          ...(FIO_IOPS > 0 ? [`--rate_iops=${FIO_IOPS}`] : []),
           '--time_based',
           `--runtime=${SECONDS}`,
           '--output-format=json',
@@ -185,7 +190,7 @@ async function main(): Promise<void> {
         `  event-loop delay (ms): ${loopDelay.join(', ')}`,
         `  snapshots checked: ${checked} on b1+b2, ${bad} failed the dependent-write check; ${partial} on one target only (a failed cycle the coordinator could not abandon)`,
         `  bank: ${fmt(progress.completed)} transfers, ${progress.errors.length} errors; write latency p50 ${ms(percentile(sorted, 50))} ms, p99 ${ms(percentile(sorted, 99))} ms, max ${ms(sorted[sorted.length - 1])} ms`,
-        `  fio 4k randwrite QD4: ${fmt(fioJob.iops)} IOPS, completion latency p50 ${ms(fioJob.clat_ns.percentile['50.000000']! / 1e6)} ms, p99 ${ms(fioJob.clat_ns.percentile['99.000000']! / 1e6)} ms`,
+        `  fio 4k randwrite QD4${fioRate}: ${fmt(fioJob.iops)} IOPS, completion latency p50 ${ms(fioJob.clat_ns.percentile['50.000000']! / 1e6)} ms, p99 ${ms(fioJob.clat_ns.percentile['99.000000']! / 1e6)} ms`,
       ].join('\n') + '\n',
     );
     if (bad > 0 || progress.errors.length > 0) process.exitCode = 1;
