@@ -7,6 +7,8 @@
  *   (copy-on-write); keepSnapshots drops the oldest; `remcopy snapshots --delete / --keep` work.
  * - A freeze that passes its bound thaws by itself: the writes it held complete, the mark is
  *   refused, nothing is lost; the next checkpoint takes the next number.
+ * - Groups that wait at a marker for the coordinator's go (resume: coordinator) apply nothing and
+ *   run no apply cycle while records keep arriving; the go lets them apply.
  * - Consistency cycles (cycleSeconds) while a bank workload runs across both source nodes (debit
  *   on a1, credit on a2): every snapshot taken passes the dependent-write check, so the two
  *   target nodes' snapshots together are one image the sources really had.
@@ -233,6 +235,65 @@ test('a freeze past its bound thaws by itself; a marker on one source only is ab
     await assert.rejects(readExport(s.uri('b1', 'v1@1')), /no export named/);
     const v1 = await readExport(s.uri('b1', 'v1@2'));
     assert.ok(v1.subarray(0, 4096).equals(pattern(0x31, 4096)), 'the held write is in the snapshot');
+  } finally {
+    await s.stop();
+  }
+});
+
+test('groups waiting at a marker for the go: records keep arriving, no apply cycle runs until the go', async () => {
+  const s = await fourNodes('wait-', '{ groups: [g1, g2], resume: coordinator, freezeBound: 2s }');
+  try {
+    const call = (n: string, path: string, body: unknown) =>
+      apiCall(s.api(n), s.topo.secret, 'POST', path, body);
+    // Marker 1 by hand (no go afterwards, as `remcopy checkpoint` would send): b1 snapshots and waits.
+    for (const n of ['a1', 'a2']) await call(n, '/v1/sets/bank/freeze', { id: 'w1', boundMs: 2000 });
+    for (const n of ['a1', 'a2']) await call(n, '/v1/sets/bank/mark', { id: 'w1', marker: 1 });
+    const reached = (await call('b1', '/v1/sets/bank/wait-marker', { marker: 1, timeoutMs: 30_000 })) as {
+      outcome: string;
+    };
+    assert.equal(reached.outcome, 'snapshot');
+    const group = async (n: string) =>
+      (
+        (await apiCall(s.api(n), s.topo.secret, 'GET', '/v1/status')) as {
+          groups: { name: string; seqWritten?: number; seqArrived?: number; seqApplied?: number }[];
+        }
+      ).groups.find((g) => g.name === 'g1')!;
+    const cycles = async () => {
+      const text = await fetch(`http://127.0.0.1:${s.topo.ports.get('b1')!.api}/metrics`, {
+        headers: { authorization: `Bearer ${s.topo.secret}` },
+      }).then((r) => r.text());
+      const m = /^remcopy_apply_cycles\{set="bank"\} (\d+)$/m.exec(text);
+      assert.ok(m, 'the apply cycles metric of set bank');
+      return Number(m[1]);
+    };
+    const atMarker = (await group('b1')).seqApplied!;
+    const before = await cycles();
+    // Writes after the marker, in several batches, reach b1's journal while g1 waits.
+    for (let i = 0; i < 4; i++) {
+      await qemuIo(
+        s.uri('a1', 'v1'),
+        Array.from({ length: 8 }, (_, k) => `write -P 0x4${i} ${(i * 8 + k) * 65536} 4k`),
+      );
+    }
+    const written = (await group('a1')).seqWritten!;
+    await waitFor('the writes to arrive at b1', async () =>
+      (await group('b1')).seqArrived === written ? true : undefined,
+    );
+    // Nothing may be applied past the marker, and a cycle that applies nothing must not run: with
+    // records arriving, each would move the cut, and the apply loop would never go idle.
+    assert.equal((await group('b1')).seqApplied, atMarker, 'g1 stays at the marker');
+    assert.equal(await cycles(), before, 'no apply cycle while every group waits at the marker');
+    // The coordinator's go: the writes are applied.
+    for (const n of ['b1', 'b2']) await call(n, '/v1/sets/bank/go', { marker: 1 });
+    await waitFor('b1 to apply past the marker', async () =>
+      (await group('b1')).seqApplied === written ? true : undefined,
+    );
+    assert.ok((await cycles()) > before);
+    const v1 = await readExport(s.uri('b1', 'v1'));
+    assert.ok(
+      v1.subarray(31 * 65536, 31 * 65536 + 4096).equals(pattern(0x43, 4096)),
+      'the last write is there',
+    );
   } finally {
     await s.stop();
   }
