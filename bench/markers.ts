@@ -150,6 +150,15 @@ async function main(): Promise<void> {
           snapshots: { number: number }[];
         }
       ).snapshots.map((x) => x.number);
+    // Copy-on-write: what the snapshots hold, per target node (chunks preserved before overwrite).
+    const snapSpace: string[] = [];
+    for (const n of ['b1', 'b2']) {
+      const m = (await apiCall(apiOf(port(n).api), topo.secret, 'GET', '/v1/sets/bank/markers')) as {
+        target?: { snapshots: { usedBytes: number }[] };
+      };
+      const used = (m.target?.snapshots ?? []).reduce((sum, v) => sum + v.usedBytes, 0);
+      snapSpace.push(`${n} ${fmt(used / 2 ** 20, 0)} MiB`);
+    }
     const on1 = await listOf('b1', 'v1');
     const on2 = new Set(await listOf('b2', 'v2'));
     const both = on1.filter((n) => on2.has(n));
@@ -188,7 +197,7 @@ async function main(): Promise<void> {
             `  freeze on ${n}: ${s.count} freezes, p50 ${ms(s.p50)} ms, p99 ${ms(s.p99)} ms, max ${ms(s.max)} ms (bar: p99 < 5 ms)`,
         ),
         `  event-loop delay (ms): ${loopDelay.join(', ')}`,
-        `  snapshots checked: ${checked} on b1+b2, ${bad} failed the dependent-write check; ${partial} on one target only (a failed cycle the coordinator could not abandon)`,
+        `  snapshots checked: ${checked} on b1+b2, ${bad} failed the dependent-write check; ${partial} on one target only (a failed cycle the coordinator could not abandon); space the snapshots hold: ${snapSpace.join(', ')}`,
         `  bank: ${fmt(progress.completed)} transfers, ${progress.errors.length} errors; write latency p50 ${ms(percentile(sorted, 50))} ms, p99 ${ms(percentile(sorted, 99))} ms, max ${ms(sorted[sorted.length - 1])} ms`,
         `  fio 4k randwrite QD4${fioRate}: ${fmt(fioJob.iops)} IOPS, completion latency p50 ${ms(fioJob.clat_ns.percentile['50.000000']! / 1e6)} ms, p99 ${ms(fioJob.clat_ns.percentile['99.000000']! / 1e6)} ms`,
       ].join('\n') + '\n',
