@@ -101,8 +101,8 @@ export type PlanResult =
   /** Some group has no arrived key and no cut completed: wait for a record or a tick. */
   | { readonly kind: 'no-cut'; readonly waitingFor: readonly string[] }
   /**
-   * Nothing new to apply: the cut equals the completed one, or (with markers) every group that
-   * could move waits at a marker. `cut` is the cut computed now, not persisted.
+   * Nothing new to apply: the cut equals the completed one, or (with markers) no group reaches a
+   * record and some group waits at a marker. `cut` is the cut computed now, not persisted.
    */
   | { readonly kind: 'idle'; readonly cut: OrderKey }
   /** Persist `state`, apply `plan`, then call completeCycle(state, plan). */
