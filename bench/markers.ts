@@ -124,13 +124,14 @@ async function main(): Promise<void> {
       }[];
     };
     const cyc = st.cycles[0]!;
-    const perNode: Record<string, Summary> = {};
-    for (const n of ['a1', 'a2']) {
-      const m = (await apiCall(apiOf(port(n).api), topo.secret, 'GET', '/v1/sets/bank/markers')) as {
-        source: { freezeMs: Summary; boundPassed: number };
+    // The set's marker state on a node: freeze times on a source, snapshots on a target.
+    const markersOf = async (n: string) =>
+      (await apiCall(apiOf(port(n).api), topo.secret, 'GET', '/v1/sets/bank/markers')) as {
+        source?: { freezeMs: Summary; boundPassed: number };
+        target?: { snapshots: { usedBytes: number }[] };
       };
-      perNode[n] = m.source.freezeMs;
-    }
+    const perNode: Record<string, Summary> = {};
+    for (const n of ['a1', 'a2']) perNode[n] = (await markersOf(n)).source!.freezeMs;
     // How late each node's event loop ran what was due: a freeze waits behind it on both ends.
     const loopDelay: string[] = [];
     for (const n of ['a1', 'a2', 'b1', 'b2']) {
@@ -153,10 +154,7 @@ async function main(): Promise<void> {
     // Copy-on-write: what the snapshots hold, per target node (chunks preserved before overwrite).
     const snapSpace: string[] = [];
     for (const n of ['b1', 'b2']) {
-      const m = (await apiCall(apiOf(port(n).api), topo.secret, 'GET', '/v1/sets/bank/markers')) as {
-        target?: { snapshots: { usedBytes: number }[] };
-      };
-      const used = (m.target?.snapshots ?? []).reduce((sum, v) => sum + v.usedBytes, 0);
+      const used = ((await markersOf(n)).target?.snapshots ?? []).reduce((sum, v) => sum + v.usedBytes, 0);
       snapSpace.push(`${n} ${fmt(used / 2 ** 20, 0)} MiB`);
     }
     const on1 = await listOf('b1', 'v1');

@@ -172,14 +172,13 @@ export function planCycle(
   const groups = arrivals.map((a) =>
     planGroup(a, state.seqApplied.get(a.group)!, state.markerReached.get(a.group), completed, cut, released),
   );
-  const reachesNone = groups.every((g) => g.seqLast < g.seqFirst);
-  if (!redo && same && reachesNone) return { kind: 'idle', cut };
-  // Groups wait at markers and no group reaches a record: a cycle would only persist a cut that
-  // moved, and while records keep arriving it moves every time, so the driver would never go idle
-  // to see that every group waits at the marker (its snapshot step runs when cycles stop). An
-  // abnormal marker still gets its cycle: that is where the driver reports it.
-  const waits = groups.some((g) => g.stop === 'marker');
-  if (!redo && released !== undefined && reachesNone && waits && groups.every((g) => !g.abnormal)) {
+  // No group reaches a record and the cut did not move; or some group waits at a marker, where a
+  // cycle would only persist a cut that moved: while records keep arriving it moves every time, so
+  // the driver would never go idle to see that every group waits at the marker (its snapshot step
+  // runs when cycles stop). An abnormal marker still gets its cycle: the driver reports it there.
+  const waitsAtMarker =
+    released !== undefined && groups.some((g) => g.stop === 'marker') && groups.every((g) => !g.abnormal);
+  if (!redo && groups.every((g) => g.seqLast < g.seqFirst) && (same || waitsAtMarker)) {
     return { kind: 'idle', cut };
   }
   return {

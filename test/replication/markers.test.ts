@@ -23,7 +23,7 @@ import { promisify } from 'node:util';
 import { apiCall } from '../../src/node/api.js';
 import type { BankProgress } from '../../src/testing/bank.js';
 import { BANK_BLOCK_BYTES, checkBank, runBank } from '../../src/testing/bank.js';
-import { apiOf, copyJournalled, waitFor } from '../../src/testing/cluster.js';
+import { apiOf, copyJournalled, groupStatus, metricValue, waitFor } from '../../src/testing/cluster.js';
 import { nbdWriter } from '../../src/testing/nbd-writer.js';
 import type { NodeProcess } from '../../src/testing/proc.js';
 import { runCli, startNodeProcess, writeTopology } from '../../src/testing/proc.js';
@@ -252,21 +252,13 @@ test('groups waiting at a marker for the go: records keep arriving, no apply cyc
       outcome: string;
     };
     assert.equal(reached.outcome, 'snapshot');
-    const group = async (n: string) =>
-      (
-        (await apiCall(s.api(n), s.topo.secret, 'GET', '/v1/status')) as {
-          groups: { name: string; seqWritten?: number; seqArrived?: number; seqApplied?: number }[];
-        }
-      ).groups.find((g) => g.name === 'g1')!;
+    const group = (n: string) => groupStatus(s.api(n), s.topo.secret, 'g1');
     const cycles = async () => {
-      const text = await fetch(`http://127.0.0.1:${s.topo.ports.get('b1')!.api}/metrics`, {
-        headers: { authorization: `Bearer ${s.topo.secret}` },
-      }).then((r) => r.text());
-      const m = /^remcopy_apply_cycles\{set="bank"\} (\d+)$/m.exec(text);
-      assert.ok(m, 'the apply cycles metric of set bank');
-      return Number(m[1]);
+      const n = await metricValue(s.api('b1'), s.topo.secret, 'remcopy_apply_cycles{set="bank"}');
+      assert.ok(n !== undefined, 'the apply cycles metric of set bank');
+      return n;
     };
-    const atMarker = (await group('b1')).seqApplied!;
+    const atMarker = (await group('b1')).seqApplied;
     const before = await cycles();
     // Writes after the marker, in several batches, reach b1's journal while g1 waits.
     for (let i = 0; i < 4; i++) {
@@ -275,7 +267,7 @@ test('groups waiting at a marker for the go: records keep arriving, no apply cyc
         Array.from({ length: 8 }, (_, k) => `write -P 0x4${i} ${(i * 8 + k) * 65536} 4k`),
       );
     }
-    const written = (await group('a1')).seqWritten!;
+    const written = (await group('a1')).seqWritten;
     await waitFor('the writes to arrive at b1', async () =>
       (await group('b1')).seqArrived === written ? true : undefined,
     );
