@@ -63,6 +63,14 @@ import {
   writeState,
 } from './journal-state.js';
 import {
+  alignDown,
+  alignUp,
+  DIRECT_ALIGN,
+  DIRECT_PROBE_FILE_NAME,
+  DirectStaging,
+  openDirect,
+} from './direct-io.js';
+import {
   decodeRecord,
   encodeHeader,
   encodingFits,
@@ -89,6 +97,12 @@ export const FREE_SEGMENTS_MAX = 8;
 /** Zeroes written per call when clearing the stale tail of a recycled segment. */
 const ZERO_WRITE_BYTES = 1024 * 1024;
 const ZEROES = Buffer.alloc(ZERO_WRITE_BYTES);
+/**
+ * A run of records in one segment of at least this many bytes is written with O_DIRECT
+ * (direct-io.ts): for large records the page-cache copy costs far more than the device write.
+ * Smaller runs stay buffered: a direct write waits for the device, a buffered one does not.
+ */
+export const DIRECT_RUN_BYTES_MIN = 256 * 1024;
 /** Bytes read per call when scanning a segment in retained(). */
 const READ_CHUNK_BYTES = 4 * 1024 * 1024;
 /** readRetained reads neighbouring records in one call when it wastes at most this much more. */
@@ -112,8 +126,13 @@ export interface JournalOptions {
   /** Bytes per segment file (default 64 MiB; >= the largest record). */
   readonly segmentBytes?: number;
   readonly log?: LogFn;
-  /** Lower limits, for tests that want small segments. */
-  readonly limits?: { readonly recordPayloadBytesMax?: number };
+  /**
+   * Lower limits, for tests: small records, and the run size from which appends go direct
+   * (directRunBytesMin, default DIRECT_RUN_BYTES_MIN).
+   */
+  readonly limits?: { readonly recordPayloadBytesMax?: number; readonly directRunBytesMin?: number };
+  /** Large appends with O_DIRECT where the file system allows it (default true; direct-io.ts). */
+  readonly directIo?: boolean;
   /** Fault injection for tests. */
   readonly io?: JournalIo;
 }
@@ -187,6 +206,7 @@ export class Journal {
   readonly bytesMax: number;
   readonly segmentBytes: number;
   readonly recordPayloadBytesMax: number;
+  private readonly directRunBytesMin: number;
   private readonly log: LogFn;
   private readonly io: JournalIo;
 
@@ -230,6 +250,13 @@ export class Journal {
   private failed: Error | null = null;
   private closed = false;
 
+  // Direct I/O (direct-io.ts): probed at the first large run; null when not used.
+  private staging: DirectStaging | null | undefined = undefined;
+  /** The O_DIRECT fd of the segment the last direct run went to. */
+  private directFd: { no: number; fd: number } | null = null;
+  /** The partial last block of the last direct run: the next run starts by rewriting it. */
+  private directTail: { no: number; end: number; bytes: Buffer } | null = null;
+
   // Used during recovery only (onRecovered).
   private recoveredAny = false;
   private recoveredOrdinal = 0;
@@ -241,6 +268,8 @@ export class Journal {
     this.bytesMax = opts.bytesMax;
     this.segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES_DEFAULT;
     this.recordPayloadBytesMax = opts.limits?.recordPayloadBytesMax ?? RECORD_PAYLOAD_BYTES_MAX;
+    this.directRunBytesMin = opts.limits?.directRunBytesMin ?? DIRECT_RUN_BYTES_MIN;
+    if (opts.directIo === false) this.staging = null;
     this.log = opts.log ?? (() => {});
     this.io = opts.io ?? realIo;
     const recordBytesMax = RECORD_HEADER_AND_NAMES_BYTES_MAX + this.recordPayloadBytesMax;
@@ -524,7 +553,14 @@ export class Journal {
           iov.push(planned[j]!.head);
           if (planned[j]!.payload !== undefined) iov.push(planned[j]!.payload!);
         }
-        this.writeFully(fdOf(first.segNo), iov, first.offset);
+        let runBytes = 0;
+        for (const b of iov) runBytes += b.length;
+        if (
+          runBytes < this.directRunBytesMin ||
+          !this.writeDirect(first.segNo, fdOf(first.segNo), iov, first.offset)
+        ) {
+          this.writeFully(fdOf(first.segNo), iov, first.offset);
+        }
         i = j;
       }
     } catch (e) {
@@ -592,9 +628,129 @@ export class Journal {
     }
   }
 
+  /**
+   * Writes the run `iov` at `offset` of segment `no` with O_DIRECT: the blocks from the one holding
+   * `offset` (its bytes before `offset` rewritten as they are) to the one holding the run's end (its
+   * bytes after the end written as zeroes: past the records a segment holds zeroes or stale
+   * records, and recovery stops at either). Returns false, having written nothing, when direct I/O
+   * is not available here; the caller writes buffered then.
+   */
+  private writeDirect(no: number, fd: number, iov: readonly Buffer[], offset: number): boolean {
+    const st = this.directStaging();
+    if (st === null) return false;
+    const dfd = this.directFdOf(no);
+    if (dfd === null) return false;
+    const buf = st.buf;
+    let at = alignDown(offset);
+    let pos = offset - at;
+    if (pos > 0) this.loadHead(no, fd, at, pos, buf);
+    for (const b of iov) {
+      for (let from = 0; from < b.length;) {
+        const n = Math.min(b.length - from, buf.length - pos);
+        b.copy(buf, pos, from, from + n);
+        pos += n;
+        from += n;
+        if (pos < buf.length) continue;
+        this.writeDirectFully(dfd, fd, buf.subarray(0, pos), at);
+        at += pos;
+        pos = 0;
+      }
+    }
+    this.directTail = null;
+    if (pos === 0) return true;
+    const end = alignUp(pos);
+    buf.fill(0, pos, end);
+    this.writeDirectFully(dfd, fd, buf.subarray(0, end), at);
+    if (pos % DIRECT_ALIGN !== 0) {
+      const bytes = Buffer.from(buf.subarray(alignDown(pos), pos));
+      this.directTail = { no, end: at + pos, bytes };
+    }
+    return true;
+  }
+
+  /** The staging buffer, probed for at the first use; null when direct I/O is not used. */
+  private directStaging(): DirectStaging | null {
+    if (this.staging !== undefined) return this.staging;
+    try {
+      const { staging, reason } = DirectStaging.open(this.dir);
+      this.staging = staging;
+      if (staging === null) this.log('info', 'journal: appends stay buffered', { dir: this.dir, reason });
+    } catch (e) {
+      this.staging = null;
+      this.log('warn', 'journal: O_DIRECT probe failed; appends stay buffered', {
+        dir: this.dir,
+        error: String(e),
+      });
+    }
+    return this.staging;
+  }
+
+  private directFdOf(no: number): number | null {
+    if (this.directFd?.no === no) return this.directFd.fd;
+    this.closeDirectFd();
+    const fd = openDirect(path.join(this.dir, segmentFileName(no)));
+    if (fd === null) return null;
+    this.directFd = { no, fd };
+    return fd;
+  }
+
+  private closeDirectFd(): void {
+    if (this.directFd === null) return;
+    fs.closeSync(this.directFd.fd);
+    this.directFd = null;
+  }
+
+  /** Puts the `len` bytes of segment `no` at `at` (records already written) at the start of `buf`. */
+  private loadHead(no: number, fd: number, at: number, len: number, buf: Buffer): void {
+    const t = this.directTail;
+    if (t !== null && t.no === no && t.end === at + len) {
+      t.bytes.copy(buf, 0);
+      return;
+    }
+    for (let done = 0; done < len;) {
+      const n = fs.readSync(fd, buf, done, len - done, at + done);
+      if (n === 0)
+        throw Object.assign(new Error(`segment ${no} ends before byte ${at + len}`), { code: 'EIO' });
+      done += n;
+    }
+  }
+
+  /**
+   * One aligned piece of a direct run. A short write that ends off alignment, or a direct write the
+   * kernel calls misaligned (EINVAL), is finished buffered; direct I/O is then given up for good.
+   */
+  private writeDirectFully(dfd: number, fd: number, piece: Buffer, position: number): void {
+    let done = 0;
+    while (done < piece.length) {
+      let n: number;
+      try {
+        n = this.io.writevSync(dfd, [piece.subarray(done)], position + done);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+        this.giveUpDirect(e);
+        break;
+      }
+      if (n <= 0) throw Object.assign(new Error('direct write wrote nothing'), { code: 'EIO' });
+      done += n;
+      if (done < piece.length && done % DIRECT_ALIGN !== 0) break;
+    }
+    if (done < piece.length) this.writeFully(fd, [piece.subarray(done)], position + done);
+  }
+
+  private giveUpDirect(cause: unknown): void {
+    this.log('warn', 'journal: a direct write was refused; appends stay buffered', {
+      dir: this.dir,
+      error: String(cause),
+    });
+    this.staging = null;
+    this.directTail = null;
+  }
+
   /** Undo a failed batch: truncate the active segment back, remove the segments it created. */
   private rollback(createdFds: Map<number, number>, oldSize: number, cause: unknown): void {
+    this.directTail = null;
     try {
+      this.closeDirectFd();
       if (this.active !== null) {
         // Zero what the failed batch wrote, keeping the segment preallocated.
         fs.ftruncateSync(this.active.fd!, oldSize);
@@ -656,6 +812,7 @@ export class Journal {
     for (const p of planned) batchBytes += p.bytes;
     this.countAppended(batchBytes);
     if (createdFds.size > 0) this.maybePrepareSpare();
+    if (this.directFd !== null && this.directFd.no !== this.active?.no) this.closeDirectFd();
     if (previousActive !== null && previousActive !== this.active) this.scheduleMaintenance();
   }
 
@@ -948,7 +1105,9 @@ export class Journal {
 
   private removePreparationLeftovers(): void {
     for (const name of fs.readdirSync(this.dir)) {
-      if (name.startsWith(PREPARING_PREFIX)) fs.rmSync(path.join(this.dir, name), { force: true });
+      if (name.startsWith(PREPARING_PREFIX) || name === DIRECT_PROBE_FILE_NAME) {
+        fs.rmSync(path.join(this.dir, name), { force: true });
+      }
     }
   }
 
@@ -1167,6 +1326,7 @@ export class Journal {
   }
 
   private closeFds(): void {
+    this.closeDirectFd();
     for (const seg of this.segments.values()) {
       if (seg.fd !== null) fs.closeSync(seg.fd);
       seg.fd = null;

@@ -4,10 +4,12 @@
  * check that every write acknowledged with FUA, or acknowledged before a FLUSH that completed, is
  * there. kill -9 keeps the page cache, so every acknowledged write must in fact survive: the test
  * checks that too, and that the journal's sequence continues without reuse after each restart.
- * Three rounds per run, each killed at a different moment (seeded; the seed is printed).
+ * Three rounds per run, each killed at a different moment (seeded; the seed is printed). Twice:
+ * with 4 KiB writes (journalled through the page cache) and with 512 KiB writes (runs of at least
+ * 256 KiB are journalled with O_DIRECT, src/storage/direct-io.ts).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -17,9 +19,33 @@ import { copyJournalled } from '../../src/testing/cluster.js';
 import { startNodeProcess, type TestTopology, writeTopology } from '../../src/testing/proc.js';
 import { mulberry32 } from '../../src/testing/random.js';
 
-const BLOCK = 4096;
-const BLOCKS = 4096; // 16 MiB volume
-const CONCURRENCY = 16;
+/** One storm's shape: block size, blocks in the volume (each written once per round), writers. */
+interface Shape {
+  readonly block: number;
+  readonly blocks: number;
+  readonly concurrency: number;
+  /** The kill comes this long after the storm starts, plus up to killSpreadMs more (seeded). */
+  readonly killMinMs: number;
+  readonly killSpreadMs: number;
+  /** ... and never before this many writes were acknowledged (a loaded CI machine). */
+  readonly underWayWrites: number;
+}
+const SMALL: Shape = {
+  block: 4096,
+  blocks: 4096,
+  concurrency: 16,
+  killMinMs: 150,
+  killSpreadMs: 600,
+  underWayWrites: 50,
+};
+const LARGE: Shape = {
+  block: 512 * 1024,
+  blocks: 128,
+  concurrency: 8,
+  killMinMs: 20,
+  killSpreadMs: 150,
+  underWayWrites: 10,
+};
 const ROUNDS = 3;
 const seed = Number(process.env.REMCOPY_SEED ?? Date.now() % 100000);
 const random = mulberry32(seed);
@@ -27,8 +53,8 @@ const random = mulberry32(seed);
 const dir = mkdtempSync(join(tmpdir(), 'rc-kill9-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function blockFor(round: number, id: number): Buffer {
-  const b = Buffer.alloc(BLOCK, (id * 31 + round) & 0xff);
+function blockFor(shape: Shape, round: number, id: number): Buffer {
+  const b = Buffer.alloc(shape.block, (id * 31 + round) & 0xff);
   b.writeUInt32LE(round, 0);
   b.writeUInt32LE(id, 4);
   return b;
@@ -43,7 +69,14 @@ interface Outcome {
 }
 
 /** Writes block ids in order, each to its own block, until the node dies. */
-async function storm(topo: TestTopology, round: number, firstId: number, out: Outcome): Promise<void> {
+async function storm(
+  shape: Shape,
+  topo: TestTopology,
+  round: number,
+  firstId: number,
+  out: Outcome,
+): Promise<void> {
+  const { block: BLOCK, blocks: BLOCKS } = shape;
   const client = await connect({ host: '127.0.0.1', port: topo.ports.get('a')!.native! });
   const vol = await client.open('vol');
   let next = firstId;
@@ -54,7 +87,10 @@ async function storm(topo: TestTopology, round: number, firstId: number, out: Ou
       const id = next++;
       const fua = random() < 0.25;
       try {
-        await vol.write((id % BLOCKS) * BLOCK, blockFor(round, id), { fua, writeTimeUs: Date.now() * 1000 });
+        await vol.write((id % BLOCKS) * BLOCK, blockFor(shape, round, id), {
+          fua,
+          writeTimeUs: Date.now() * 1000,
+        });
       } catch {
         dead = true;
         return;
@@ -75,14 +111,16 @@ async function storm(topo: TestTopology, round: number, firstId: number, out: Ou
       }
     }
   };
-  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  await Promise.all(Array.from({ length: shape.concurrency }, worker));
   await client.close().catch(() => {});
 }
 
-test(`kill -9 during a write storm loses no acknowledged write (seed ${seed})`, async () => {
+async function crashRounds(shape: Shape, sub: string): Promise<void> {
+  const size = `${(shape.block * shape.blocks) / (1024 * 1024)}MiB`;
+  mkdirSync(join(dir, sub));
   const topo = await writeTopology(
-    dir,
-    { a: { volumes: { vol: '16MiB' }, native: true }, b: { volumes: { vol: '16MiB' } } },
+    join(dir, sub),
+    { a: { volumes: { vol: size }, native: true }, b: { volumes: { vol: size } } },
     { g: ['a', 'b', 'vol'] },
   );
   const api = { host: '127.0.0.1', port: topo.ports.get('a')!.api };
@@ -94,14 +132,14 @@ test(`kill -9 during a write storm loses no acknowledged write (seed ${seed})`, 
     if (round === 1) seqBefore = status.seqWritten;
     assert.equal(status.seqWritten, seqBefore, 'the sequence continues where the journal left off');
     const out: Outcome = { acked: new Map(), promised: new Set(), writes: 0 };
-    const killAfterMs = 150 + Math.floor(random() * 600);
+    const killAfterMs = shape.killMinMs + Math.floor(random() * shape.killSpreadMs);
     // Kill at the random moment, but never before the storm is under way (a loaded CI machine).
     let stormDone = false;
-    const stormed = storm(topo, round, round * 100_000, out).finally(() => {
+    const stormed = storm(shape, topo, round, round * 100_000, out).finally(() => {
       stormDone = true;
     });
     const underWay = async (): Promise<void> => {
-      while (out.writes < 50 && !stormDone) await new Promise((r) => setTimeout(r, 5));
+      while (out.writes < shape.underWayWrites && !stormDone) await new Promise((r) => setTimeout(r, 5));
     };
     const killer = Promise.all([new Promise((r) => setTimeout(r, killAfterMs)), underWay()]).then(() =>
       node.kill9(),
@@ -115,8 +153,8 @@ test(`kill -9 during a write storm loses no acknowledged write (seed ${seed})`, 
     let lostPromised = 0;
     let lostAcked = 0;
     for (const [block, r] of out.acked) {
-      const got = await vol.read(block * BLOCK, BLOCK);
-      const ok = got.readUInt32LE(0) === r && got.equals(blockFor(r, got.readUInt32LE(4)));
+      const got = await vol.read(block * shape.block, shape.block);
+      const ok = got.readUInt32LE(0) === r && got.equals(blockFor(shape, r, got.readUInt32LE(4)));
       if (!ok && out.promised.has(block)) lostPromised++;
       if (!ok) lostAcked++;
     }
@@ -132,4 +170,10 @@ test(`kill -9 during a write storm loses no acknowledged write (seed ${seed})`, 
     assert.ok(seqBefore >= out.writes, 'every acknowledged write has a journal record');
     assert.equal(await again.stop(), 0, 'clean stop exits 0');
   }
-});
+}
+
+test(`kill -9 during a storm of 4 KiB writes loses no acknowledged write (seed ${seed})`, () =>
+  crashRounds(SMALL, 'small'));
+
+test(`kill -9 during a storm of 512 KiB writes (journalled direct) loses no acknowledged write (seed ${seed})`, () =>
+  crashRounds(LARGE, 'large'));

@@ -736,3 +736,245 @@ describe('journal', () => {
     }
   });
 });
+
+/** Whether `fd` was opened with O_DIRECT (its flags in /proc/self/fdinfo). */
+function isDirectFd(fd: number): boolean {
+  const m = /^flags:\s+([0-7]+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  assert.ok(m, `no flags for fd ${fd}`);
+  return (parseInt(m[1]!, 8) & fs.constants.O_DIRECT) !== 0;
+}
+
+/**
+ * Real writes, each noted as direct (position, length) or buffered. `fault`, when given, is asked
+ * first about every direct write and may do it itself (returning the bytes written) or throw.
+ */
+function watchedIo(
+  fault?: (
+    fd: number,
+    bufs: readonly NodeJS.ArrayBufferView[],
+    pos: number,
+    nth: number,
+  ) => number | undefined,
+) {
+  const seen = { direct: [] as { position: number; length: number }[], buffered: 0 };
+  const io: JournalIo = {
+    writevSync: (fd, bufs, pos) => {
+      if (!isDirectFd(fd)) {
+        seen.buffered++;
+        return fs.writevSync(fd, bufs, pos);
+      }
+      let length = 0;
+      for (const b of bufs) length += b.byteLength;
+      seen.direct.push({ position: pos, length });
+      return fault?.(fd, bufs, pos, seen.direct.length - 1) ?? fs.writevSync(fd, bufs, pos);
+    },
+    fdatasync: (fd) => new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve()))),
+  };
+  return { io, seen };
+}
+
+/** Records equal one by one (headers deep-equal, payloads byte-equal): cheap for large payloads. */
+function assertSameRecords(actual: Rec[], expected: Rec[]): void {
+  assert.equal(actual.length, expected.length, 'record count');
+  for (let i = 0; i < expected.length; i++) {
+    const a = actual[i]!;
+    const e = expected[i]!;
+    assert.deepEqual(a.header, e.header, `record ${i}: header`);
+    const ap = a.payload ?? Buffer.alloc(0);
+    const ep = e.payload ?? Buffer.alloc(0);
+    if (!ap.equals(ep)) {
+      let at = 0;
+      while (at < ep.length && ap[at] === ep[at]) at++;
+      assert.fail(`record ${i} (seq ${e.header.seq}, ${ep.length} bytes): payload differs from byte ${at}`);
+    }
+  }
+}
+
+describe('journal: large runs with O_DIRECT', () => {
+  const MiB = 1024 * 1024;
+  const DIRECT = { segmentBytes: MiB, bytesMax: 64 * MiB, limits: { recordPayloadBytesMax: 256 * 1024 } };
+  /** Record sizes that cross blocks, pieces and segments at odd places. */
+  const sizesFrom = (seed: number, n: number, max: number): number[] => {
+    const out: number[] = [];
+    let x = seed;
+    for (let i = 0; i < n; i++) {
+      x = (x * 1103515245 + 12345) % 2147483648;
+      out.push(1 + (x % max));
+    }
+    return out;
+  };
+
+  test('every run goes direct, aligned; records read back and survive reopen, and appends go on after it', async () => {
+    const dir = newDir();
+    const { io, seen } = watchedIo();
+    const opts = { ...DIRECT, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
+    const j = await open(dir, { ...opts, io });
+    const m = new Maker();
+    const all: Rec[] = [];
+    const sizes = sizesFrom(7, 60, 200_000);
+    let batches = 0;
+    for (let i = 0; i < sizes.length; batches++) {
+      const batch: Rec[] = [];
+      for (let k = 0; k < 1 + (i % 4) && i < sizes.length; k++, i++) {
+        batch.push(m.rec(i % 3 === 0 ? 'b' : 'a', i % 7 === 0 ? Kind.marker : Kind.data, sizes[i]!));
+      }
+      j.append(batch);
+      all.push(...batch);
+    }
+    assert.ok(seen.direct.length >= batches, `${seen.direct.length} direct writes for ${batches} batches`);
+    assert.equal(seen.buffered, 0, 'no buffered writes when every run is direct');
+    for (const w of seen.direct) {
+      assert.equal(w.position % 4096, 0, `direct write at ${w.position}`);
+      assert.equal(w.length % 4096, 0, `direct write of ${w.length} bytes`);
+    }
+    assertSameRecords(collect(j), all);
+    await j.close();
+
+    // After a restart the first run's leading block comes from the file, not from memory.
+    const j2 = await open(dir, opts);
+    assertSameRecords(collect(j2), all);
+    const m2 = new Maker(j2, ['a', 'b']);
+    for (const n of [3, 70_000, 5000]) {
+      const r = m2.rec('a', Kind.data, n);
+      j2.append([r]);
+      all.push(r);
+    }
+    await j2.close();
+    const j3 = await open(dir, opts);
+    assertSameRecords(collect(j3), all);
+    await j3.close();
+  });
+
+  test('small runs stay buffered and large ones go direct, interleaved in one segment', async () => {
+    const dir = newDir();
+    const { io, seen } = watchedIo();
+    const opts = {
+      ...DIRECT,
+      segmentBytes: 4 * MiB,
+      limits: { ...DIRECT.limits, directRunBytesMin: 64 * 1024 },
+    };
+    const j = await open(dir, { ...opts, io });
+    const m = new Maker();
+    const all: Rec[] = [];
+    for (let i = 0; i < 24; i++) {
+      const r = m.rec('a', Kind.data, i % 2 === 0 ? 500 + i : 100_000 + i);
+      j.append([r]);
+      all.push(r);
+    }
+    assert.equal(seen.direct.length, 12, 'one direct write per large record');
+    assert.equal(seen.buffered, 12, 'one buffered write per small record');
+    assertSameRecords(collect(j), all);
+    await j.close();
+    const j2 = await open(dir, opts);
+    assertSameRecords(collect(j2), all);
+    await j2.close();
+  });
+
+  test('recycled segments written direct load no stale record of their previous life', async () => {
+    const dir = newDir();
+    const opts = { ...DIRECT, bytesMax: 8 * MiB, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
+    const j = await open(dir, opts);
+    const m = new Maker();
+    let kept: Rec[] = [];
+    let freeSeen = 0;
+    for (let round = 0; round < 6; round++) {
+      // Each round fills about three segments, then releases all but its last few records.
+      const recs = sizesFrom(round + 1, 20, 180_000).map((n) => m.rec('a', Kind.data, n));
+      for (const r of recs) j.append([r]);
+      kept = kept.concat(recs);
+      const upto = kept[kept.length - 4]!.header.seq;
+      j.release('a', upto);
+      kept = kept.filter((r) => r.header.seq > upto);
+      await j.whenIdle();
+      if (fs.readdirSync(dir).some((f) => f.startsWith('free-'))) freeSeen++;
+    }
+    // Six rounds append more than bytesMax: released segments were let go and their files reused.
+    assert.ok(freeSeen >= 3, `released segments kept for reuse after ${freeSeen} of 6 rounds`);
+    assertSameRecords(collect(j), kept);
+    await j.close();
+    const j2 = await open(dir, opts);
+    assertSameRecords(collect(j2), kept);
+    await j2.close();
+  });
+
+  test('an EIO in the second piece of a direct run appends nothing; the journal goes on', async () => {
+    const dir = newDir();
+    const { io, seen } = watchedIo((_fd, _bufs, _pos, nth) => {
+      if (nth === 2) throw Object.assign(new Error('injected EIO'), { code: 'EIO' });
+      return undefined;
+    });
+    const opts = { segmentBytes: 32 * MiB, bytesMax: 128 * MiB, limits: { recordPayloadBytesMax: 4 * MiB } };
+    const j = await open(dir, { ...opts, io });
+    const m = new Maker();
+    const first = m.rec('a', Kind.data, 3 * MiB);
+    j.append([first]); // direct write 0
+    const snap = new Maker(j, ['a']);
+    // 3 x 3 MiB: more than the 8 MiB staging buffer, so two pieces (direct writes 1 and 2).
+    const failed = [
+      m.rec('a', Kind.data, 3 * MiB),
+      m.rec('a', Kind.data, 3 * MiB),
+      m.rec('a', Kind.data, 3 * MiB),
+    ];
+    assert.throws(() => j.append(failed), isCode('RC_ERR_JOURNAL_IO'));
+    assert.equal(seen.direct.length, 3);
+    assert.equal(j.lastSeq('a'), 1);
+    const next = snap.rec('a', Kind.data, 300_000);
+    j.append([next]);
+    assertSameRecords(collect(j), [first, next]);
+    await j.close();
+    const j2 = await open(dir, opts);
+    assertSameRecords(collect(j2), [first, next]);
+    await j2.close();
+  });
+
+  test('a direct write refused as misaligned (EINVAL) is finished buffered, and direct I/O is given up', async () => {
+    const dir = newDir();
+    const { io, seen } = watchedIo((_fd, _bufs, _pos, nth) => {
+      if (nth === 0) throw Object.assign(new Error('injected EINVAL'), { code: 'EINVAL' });
+      return undefined;
+    });
+    const opts = { ...DIRECT, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
+    const j = await open(dir, { ...opts, io });
+    const m = new Maker();
+    const all = [m.rec('a', Kind.data, 100_000), m.rec('a', Kind.data, 90_000), m.rec('a', Kind.data, 7)];
+    for (const r of all) j.append([r]);
+    assert.equal(seen.direct.length, 1, 'no direct write after the refusal');
+    assert.ok(seen.buffered >= 3);
+    assertSameRecords(collect(j), all);
+    await j.close();
+    const j2 = await open(dir, opts);
+    assertSameRecords(collect(j2), all);
+    await j2.close();
+  });
+
+  test('a short direct write that ends off alignment is finished buffered', async () => {
+    const dir = newDir();
+    const { io, seen } = watchedIo((fd, bufs, pos, nth) => {
+      if (nth !== 1) return undefined;
+      // The kernel took 5000 bytes: write them through a buffered fd of the same file.
+      const plain = fs.openSync(`/proc/self/fd/${fd}`, 'r+');
+      try {
+        const b = bufs[0] as Buffer;
+        return fs.writeSync(plain, b, 0, 5000, pos);
+      } finally {
+        fs.closeSync(plain);
+      }
+    });
+    const opts = { ...DIRECT, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
+    const j = await open(dir, { ...opts, io });
+    const m = new Maker();
+    const all = [
+      m.rec('a', Kind.data, 70_000),
+      m.rec('a', Kind.data, 150_000),
+      m.rec('a', Kind.data, 60_000),
+    ];
+    for (const r of all) j.append([r]);
+    assert.equal(seen.direct.length, 3, 'direct I/O goes on after a short write');
+    assert.ok(seen.buffered >= 1, 'the rest of the short write went buffered');
+    assertSameRecords(collect(j), all);
+    await j.close();
+    const j2 = await open(dir, opts);
+    assertSameRecords(collect(j2), all);
+    await j2.close();
+  });
+});
