@@ -13,7 +13,7 @@ import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { apiOf, copyJournalled, groupStatus, waitFor } from '../src/testing/cluster.js';
-import { nodeProcessArgs } from '../src/cli/node-process.js';
+import { nodeProcessArgs, nodeProcessEnv } from '../src/cli/node-process.js';
 import { writeTopology } from '../src/testing/proc.js';
 import {
   fio,
@@ -35,6 +35,7 @@ function startProfiledNode(config: string, name: string): Promise<ChildProcess> 
   const child = track(
     spawn(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${dir}`, ...nodeProcessArgs(config, name)], {
       stdio: ['ignore', 'pipe', 'inherit'],
+      env: nodeProcessEnv(),
     }),
   );
   return new Promise((resolve, reject) => {

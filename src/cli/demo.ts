@@ -25,7 +25,7 @@ import { loadConfig } from '../node/config.js';
 import type { BankLayout, BankProgress } from '../testing/bank.js';
 import { BANK_BLOCK_BYTES, checkBank, runBank } from '../testing/bank.js';
 import { runTakeover, verifyGroup } from './manage.js';
-import { nodeProcessArgs } from './node-process.js';
+import { nodeProcessArgs, nodeProcessEnv } from './node-process.js';
 import type { GroupLine } from './status.js';
 
 /** The workload runs 25 s; REMCOPY_DEMO_SECONDS shortens it (the test of the demo uses 8). */
@@ -76,6 +76,7 @@ interface DemoNode {
 function startNode(dir: string, configFile: string, name: string): Promise<DemoNode> {
   const child = spawn(process.execPath, nodeProcessArgs(configFile, name), {
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: nodeProcessEnv(),
   });
   const log = createWriteStream(join(dir, `${name}.log`), { flags: 'a' });
   child.stderr!.pipe(log);

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --initial-heap-size=128
+#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432:${GLIBC_TUNABLES} node --initial-heap-size=128
 /**
  * The `remcopy` command. Exit codes (README.md): 0 ok, 1 a command ran and failed, 2 bad usage or
  * bad configuration (nothing was started or changed).

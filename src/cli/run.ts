@@ -9,7 +9,7 @@ import { ExitCode } from '../core/errors.js';
 import { loadConfig } from '../node/config.js';
 import { makeLog } from '../node/log.js';
 import { RemcopyNode } from '../node/node.js';
-import { nodeProcessArgs } from './node-process.js';
+import { nodeProcessArgs, nodeProcessEnv } from './node-process.js';
 
 function waitForSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
@@ -49,6 +49,7 @@ export async function runUp(configFile: string): Promise<number> {
   const children = [...topo.nodes.keys()].map((name) => {
     const child = spawn(process.execPath, nodeProcessArgs(configFile, name), {
       stdio: ['ignore', 'pipe', 'pipe'],
+      env: nodeProcessEnv(),
     });
     for (const stream of [child.stdout, child.stderr]) {
       createInterface({ input: stream }).on('line', (line) => process.stdout.write(`[${name}] ${line}\n`));

@@ -395,9 +395,18 @@ export class NodeOperations {
     prom.collectDefaultMetrics({ register: r, prefix: 'remcopy_' });
     gauge(
       'remcopy_process_info',
-      'Always 1; the labels say how this process runs: Node.js version, V8 flags given (NODE_PROCESS_V8_FLAGS)',
-      ['nodejs', 'v8_flags'],
-      (g) => g.set({ nodejs: process.version, v8_flags: process.execArgv.join(' ') }, 1),
+      'Always 1; the labels say how this process runs: Node.js version, V8 flags given (NODE_PROCESS_V8_FLAGS), ' +
+        'glibc tunables (NODE_PROCESS_MALLOC_TUNABLES)',
+      ['nodejs', 'v8_flags', 'glibc_tunables'],
+      (g) =>
+        g.set(
+          {
+            nodejs: process.version,
+            v8_flags: process.execArgv.join(' '),
+            glibc_tunables: process.env.GLIBC_TUNABLES ?? '',
+          },
+          1,
+        ),
     );
     gauge('remcopy_group_seq', 'Sequence numbers per group and stage', ['group', 'role', 'stage'], (g) => {
       for (const s of node.source?.status() ?? []) {

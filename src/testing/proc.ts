@@ -8,7 +8,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { CLI_MAIN, nodeProcessArgs } from '../cli/node-process.js';
+import { CLI_MAIN, nodeProcessArgs, nodeProcessEnv } from '../cli/node-process.js';
 
 export { CLI_MAIN };
 
@@ -150,7 +150,7 @@ export function startNodeProcess(
 ): Promise<NodeProcess> {
   const child = spawn(process.execPath, nodeProcessArgs(configFile, node), {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...env },
+    env: nodeProcessEnv({ ...process.env, ...env }),
   });
   const stderr: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (l) => stderr.push(l));

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { promisify } from 'node:util';
-import { NODE_PROCESS_V8_FLAGS } from '../../src/cli/node-process.js';
+import { NODE_PROCESS_V8_FLAGS, nodeProcessEnv } from '../../src/cli/node-process.js';
 import { connect } from '../../src/client/index.js';
 import { apiCall } from '../../src/node/api.js';
 import type { BankLayout, BankProgress } from '../../src/testing/bank.js';
@@ -96,7 +96,13 @@ test('qemu-io and fio writes replicate; verify passes, then names a range change
     assert.match(metrics, /remcopy_group_seq\{group="gl",role="source",stage="applied"\} [1-9]/);
     // Started as `remcopy up` and the demo start nodes (nodeProcessArgs): with the V8 flags. Process figures too.
     const flags = NODE_PROCESS_V8_FLAGS.join(' ');
-    assert.ok(metrics.includes(`remcopy_process_info{nodejs="${process.version}",v8_flags="${flags}"} 1`));
+    const tunables = nodeProcessEnv({}).GLIBC_TUNABLES;
+    assert.ok(
+      metrics.includes(
+        `remcopy_process_info{nodejs="${process.version}",v8_flags="${flags}",glibc_tunables="${tunables}"} 1`,
+      ),
+      metrics.split('\n').find((l) => l.startsWith('remcopy_process_info')),
+    );
     assert.match(metrics, /remcopy_process_resident_memory_bytes [1-9]/);
     assert.match(metrics, /remcopy_nodejs_heap_size_used_bytes [1-9]/);
     assert.equal(
