@@ -541,6 +541,11 @@ export class NodeOperations {
       }
     });
     counter(
+      'remcopy_journal_direct_bytes_total',
+      'Bytes of records this node journalled with O_DIRECT (large batches into new segments)',
+      () => node.journal.directBytesWritten,
+    );
+    counter(
       'remcopy_records_journalled_total',
       'Host and copy records journalled by this node',
       () => node.writePath.stats.recordsAppended,

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { connect } from '../../src/client/index.js';
 import { apiCall } from '../../src/node/api.js';
-import { copyJournalled } from '../../src/testing/cluster.js';
+import { copyJournalled, metricValue } from '../../src/testing/cluster.js';
 import { startNodeProcess, type TestTopology, writeTopology } from '../../src/testing/proc.js';
 import { mulberry32 } from '../../src/testing/random.js';
 
@@ -29,6 +29,10 @@ interface Shape {
   readonly killSpreadMs: number;
   /** ... and never before this many writes were acknowledged (a loaded CI machine). */
   readonly underWayWrites: number;
+  /** Node a's journal (YAML flow), when not the default. */
+  readonly journal?: string;
+  /** The journal must have written with O_DIRECT by the time of the kill. */
+  readonly direct: boolean;
 }
 const SMALL: Shape = {
   block: 4096,
@@ -37,14 +41,21 @@ const SMALL: Shape = {
   killMinMs: 150,
   killSpreadMs: 600,
   underWayWrites: 50,
+  direct: false,
 };
+/**
+ * 512 KiB writes, killed once more than 75 MiB are written: past the rest of the active segment and
+ * the spare prepared at start (33 MiB segments, written buffered), into new segments (direct).
+ */
 const LARGE: Shape = {
   block: 512 * 1024,
-  blocks: 128,
+  blocks: 256,
   concurrency: 8,
-  killMinMs: 20,
+  killMinMs: 0,
   killSpreadMs: 150,
-  underWayWrites: 10,
+  underWayWrites: 150,
+  journal: '{ size: 1GiB, segmentSize: 33MiB }',
+  direct: true,
 };
 const ROUNDS = 3;
 const seed = Number(process.env.REMCOPY_SEED ?? Date.now() % 100000);
@@ -120,7 +131,10 @@ async function crashRounds(shape: Shape, sub: string): Promise<void> {
   mkdirSync(join(dir, sub));
   const topo = await writeTopology(
     join(dir, sub),
-    { a: { volumes: { vol: size }, native: true }, b: { volumes: { vol: size } } },
+    {
+      a: { volumes: { vol: size }, native: true, ...(shape.journal ? { journal: shape.journal } : {}) },
+      b: { volumes: { vol: size } },
+    },
     { g: ['a', 'b', 'vol'] },
   );
   const api = { host: '127.0.0.1', port: topo.ports.get('a')!.api };
@@ -141,11 +155,18 @@ async function crashRounds(shape: Shape, sub: string): Promise<void> {
     const underWay = async (): Promise<void> => {
       while (out.writes < shape.underWayWrites && !stormDone) await new Promise((r) => setTimeout(r, 5));
     };
-    const killer = Promise.all([new Promise((r) => setTimeout(r, killAfterMs)), underWay()]).then(() =>
-      node.kill9(),
+    let directBytes = 0;
+    const killer = Promise.all([new Promise((r) => setTimeout(r, killAfterMs)), underWay()]).then(
+      async () => {
+        if (shape.direct) {
+          directBytes = (await metricValue(api, topo.secret, 'remcopy_journal_direct_bytes_total')) ?? 0;
+        }
+        node.kill9();
+      },
     );
     await Promise.all([stormed, killer]);
     assert.ok(out.writes > 0, 'the storm wrote something before the kill');
+    if (shape.direct) assert.ok(directBytes > 0, `round ${round}: journalled with O_DIRECT before the kill`);
 
     const again = await startNodeProcess(topo.file, 'a');
     const client = await connect({ host: '127.0.0.1', port: topo.ports.get('a')!.native! });

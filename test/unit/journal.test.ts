@@ -25,7 +25,11 @@ import {
   timeUs,
 } from '../../src/core/types.js';
 import { Journal, type JournalIo, type JournalOptions } from '../../src/storage/journal.js';
-import { encodeHeader, recordBytes as recordBytesOf } from '../../src/storage/record.js';
+import {
+  encodeHeader,
+  RECORD_HEADER_AND_NAMES_BYTES_MAX,
+  recordBytes as recordBytesOf,
+} from '../../src/storage/record.js';
 
 const root = fs.mkdtempSync(join(tmpdir(), 'rc-journal-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -744,9 +748,15 @@ function isDirectFd(fd: number): boolean {
   return (parseInt(m[1]!, 8) & fs.constants.O_DIRECT) !== 0;
 }
 
+interface SeenWrite {
+  readonly file: string;
+  readonly position: number;
+  readonly length: number;
+}
+
 /**
- * Real writes, each noted as direct (position, length) or buffered. `fault`, when given, is asked
- * first about every direct write and may do it itself (returning the bytes written) or throw.
+ * Real writes, each noted with its file as direct or buffered. `fault`, when given, is asked first
+ * about every direct write (nth from 0) and may do it itself (returning the bytes written) or throw.
  */
 function watchedIo(
   fault?: (
@@ -756,16 +766,17 @@ function watchedIo(
     nth: number,
   ) => number | undefined,
 ) {
-  const seen = { direct: [] as { position: number; length: number }[], buffered: 0 };
+  const seen = { direct: [] as SeenWrite[], buffered: [] as SeenWrite[] };
   const io: JournalIo = {
     writevSync: (fd, bufs, pos) => {
-      if (!isDirectFd(fd)) {
-        seen.buffered++;
-        return fs.writevSync(fd, bufs, pos);
-      }
       let length = 0;
       for (const b of bufs) length += b.byteLength;
-      seen.direct.push({ position: pos, length });
+      const w = { file: fs.readlinkSync(`/proc/self/fd/${fd}`).replace(/^.*\//, ''), position: pos, length };
+      if (!isDirectFd(fd)) {
+        seen.buffered.push(w);
+        return fs.writevSync(fd, bufs, pos);
+      }
+      seen.direct.push(w);
       return fault?.(fd, bufs, pos, seen.direct.length - 1) ?? fs.writevSync(fd, bufs, pos);
     },
     fdatasync: (fd) => new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve()))),
@@ -792,7 +803,15 @@ function assertSameRecords(actual: Rec[], expected: Rec[]): void {
 
 describe('journal: large runs with O_DIRECT', () => {
   const MiB = 1024 * 1024;
-  const DIRECT = { segmentBytes: MiB, bytesMax: 64 * MiB, limits: { recordPayloadBytesMax: 256 * 1024 } };
+  const SEG1 = 'seg-0000000000000001.log';
+  /** The largest payload a segment of `bytes` holds. */
+  const payloadMax = (bytes: number): number => bytes - RECORD_HEADER_AND_NAMES_BYTES_MAX;
+  const DIRECT = {
+    segmentBytes: MiB,
+    bytesMax: 64 * MiB,
+    limits: { recordPayloadBytesMax: payloadMax(MiB) },
+  };
+  const EVERY_RUN = { ...DIRECT, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
   /** Record sizes that cross blocks, pieces and segments at odd places. */
   const sizesFrom = (seed: number, n: number, max: number): number[] => {
     const out: number[] = [];
@@ -803,17 +822,25 @@ describe('journal: large runs with O_DIRECT', () => {
     }
     return out;
   };
+  /**
+   * The first segment is the spare prepared at open (zero-filled through the page cache), so it
+   * is written buffered: one record fills it, leaving less room than any further record needs.
+   */
+  const fillPrepared = (j: Journal, m: Maker, segmentBytes: number): Rec => {
+    const probe = m.rec('a', Kind.data, 1);
+    const r = m.rec('a', Kind.data, segmentBytes - 2 * recordBytesOf(probe.header, 0) - 50);
+    j.append([probe, r]);
+    return probe;
+  };
 
-  test('every run goes direct, aligned; records read back and survive reopen, and appends go on after it', async () => {
+  test('large runs in new segments go direct and aligned, the prepared one buffered; records read back, reopen, go on', async () => {
     const dir = newDir();
     const { io, seen } = watchedIo();
-    const opts = { ...DIRECT, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
-    const j = await open(dir, { ...opts, io });
+    const j = await open(dir, { ...EVERY_RUN, io });
     const m = new Maker();
     const all: Rec[] = [];
     const sizes = sizesFrom(7, 60, 200_000);
-    let batches = 0;
-    for (let i = 0; i < sizes.length; batches++) {
+    for (let i = 0; i < sizes.length;) {
       const batch: Rec[] = [];
       for (let k = 0; k < 1 + (i % 4) && i < sizes.length; k++, i++) {
         batch.push(m.rec(i % 3 === 0 ? 'b' : 'a', i % 7 === 0 ? Kind.marker : Kind.data, sizes[i]!));
@@ -821,48 +848,54 @@ describe('journal: large runs with O_DIRECT', () => {
       j.append(batch);
       all.push(...batch);
     }
-    assert.ok(seen.direct.length >= batches, `${seen.direct.length} direct writes for ${batches} batches`);
-    assert.equal(seen.buffered, 0, 'no buffered writes when every run is direct');
+    assert.ok(seen.buffered.length > 0 && seen.direct.length >= 10, `${seen.direct.length} direct writes`);
+    for (const w of seen.buffered) assert.equal(w.file, SEG1, `buffered write to ${w.file}`);
     for (const w of seen.direct) {
+      assert.notEqual(w.file, SEG1, 'the prepared segment is written buffered');
       assert.equal(w.position % 4096, 0, `direct write at ${w.position}`);
       assert.equal(w.length % 4096, 0, `direct write of ${w.length} bytes`);
     }
     assertSameRecords(collect(j), all);
     await j.close();
 
-    // After a restart the first run's leading block comes from the file, not from memory.
-    const j2 = await open(dir, opts);
+    // After a restart the active segment is written buffered again (its pages may be cached).
+    const j2 = await open(dir, EVERY_RUN);
     assertSameRecords(collect(j2), all);
     const m2 = new Maker(j2, ['a', 'b']);
-    for (const n of [3, 70_000, 5000]) {
+    for (const n of [3, 70_000, 5000, 900_000, 800_000]) {
       const r = m2.rec('a', Kind.data, n);
       j2.append([r]);
       all.push(r);
     }
     await j2.close();
-    const j3 = await open(dir, opts);
+    const j3 = await open(dir, EVERY_RUN);
     assertSameRecords(collect(j3), all);
     await j3.close();
   });
 
-  test('small runs stay buffered and large ones go direct, interleaved in one segment', async () => {
+  test('small runs stay buffered and large ones go direct, interleaved in one new segment', async () => {
     const dir = newDir();
     const { io, seen } = watchedIo();
     const opts = {
       ...DIRECT,
       segmentBytes: 4 * MiB,
-      limits: { ...DIRECT.limits, directRunBytesMin: 64 * 1024 },
+      limits: { recordPayloadBytesMax: payloadMax(4 * MiB), directRunBytesMin: 64 * 1024 },
     };
     const j = await open(dir, { ...opts, io });
     const m = new Maker();
-    const all: Rec[] = [];
+    const all = [fillPrepared(j, m, opts.segmentBytes)];
+    all.push(...collect(j).slice(1));
+    const before = { direct: seen.direct.length, buffered: seen.buffered.length };
     for (let i = 0; i < 24; i++) {
       const r = m.rec('a', Kind.data, i % 2 === 0 ? 500 + i : 100_000 + i);
       j.append([r]);
       all.push(r);
     }
-    assert.equal(seen.direct.length, 12, 'one direct write per large record');
-    assert.equal(seen.buffered, 12, 'one buffered write per small record');
+    assert.equal(seen.direct.length - before.direct, 12, 'one direct write per large record');
+    const large = all.slice(2).filter((r) => r.header.length >= 100_000);
+    const directBytes = large.reduce((n, r) => n + recordBytesOf(r.header, r.header.length), 0);
+    assert.equal(j.directBytesWritten, directBytes, 'directBytesWritten counts the large records');
+    assert.equal(seen.buffered.length - before.buffered, 12, 'one buffered write per small record');
     assertSameRecords(collect(j), all);
     await j.close();
     const j2 = await open(dir, opts);
@@ -870,10 +903,11 @@ describe('journal: large runs with O_DIRECT', () => {
     await j2.close();
   });
 
-  test('recycled segments written direct load no stale record of their previous life', async () => {
+  test('segments written direct are recycled buffered; no stale record of a previous life loads', async () => {
     const dir = newDir();
-    const opts = { ...DIRECT, bytesMax: 8 * MiB, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
-    const j = await open(dir, opts);
+    const { io, seen } = watchedIo();
+    const opts = { ...EVERY_RUN, bytesMax: 8 * MiB };
+    const j = await open(dir, { ...opts, io });
     const m = new Maker();
     let kept: Rec[] = [];
     let freeSeen = 0;
@@ -890,6 +924,10 @@ describe('journal: large runs with O_DIRECT', () => {
     }
     // Six rounds append more than bytesMax: released segments were let go and their files reused.
     assert.ok(freeSeen >= 3, `released segments kept for reuse after ${freeSeen} of 6 rounds`);
+    const directFiles = new Set(seen.direct.map((w) => w.file));
+    const bufferedLater = seen.buffered.filter((w) => w.file !== SEG1 && !directFiles.has(w.file));
+    assert.ok(directFiles.size >= 1, `${directFiles.size} segments written direct`);
+    assert.ok(bufferedLater.length > 0, 'recycled segments were written buffered');
     assertSameRecords(collect(j), kept);
     await j.close();
     const j2 = await open(dir, opts);
@@ -903,11 +941,18 @@ describe('journal: large runs with O_DIRECT', () => {
       if (nth === 2) throw Object.assign(new Error('injected EIO'), { code: 'EIO' });
       return undefined;
     });
-    const opts = { segmentBytes: 32 * MiB, bytesMax: 128 * MiB, limits: { recordPayloadBytesMax: 4 * MiB } };
+    const opts = {
+      segmentBytes: 32 * MiB,
+      bytesMax: 128 * MiB,
+      limits: { recordPayloadBytesMax: payloadMax(32 * MiB) },
+    };
     const j = await open(dir, { ...opts, io });
     const m = new Maker();
+    const all = [fillPrepared(j, m, opts.segmentBytes)];
+    all.push(...collect(j).slice(1));
     const first = m.rec('a', Kind.data, 3 * MiB);
-    j.append([first]); // direct write 0
+    j.append([first]); // direct write 0, in segment 2
+    all.push(first);
     const snap = new Maker(j, ['a']);
     // 3 x 3 MiB: more than the 8 MiB staging buffer, so two pieces (direct writes 1 and 2).
     const failed = [
@@ -917,13 +962,14 @@ describe('journal: large runs with O_DIRECT', () => {
     ];
     assert.throws(() => j.append(failed), isCode('RC_ERR_JOURNAL_IO'));
     assert.equal(seen.direct.length, 3);
-    assert.equal(j.lastSeq('a'), 1);
+    assert.equal(j.lastSeq('a'), first.header.seq);
     const next = snap.rec('a', Kind.data, 300_000);
     j.append([next]);
-    assertSameRecords(collect(j), [first, next]);
+    all.push(next);
+    assertSameRecords(collect(j), all);
     await j.close();
     const j2 = await open(dir, opts);
-    assertSameRecords(collect(j2), [first, next]);
+    assertSameRecords(collect(j2), all);
     await j2.close();
   });
 
@@ -933,16 +979,21 @@ describe('journal: large runs with O_DIRECT', () => {
       if (nth === 0) throw Object.assign(new Error('injected EINVAL'), { code: 'EINVAL' });
       return undefined;
     });
-    const opts = { ...DIRECT, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
-    const j = await open(dir, { ...opts, io });
+    const j = await open(dir, { ...EVERY_RUN, io });
     const m = new Maker();
-    const all = [m.rec('a', Kind.data, 100_000), m.rec('a', Kind.data, 90_000), m.rec('a', Kind.data, 7)];
-    for (const r of all) j.append([r]);
+    const all = [fillPrepared(j, m, EVERY_RUN.segmentBytes)];
+    all.push(...collect(j).slice(1));
+    const before = seen.buffered.length;
+    for (const n of [100_000, 90_000, 7]) {
+      const r = m.rec('a', Kind.data, n);
+      j.append([r]);
+      all.push(r);
+    }
     assert.equal(seen.direct.length, 1, 'no direct write after the refusal');
-    assert.ok(seen.buffered >= 3);
+    assert.ok(seen.buffered.length - before >= 3);
     assertSameRecords(collect(j), all);
     await j.close();
-    const j2 = await open(dir, opts);
+    const j2 = await open(dir, EVERY_RUN);
     assertSameRecords(collect(j2), all);
     await j2.close();
   });
@@ -954,26 +1005,26 @@ describe('journal: large runs with O_DIRECT', () => {
       // The kernel took 5000 bytes: write them through a buffered fd of the same file.
       const plain = fs.openSync(`/proc/self/fd/${fd}`, 'r+');
       try {
-        const b = bufs[0] as Buffer;
-        return fs.writeSync(plain, b, 0, 5000, pos);
+        return fs.writeSync(plain, bufs[0] as Buffer, 0, 5000, pos);
       } finally {
         fs.closeSync(plain);
       }
     });
-    const opts = { ...DIRECT, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
-    const j = await open(dir, { ...opts, io });
+    const j = await open(dir, { ...EVERY_RUN, io });
     const m = new Maker();
-    const all = [
-      m.rec('a', Kind.data, 70_000),
-      m.rec('a', Kind.data, 150_000),
-      m.rec('a', Kind.data, 60_000),
-    ];
-    for (const r of all) j.append([r]);
+    const all = [fillPrepared(j, m, EVERY_RUN.segmentBytes)];
+    all.push(...collect(j).slice(1));
+    const before = seen.buffered.length;
+    for (const n of [70_000, 150_000, 60_000]) {
+      const r = m.rec('a', Kind.data, n);
+      j.append([r]);
+      all.push(r);
+    }
     assert.equal(seen.direct.length, 3, 'direct I/O goes on after a short write');
-    assert.ok(seen.buffered >= 1, 'the rest of the short write went buffered');
+    assert.equal(seen.buffered.length - before, 1, 'the rest of the short write went buffered');
     assertSameRecords(collect(j), all);
     await j.close();
-    const j2 = await open(dir, opts);
+    const j2 = await open(dir, EVERY_RUN);
     assertSameRecords(collect(j2), all);
     await j2.close();
   });
