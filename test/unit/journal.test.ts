@@ -784,6 +784,14 @@ function watchedIo(
   return { io, seen };
 }
 
+/** A watchedIo fault: direct write number `n` throws an error with `code`. */
+function throwOn(n: number, code: string) {
+  return (_fd: number, _bufs: readonly NodeJS.ArrayBufferView[], _pos: number, nth: number): undefined => {
+    if (nth === n) throw Object.assign(new Error(`injected ${code}`), { code });
+    return undefined;
+  };
+}
+
 /** Records equal one by one (headers deep-equal, payloads byte-equal): cheap for large payloads. */
 function assertSameRecords(actual: Rec[], expected: Rec[]): void {
   assert.equal(actual.length, expected.length, 'record count');
@@ -799,6 +807,20 @@ function assertSameRecords(actual: Rec[], expected: Rec[]): void {
       assert.fail(`record ${i} (seq ${e.header.seq}, ${ep.length} bytes): payload differs from byte ${at}`);
     }
   }
+}
+
+/** `j` holds `expected`, and so does the journal opened again after `j` closes. */
+async function sameAfterReopen(
+  j: Journal,
+  dir: string,
+  opts: Partial<JournalOptions>,
+  expected: Rec[],
+): Promise<void> {
+  assertSameRecords(collect(j), expected);
+  await j.close();
+  const again = await open(dir, opts);
+  assertSameRecords(collect(again), expected);
+  await again.close();
 }
 
 describe('journal: large runs with O_DIRECT', () => {
@@ -832,6 +854,18 @@ describe('journal: large runs with O_DIRECT', () => {
     j.append([probe, r]);
     return probe;
   };
+  /** fillPrepared, then one record of group a per size, each its own batch; every record. */
+  const fillThenAppend = (j: Journal, m: Maker, segmentBytes: number, sizes: readonly number[]): Rec[] => {
+    const all = [fillPrepared(j, m, segmentBytes)];
+    all.push(...collect(j).slice(1));
+    for (const n of sizes) {
+      const r = m.rec('a', Kind.data, n);
+      j.append([r]);
+      all.push(r);
+    }
+    return all;
+  };
+  const outsidePrepared = (ws: readonly SeenWrite[]): number => ws.filter((w) => w.file !== SEG1).length;
 
   test('large runs in new segments go direct and aligned, the prepared one buffered; records read back, reopen, go on', async () => {
     const dir = newDir();
@@ -883,24 +917,14 @@ describe('journal: large runs with O_DIRECT', () => {
     };
     const j = await open(dir, { ...opts, io });
     const m = new Maker();
-    const all = [fillPrepared(j, m, opts.segmentBytes)];
-    all.push(...collect(j).slice(1));
-    const before = { direct: seen.direct.length, buffered: seen.buffered.length };
-    for (let i = 0; i < 24; i++) {
-      const r = m.rec('a', Kind.data, i % 2 === 0 ? 500 + i : 100_000 + i);
-      j.append([r]);
-      all.push(r);
-    }
-    assert.equal(seen.direct.length - before.direct, 12, 'one direct write per large record');
+    const sizes = Array.from({ length: 24 }, (_, i) => (i % 2 === 0 ? 500 + i : 100_000 + i));
+    const all = fillThenAppend(j, m, opts.segmentBytes, sizes);
+    assert.equal(seen.direct.length, 12, 'one direct write per large record');
     const large = all.slice(2).filter((r) => r.header.length >= 100_000);
     const directBytes = large.reduce((n, r) => n + recordBytesOf(r.header, r.header.length), 0);
     assert.equal(j.directBytesWritten, directBytes, 'directBytesWritten counts the large records');
-    assert.equal(seen.buffered.length - before.buffered, 12, 'one buffered write per small record');
-    assertSameRecords(collect(j), all);
-    await j.close();
-    const j2 = await open(dir, opts);
-    assertSameRecords(collect(j2), all);
-    await j2.close();
+    assert.equal(outsidePrepared(seen.buffered), 12, 'one buffered write per small record');
+    await sameAfterReopen(j, dir, opts, all);
   });
 
   test('segments written direct are recycled buffered; no stale record of a previous life loads', async () => {
@@ -928,19 +952,12 @@ describe('journal: large runs with O_DIRECT', () => {
     const bufferedLater = seen.buffered.filter((w) => w.file !== SEG1 && !directFiles.has(w.file));
     assert.ok(directFiles.size >= 1, `${directFiles.size} segments written direct`);
     assert.ok(bufferedLater.length > 0, 'recycled segments were written buffered');
-    assertSameRecords(collect(j), kept);
-    await j.close();
-    const j2 = await open(dir, opts);
-    assertSameRecords(collect(j2), kept);
-    await j2.close();
+    await sameAfterReopen(j, dir, opts, kept);
   });
 
   test('an EIO in the second piece of a direct run appends nothing; the journal goes on', async () => {
     const dir = newDir();
-    const { io, seen } = watchedIo((_fd, _bufs, _pos, nth) => {
-      if (nth === 2) throw Object.assign(new Error('injected EIO'), { code: 'EIO' });
-      return undefined;
-    });
+    const { io, seen } = watchedIo(throwOn(2, 'EIO'));
     const opts = {
       segmentBytes: 32 * MiB,
       bytesMax: 128 * MiB,
@@ -948,11 +965,8 @@ describe('journal: large runs with O_DIRECT', () => {
     };
     const j = await open(dir, { ...opts, io });
     const m = new Maker();
-    const all = [fillPrepared(j, m, opts.segmentBytes)];
-    all.push(...collect(j).slice(1));
-    const first = m.rec('a', Kind.data, 3 * MiB);
-    j.append([first]); // direct write 0, in segment 2
-    all.push(first);
+    const all = fillThenAppend(j, m, opts.segmentBytes, [3 * MiB]); // direct write 0, in segment 2
+    const first = all[all.length - 1]!;
     const snap = new Maker(j, ['a']);
     // 3 x 3 MiB: more than the 8 MiB staging buffer, so two pieces (direct writes 1 and 2).
     const failed = [
@@ -966,36 +980,18 @@ describe('journal: large runs with O_DIRECT', () => {
     const next = snap.rec('a', Kind.data, 300_000);
     j.append([next]);
     all.push(next);
-    assertSameRecords(collect(j), all);
-    await j.close();
-    const j2 = await open(dir, opts);
-    assertSameRecords(collect(j2), all);
-    await j2.close();
+    await sameAfterReopen(j, dir, opts, all);
   });
 
   test('a direct write refused as misaligned (EINVAL) is finished buffered, and direct I/O is given up', async () => {
     const dir = newDir();
-    const { io, seen } = watchedIo((_fd, _bufs, _pos, nth) => {
-      if (nth === 0) throw Object.assign(new Error('injected EINVAL'), { code: 'EINVAL' });
-      return undefined;
-    });
+    const { io, seen } = watchedIo(throwOn(0, 'EINVAL'));
     const j = await open(dir, { ...EVERY_RUN, io });
     const m = new Maker();
-    const all = [fillPrepared(j, m, EVERY_RUN.segmentBytes)];
-    all.push(...collect(j).slice(1));
-    const before = seen.buffered.length;
-    for (const n of [100_000, 90_000, 7]) {
-      const r = m.rec('a', Kind.data, n);
-      j.append([r]);
-      all.push(r);
-    }
+    const all = fillThenAppend(j, m, EVERY_RUN.segmentBytes, [100_000, 90_000, 7]);
     assert.equal(seen.direct.length, 1, 'no direct write after the refusal');
-    assert.ok(seen.buffered.length - before >= 3);
-    assertSameRecords(collect(j), all);
-    await j.close();
-    const j2 = await open(dir, EVERY_RUN);
-    assertSameRecords(collect(j2), all);
-    await j2.close();
+    assert.equal(outsidePrepared(seen.buffered), 3, 'the refused write and the next two, buffered');
+    await sameAfterReopen(j, dir, EVERY_RUN, all);
   });
 
   test('a short direct write that ends off alignment is finished buffered', async () => {
@@ -1012,20 +1008,9 @@ describe('journal: large runs with O_DIRECT', () => {
     });
     const j = await open(dir, { ...EVERY_RUN, io });
     const m = new Maker();
-    const all = [fillPrepared(j, m, EVERY_RUN.segmentBytes)];
-    all.push(...collect(j).slice(1));
-    const before = seen.buffered.length;
-    for (const n of [70_000, 150_000, 60_000]) {
-      const r = m.rec('a', Kind.data, n);
-      j.append([r]);
-      all.push(r);
-    }
+    const all = fillThenAppend(j, m, EVERY_RUN.segmentBytes, [70_000, 150_000, 60_000]);
     assert.equal(seen.direct.length, 3, 'direct I/O goes on after a short write');
-    assert.equal(seen.buffered.length - before, 1, 'the rest of the short write went buffered');
-    assertSameRecords(collect(j), all);
-    await j.close();
-    const j2 = await open(dir, EVERY_RUN);
-    assertSameRecords(collect(j2), all);
-    await j2.close();
+    assert.equal(outsidePrepared(seen.buffered), 1, 'the rest of the short write went buffered');
+    await sameAfterReopen(j, dir, EVERY_RUN, all);
   });
 });
