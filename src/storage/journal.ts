@@ -6,7 +6,9 @@
  * releases records once their volumes are durable and the target has them; the sender/reader ships
  * records with `readRetained()`.
  *
- *   append(batch) --writevSync--> page cache       (synchronous: in the journal when it returns)
+ *   append(batch) --writevSync--> page cache       (synchronous: in the journal when it returns;
+ *                                                   runs of 256 KiB+ into a new segment go to the
+ *                                                   device with O_DIRECT instead: direct-io.ts)
  *   sync()        --fdatasync---> disk             (group commit: one fdatasync in flight, the next
  *                                                   one covers every caller that arrived meanwhile)
  *   release(g, s) --state.json--> segment deleted  (state persisted before any segment goes)
@@ -98,8 +100,9 @@ export const FREE_SEGMENTS_MAX = 8;
 const ZERO_WRITE_BYTES = 1024 * 1024;
 const ZEROES = Buffer.alloc(ZERO_WRITE_BYTES);
 /**
- * A run of records in one segment of at least this many bytes is written with O_DIRECT
- * (direct-io.ts): for large records the page-cache copy costs far more than the device write.
+ * A run of records of at least this many bytes in a new segment is written with O_DIRECT
+ * (direct-io.ts): for large records the copy into fresh page-cache pages costs far more than the
+ * device write.
  * Smaller runs stay buffered: a direct write waits for the device, a buffered one does not.
  */
 export const DIRECT_RUN_BYTES_MIN = 256 * 1024;
@@ -663,15 +666,15 @@ export class Journal {
       }
     }
     this.directTail = null;
-    this.directBytes += bytesOf(iov);
-    if (pos === 0) return true;
-    const end = alignUp(pos);
-    buf.fill(0, pos, end);
-    this.writeDirectFully(dfd, fd, buf.subarray(0, end), at);
-    if (pos % DIRECT_ALIGN !== 0) {
-      const bytes = Buffer.from(buf.subarray(alignDown(pos), pos));
-      this.directTail = { no, end: at + pos, bytes };
+    if (pos > 0) {
+      const end = alignUp(pos);
+      buf.fill(0, pos, end);
+      this.writeDirectFully(dfd, fd, buf.subarray(0, end), at);
+      if (pos % DIRECT_ALIGN !== 0) {
+        this.directTail = { no, end: at + pos, bytes: Buffer.from(buf.subarray(alignDown(pos), pos)) };
+      }
     }
+    this.directBytes += bytesOf(iov);
     return true;
   }
 
