@@ -565,8 +565,9 @@ export class Journal {
           iov.push(planned[j]!.head);
           if (planned[j]!.payload !== undefined) iov.push(planned[j]!.payload!);
         }
-        const direct = bytesOf(iov) >= this.directRunBytesMin && this.sparseSegments.has(first.segNo);
-        if (!direct || !this.writeDirect(first.segNo, fdOf(first.segNo), iov, first.offset)) {
+        const runBytes = this.sparseSegments.has(first.segNo) ? bytesOf(iov) : 0;
+        const direct = runBytes >= this.directRunBytesMin && runBytes > 0;
+        if (!direct || !this.writeDirect(first.segNo, fdOf(first.segNo), iov, runBytes, first.offset)) {
           this.writeFully(fdOf(first.segNo), iov, first.offset);
         }
         i = j;
@@ -625,8 +626,7 @@ export class Journal {
 
   /** writev until every byte is written (a regular file may take a short write before ENOSPC). */
   private writeFully(fd: number, iov: Buffer[], position: number): void {
-    let want = 0;
-    for (const b of iov) want += b.length;
+    let want = bytesOf(iov);
     let bufs = iov;
     while (want > 0) {
       const n = this.io.writevSync(fd, bufs, position);
@@ -638,13 +638,19 @@ export class Journal {
   }
 
   /**
-   * Writes the run `iov` at `offset` of segment `no` with O_DIRECT: the blocks from the one holding
+   * Writes the run `iov` (`runBytes` long) at `offset` of segment `no` with O_DIRECT: the blocks from the one holding
    * `offset` (its bytes before `offset` rewritten as they are) to the one holding the run's end (its
    * bytes after the end written as zeroes: past the records a segment holds zeroes or stale
    * records, and recovery stops at either). Returns false, having written nothing, when direct I/O
    * is not available here; the caller writes buffered then.
    */
-  private writeDirect(no: number, fd: number, iov: readonly Buffer[], offset: number): boolean {
+  private writeDirect(
+    no: number,
+    fd: number,
+    iov: readonly Buffer[],
+    runBytes: number,
+    offset: number,
+  ): boolean {
     const st = this.directStaging();
     if (st === null) return false;
     const dfd = this.directFdOf(no);
@@ -674,7 +680,7 @@ export class Journal {
         this.directTail = { no, end: at + pos, bytes: Buffer.from(buf.subarray(alignDown(pos), pos)) };
       }
     }
-    this.directBytes += bytesOf(iov);
+    this.directBytes += runBytes;
     return true;
   }
 
