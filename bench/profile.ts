@@ -1,8 +1,9 @@
 /**
- * `node dist/bench/profile.js WORKLOAD [repl|plain]`: one fio workload (bench/common.ts) against a
- * remcopy node started with `--cpu-prof`, then a summary of where the node spent its CPU. With
- * `repl` (the default) the volume is the source of an async group to a second node (profiled too),
- * as in the bench's remcopy case; with `plain` it is in no group.
+ * `node dist/bench/profile.js WORKLOAD [repl|journal|plain]`: one fio workload (bench/common.ts)
+ * against a remcopy node started with `--cpu-prof`, then a summary of where the node spent its CPU.
+ * With `repl` (the default) the volume is the source of an async group to a second node (profiled
+ * too), as in the bench's remcopy case; with `journal` the same, but the second node is stopped
+ * once the pair is up (the bench's remcopy-journal case); with `plain` it is in no group.
  *
  * The profiles (.cpuprofile, for Chrome DevTools or speedscope) stay in PROFILE_DIR (default
  * /tmp/remcopy-profile); the summary lists self time by function and by source file for each.
@@ -92,7 +93,8 @@ async function main(): Promise<void> {
   const [name = 'rand4k', mode = 'repl'] = process.argv.slice(2);
   const w = workloads.find((x) => x.name === name);
   if (!w) throw new Error(`unknown workload ${name}`);
-  const replicate = mode === 'repl';
+  if (!['repl', 'journal', 'plain'].includes(mode)) throw new Error(`unknown mode ${mode}`);
+  const replicate = mode !== 'plain';
   const dir = tempDir('profile');
   const spec = { volumes: { vol: `${SIZE_MIB}MiB` }, journal: '{ size: 4GiB, segmentSize: 64MiB }' };
   const topo = await writeTopology(
@@ -111,13 +113,17 @@ async function main(): Promise<void> {
       async () => ((await groupStatus(apiB, topo.secret, GROUP)).state === 'pair' ? true : undefined),
       120_000,
     );
+    if (mode === 'journal') {
+      nodes[1]!.removeAllListeners('exit');
+      await killAndWait(nodes.pop()!);
+    }
   }
   const figure = await fio(`nbd://127.0.0.1:${topo.ports.get('a')!.nbd}/vol`, w);
   process.stdout.write(`${name} (${mode}): ${figure.toFixed(0)} ${w.unit}\n`);
   for (const n of nodes) n.removeAllListeners('exit');
   await Promise.all(nodes.map((n) => killAndWait(n)));
   removeDir(dir);
-  for (const node of replicate ? ['a', 'b'] : ['a']) {
+  for (const node of mode === 'repl' ? ['a', 'b'] : ['a']) {
     const d = join(PROFILE_DIR, node);
     const latest = readdirSync(d)
       .filter((f) => f.endsWith('.cpuprofile'))
