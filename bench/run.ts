@@ -15,8 +15,13 @@
  * remcopy-journal is the same pair with the target stopped once the copy is done: every write is
  * sequenced and journalled (the storage node of issue 2), nothing is shipped or released.
  *
+ * Each workload runs on every server in turn, so the runs a ratio compares are minutes apart at most.
+ * With BENCH_ROUNDS > 1 that is repeated: a cell shows the median figure, the median of the
+ * round-by-round ratios to nbdkit, and their range (this machine's figures swing 10-25% run to run).
+ *
  * Environment:
  *   BENCH_SECONDS              per fio run (default 8)
+ *   BENCH_ROUNDS               rounds of the server table (default 1)
  *   BENCH_SIZE_MIB             file / volume size (default 1024)
  *   BENCH_WORKLOADS            comma list of the workloads above (server table only)
  *   BENCH_ONLY                 comma list of servers: nbdkit,qemu-nbd,remcopy-journal,remcopy, and
@@ -39,6 +44,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { freePorts } from '../src/testing/proc.js';
 import {
+  envNumber,
   fio,
   installCleanup,
   killAndWait,
@@ -157,6 +163,7 @@ async function startRemcopyJournal(): Promise<Server> {
   return { name: 'remcopy-journal', uri: c.uri, stop: () => c.stop() };
 }
 
+const ROUNDS = Math.floor(envNumber('BENCH_ROUNDS', 1));
 const ONLY = (process.env.BENCH_ONLY ?? 'nbdkit,qemu-nbd,remcopy-journal,remcopy,resync')
   .split(',')
   .filter((s) => s !== '');
@@ -174,18 +181,22 @@ async function serverTable(): Promise<string> {
   for (const name of only)
     if (!starters[name]) throw new Error(`BENCH_ONLY: unknown server ${name} (or resync)`);
   if (only.length === 0 || workloads.length === 0) return '';
-  const results = new Map<string, Map<string, number>>();
-  for (const name of only) {
-    const row = new Map<string, number>();
-    results.set(name, row);
+  // Server -> workload -> one figure per round.
+  const results = new Map<string, Map<string, number[]>>(only.map((n) => [n, new Map()]));
+  for (let round = 1; round <= ROUNDS; round++) {
     for (const w of workloads) {
-      // A fresh file and server per workload, so page-cache state from one run does not skew the next.
-      const server = await starters[name]!();
-      try {
-        row.set(w.name, await fio(server.uri, w));
-        process.stderr.write(`${name} ${w.name}: ${row.get(w.name)!.toFixed(0)} ${w.unit}\n`);
-      } finally {
-        await server.stop();
+      for (const name of only) {
+        // A fresh file and server per run, so page-cache state from one run does not skew the next.
+        const server = await starters[name]!();
+        try {
+          const figure = await fio(server.uri, w);
+          const row = results.get(name)!;
+          row.set(w.name, [...(row.get(w.name) ?? []), figure]);
+          const of = ROUNDS > 1 ? ` (round ${round}/${ROUNDS})` : '';
+          process.stderr.write(`${name} ${w.name}${of}: ${figure.toFixed(0)} ${w.unit}\n`);
+        } finally {
+          await server.stop();
+        }
       }
     }
   }
@@ -204,20 +215,34 @@ async function main(): Promise<void> {
   if ((repl && repl.errors.length > 0) || (resync && resync.errors.length > 0)) process.exitCode = 1;
 }
 
-function report(results: Map<string, Map<string, number>>): string {
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/** One cell: the figure (median over rounds), its ratio to nbdkit's, and with rounds their range. */
+function cell(figures: readonly number[], base: readonly number[] | undefined): string {
+  if (figures.length === 0) return 'n/a';
+  let text = median(figures).toFixed(0);
+  if (base !== undefined && base.length === figures.length) {
+    const ratios = figures.map((v, i) => v / base[i]!);
+    text += ` ${median(ratios).toFixed(2)}x`;
+    if (ratios.length > 1) text += ` [${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}]`;
+  }
+  return text;
+}
+
+function report(results: Map<string, Map<string, number[]>>): string {
   const base = results.get('nbdkit');
+  const runs = ROUNDS > 1 ? `${ROUNDS} rounds (median, [range of the ratios])` : 'one run';
   const lines = [
-    `fio over NBD, ${SECONDS} s per workload, ${SIZE_MIB} MiB files, one run; remcopy: async replication on (both nodes here); remcopy-journal: journal alone (target stopped)`,
+    `fio over NBD, ${SECONDS} s per workload, ${SIZE_MIB} MiB files, ${runs}; remcopy: async replication on (both nodes here); remcopy-journal: journal alone (target stopped)`,
     '',
   ];
   lines.push(['server'.padEnd(16), ...workloads.map((w) => `${w.name} (${w.unit})`.padStart(28))].join(''));
   for (const [name, row] of results) {
-    const cells = workloads.map((w) => {
-      const v = row.get(w.name) ?? Number.NaN;
-      const b = base?.get(w.name);
-      const ratio = b ? ` ${(v / b).toFixed(2)}x` : '';
-      return `${v.toFixed(0)}${ratio}`.padStart(28);
-    });
+    const cells = workloads.map((w) => cell(row.get(w.name) ?? [], base?.get(w.name)).padStart(28));
     lines.push([name.padEnd(16), ...cells].join(''));
   }
   return `${lines.join('\n')}\n`;
