@@ -565,8 +565,9 @@ export class Journal {
           iov.push(planned[j]!.head);
           if (planned[j]!.payload !== undefined) iov.push(planned[j]!.payload!);
         }
+        // Only a run into a new sparse segment is summed: the hot path into others skips it.
         const runBytes = this.sparseSegments.has(first.segNo) ? bytesOf(iov) : 0;
-        const direct = runBytes >= this.directRunBytesMin && runBytes > 0;
+        const direct = runBytes > 0 && runBytes >= this.directRunBytesMin;
         if (!direct || !this.writeDirect(first.segNo, fdOf(first.segNo), iov, runBytes, first.offset)) {
           this.writeFully(fdOf(first.segNo), iov, first.offset);
         }
@@ -638,10 +639,10 @@ export class Journal {
   }
 
   /**
-   * Writes the run `iov` (`runBytes` long) at `offset` of segment `no` with O_DIRECT: the blocks from the one holding
-   * `offset` (its bytes before `offset` rewritten as they are) to the one holding the run's end (its
-   * bytes after the end written as zeroes: past the records a segment holds zeroes or stale
-   * records, and recovery stops at either). Returns false, having written nothing, when direct I/O
+   * Writes the run `iov` (`runBytes` long) at `offset` of segment `no` with O_DIRECT: the blocks
+   * from the one holding `offset` (its bytes before `offset` rewritten as they are) to the one
+   * holding the run's end (its bytes after the end written as zeroes: past the records a segment
+   * holds zeroes or stale records, and recovery stops at either). Returns false, having written nothing, when direct I/O
    * is not available here; the caller writes buffered then.
    */
   private writeDirect(
@@ -732,8 +733,9 @@ export class Journal {
   }
 
   /**
-   * One aligned piece of a direct run. A short write that ends off alignment, or a direct write the
-   * kernel calls misaligned (EINVAL), is finished buffered; direct I/O is then given up for good.
+   * One aligned piece of a direct run. What a short write leaves off alignment is finished
+   * buffered, and later runs still go direct; a direct write the kernel calls misaligned (EINVAL)
+   * is finished buffered too, and direct I/O is then given up for good.
    */
   private writeDirectFully(dfd: number, fd: number, piece: Buffer, position: number): void {
     let done = 0;
