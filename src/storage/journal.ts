@@ -642,8 +642,8 @@ export class Journal {
    * Writes the run `iov` (`runBytes` long) at `offset` of segment `no` with O_DIRECT: the blocks
    * from the one holding `offset` (its bytes before `offset` rewritten as they are) to the one
    * holding the run's end (its bytes after the end written as zeroes: past the records a segment
-   * holds zeroes or stale records, and recovery stops at either). Returns false, having written nothing, when direct I/O
-   * is not available here; the caller writes buffered then.
+   * holds zeroes or stale records, and recovery stops at either). Returns false, having written
+   * nothing, when direct I/O is not available here; the caller writes buffered then.
    */
   private writeDirect(
     no: number,
