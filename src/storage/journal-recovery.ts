@@ -29,12 +29,30 @@
  * last good record's: every record appended after it has one, so real corruption is always caught,
  * while an old record image that happens to sit inside a payload (a volume holding journal bytes)
  * does not make a torn tail look like corruption.
+ *
+ * The durable point (durable-point.ts) refines the rule when the journal has one. A power loss can
+ * leave a hole that later valid records follow (dirty pages reach the disk in any order), but only
+ * where no completed fdatasync reached; so, for bad bytes at position P:
+ *   - P below the durable point: they were durable once: refuse, whether or not records follow;
+ *   - P at or past it: a torn tail or a power-loss hole: drop P and everything after it (the
+ *     valid records past a hole were never reported durable), and log what was dropped;
+ *   - no durable point (a journal from before it existed): the rule above, refuse if one follows.
+ * A journal whose records end before the durable point, in its segment, lost durable records:
+ * refused too.
+ *
+ * A zero tail is no proof of a segment's end once power losses count: the pages of its last records
+ * may not have reached the disk while the next segment's did. So a segment the journal moves on from
+ * gets an end mark right after its last record (record.ts), and from the durable point's
+ * markedFromSegNo on, a segment that others follow ends at its mark; without one, its end is bad
+ * bytes like any other (a hole past the durable point: dropped with everything after it). Older
+ * segments keep the zero-tail rule.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RemcopyError } from '../core/errors.js';
 import type { RecordHeader } from '../core/types.js';
-import { decodeRecord, RECORD_MAGIC_BYTES } from './record.js';
+import { type DurablePoint, type JournalPosition, positionBefore } from './durable-point.js';
+import { decodeRecord, isSegmentEnd, RECORD_MAGIC_BYTES, SEGMENT_END_BYTES } from './record.js';
 import { isZero } from './zeroes.js';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
@@ -87,13 +105,15 @@ export interface RecoveryResult {
 
 /**
  * Scans the segments `nos` of `dir` in order, calling `onRecord` for every valid record, truncates a
- * torn tail, and throws RC_ERR_JOURNAL_CORRUPT for a corrupt record followed by a valid one.
+ * torn tail (or a power-loss hole past `durable`), and throws RC_ERR_JOURNAL_CORRUPT for bad bytes
+ * below `durable`, or, when `durable` is null (unknown), for a corrupt record followed by a valid one.
  */
 export function recoverSegments(
   dir: string,
   nos: readonly number[],
   onRecord: (h: RecordHeader, segNo: number, offset: number, bytes: number) => void,
   log: LogFn,
+  durable: DurablePoint | null,
 ): RecoveryResult {
   const segments: RecoveredSegment[] = [];
   let lastOrdinal = -1;
@@ -118,21 +138,72 @@ export function recoverSegments(
       lastOrdinal = r.header.ordinal;
       pos += r.bytes;
     }
-    if (pos === buf.length) {
+    const last = i === nos.length - 1;
+    // From markedFromSegNo on, every segment the journal moved on from ends in an end mark.
+    const marked = durable !== null && no >= durable.markedFromSegNo;
+    if (isSegmentEnd(buf, pos, no)) {
+      if (!last) trimTail(file, pos + SEGMENT_END_BYTES);
       segments.push({ no, size: pos });
       continue;
     }
-    if (i < nos.length - 1 && isZero(buf, pos)) {
-      trimZeroTail(file, pos);
+    if (pos === buf.length && (last || !marked)) {
       segments.push({ no, size: pos });
       continue;
     }
-    refuseIfValidFollows(dir, nos.slice(i), buf, pos, reason, lastOrdinal);
-    const droppedBytes = dropTornTail(dir, nos.slice(i), buf, pos, reason, log);
+    if (!last && !marked && isZero(buf, pos)) {
+      // Unmarked (older) segments: a zero tail before the next segment is the end of the records.
+      if (durable !== null && durable.point.segNo === no) {
+        refuseBelowDurable(file, { segNo: no, offset: pos }, reason, durable.point);
+      }
+      trimTail(file, pos);
+      segments.push({ no, size: pos });
+      continue;
+    }
+    reason ||= 'no end mark';
+    if (durable !== null) refuseBelowDurable(file, { segNo: no, offset: pos }, reason, durable.point);
+    const follows = findValidAfter(dir, nos.slice(i), buf, pos, lastOrdinal);
+    if (follows !== null && durable === null) {
+      throw new RemcopyError(
+        'RC_ERR_JOURNAL_CORRUPT',
+        `${file}: the record at byte offset ${pos} is invalid (${reason}) but a valid record follows ` +
+          `at byte offset ${follows.offset} of ${follows.file}; refusing to open the journal (restore ` +
+          `it or remove the journal directory and resync the groups it held)`,
+      );
+    }
+    const droppedBytes = dropTornTail(dir, nos.slice(i), buf, pos, reason, log, follows);
     segments.push({ no, size: pos });
     return { segments, droppedBytes };
   }
+  // Records ending early in the segment of the durable point were lost. (A segment missing as a whole
+  // is not judged here: the state file says where each group goes on, and the seq rules hold.)
+  const last = segments[segments.length - 1];
+  if (durable !== null && last !== undefined && last.no === durable.point.segNo) {
+    const end = { segNo: last.no, offset: last.size };
+    refuseBelowDurable(
+      path.join(dir, segmentFileName(last.no)),
+      end,
+      'the end of the records',
+      durable.point,
+    );
+  }
   return { segments, droppedBytes: 0 };
+}
+
+/** Bad bytes (or the end of the records) at `at`, below the durable point, mean lost durable records. */
+function refuseBelowDurable(
+  file: string,
+  at: JournalPosition,
+  reason: string,
+  durable: JournalPosition,
+): void {
+  if (!positionBefore(at, durable)) return;
+  throw new RemcopyError(
+    'RC_ERR_JOURNAL_CORRUPT',
+    `${file}: byte offset ${at.offset} (${reason}) lies below the journal's durable point (segment ` +
+      `${durable.segNo}, byte offset ${durable.offset}): records that were synced are damaged or ` +
+      `missing; refusing to open the journal (restore it or remove the journal directory and resync ` +
+      `the groups it held)`,
+  );
 }
 
 function readSegment(file: string): Buffer {
@@ -146,29 +217,21 @@ function readSegment(file: string): Buffer {
   }
 }
 
-/** The bad bytes at `pos` of segment nos[0] are corruption if any later valid record exists. */
-function refuseIfValidFollows(
+/** The first valid record after the bad bytes at `pos` of segment nos[0], or null. */
+function findValidAfter(
   dir: string,
   nos: readonly number[],
   buf: Buffer,
   pos: number,
-  reason: string,
   lastOrdinal: number,
-): void {
-  const badFile = path.join(dir, segmentFileName(nos[0]!));
+): { file: string; offset: number } | null {
   for (let i = 0; i < nos.length; i++) {
     const file = path.join(dir, segmentFileName(nos[i]!));
     const b = i === 0 ? buf : readSegment(file);
     const at = findValidRecord(b, i === 0 ? pos + 1 : 0, lastOrdinal);
-    if (at >= 0) {
-      throw new RemcopyError(
-        'RC_ERR_JOURNAL_CORRUPT',
-        `${badFile}: the record at byte offset ${pos} is invalid (${reason}) but a valid record follows ` +
-          `at byte offset ${at} of ${file}; refusing to open the journal (restore it or remove the ` +
-          `journal directory and resync the groups it held)`,
-      );
-    }
+    if (at >= 0) return { file, offset: at };
   }
+  return null;
 }
 
 /** Offset of the first valid record at or after `from` with ordinal > `ordinalAbove`, or -1. */
@@ -190,6 +253,7 @@ function dropTornTail(
   pos: number,
   reason: string,
   log: LogFn,
+  follows: { file: string; offset: number } | null,
 ): number {
   const file = path.join(dir, segmentFileName(nos[0]!));
   let dropped = buf.length - pos;
@@ -219,14 +283,23 @@ function dropTornTail(
     );
   }
   const fields = { segment: file, offset: pos, bytesDropped: dropped, reason, segmentsDeleted: deleted };
-  if (allZero || reason === 'stale')
+  if (follows !== null) {
+    log(
+      'warn',
+      'journal: hole past the durable point (a power loss leaves one); it and the records after it dropped',
+      {
+        ...fields,
+        nextValidRecord: `${follows.file} at byte offset ${follows.offset}`,
+      },
+    );
+  } else if (allZero || reason === 'stale')
     log('info', 'journal: unused tail after the last record dropped', fields);
   else log('warn', 'journal: torn tail after the last valid record dropped', fields);
   return dropped;
 }
 
 /** Cut the unused preallocated tail of a full segment, so that only the last one has one. */
-function trimZeroTail(file: string, size: number): void {
+function trimTail(file: string, size: number): void {
   try {
     fs.truncateSync(file, size);
   } catch (e) {

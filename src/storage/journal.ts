@@ -15,10 +15,14 @@
  *
  * On disk, in `dir`:
  *
- *   seg-0000000000000001.log   [record][record]...[record]      records as in record.ts, no padding
+ *   seg-0000000000000001.log   [record]...[record][end]         records as in record.ts, no padding;
  *   seg-0000000000000002.log   [record]...                      a new segment when the next record
- *   ...                                                         does not fit in segmentBytes
+ *   ...                                                         and an end mark do not fit in
+ *                                                               segmentBytes; the segment left
+ *                                                               gets its end mark (record.ts)
  *   state.json                 released seq per group, highest ordinal/write time (journal-state.ts)
+ *   durable.pos                where the last completed sync round reached (durable-point.ts):
+ *                              recovery tells a power-loss hole past it from corruption before it
  *
  * Space: `usedBytes` is the sum of the sizes of the live segment files (records, released or not,
  * in segments not yet deleted). An append that would take usedBytes above bytesMax throws
@@ -65,6 +69,12 @@ import {
   writeState,
 } from './journal-state.js';
 import {
+  DurablePointFile,
+  type JournalPosition,
+  POSITION_ZERO,
+  readDurablePointSync,
+} from './durable-point.js';
+import {
   alignDown,
   alignUp,
   DIRECT_ALIGN,
@@ -75,10 +85,12 @@ import {
 import {
   decodeRecord,
   encodeHeader,
+  encodeSegmentEnd,
   encodingFits,
   peekRecordBytes,
   RECORD_HEADER_AND_NAMES_BYTES_MAX,
   RECORD_PAYLOAD_BYTES_MAX,
+  SEGMENT_END_BYTES,
 } from './record.js';
 
 export type { LogFn } from './journal-recovery.js';
@@ -241,6 +253,8 @@ export class Journal {
   private nextRound: Deferred | null = null;
   private rounds = 0;
   private fdatasyncs = 0;
+  /** Where every record byte before is durable, on disk for recovery (durable-point.ts). */
+  private durablePoint: DurablePointFile | null = null;
 
   // State file and segment deletion.
   private persistedReleased = new Map<string, number>();
@@ -292,8 +306,9 @@ export class Journal {
       `recordPayloadBytesMax ${this.recordPayloadBytesMax} must be in [1, ${RECORD_PAYLOAD_BYTES_MAX}]`,
     );
     assert(
-      Number.isSafeInteger(this.segmentBytes) && this.segmentBytes >= recordBytesMax,
-      `segmentBytes ${this.segmentBytes} must hold the largest record (${recordBytesMax} bytes)`,
+      Number.isSafeInteger(this.segmentBytes) && this.segmentBytes >= recordBytesMax + SEGMENT_END_BYTES,
+      `segmentBytes ${this.segmentBytes} must hold the largest record and an end mark ` +
+        `(${recordBytesMax + SEGMENT_END_BYTES} bytes)`,
     );
     assert(
       this.segmentBytes <= SEGMENT_BYTES_MAX,
@@ -312,6 +327,7 @@ export class Journal {
       j.openSync();
     } catch (e) {
       j.closeFds();
+      j.durablePoint?.closeSync();
       throw e;
     }
     // A spare, zero-filled segment before the first append: FLUSH-heavy hosts then never pay for
@@ -331,13 +347,34 @@ export class Journal {
     this.removePreparationLeftovers();
     this.free.push(...listFreeSegments(this.dir));
     for (const n of this.free) this.nextPrepNo = Math.max(this.nextPrepNo, n + 1);
+    const point = readDurablePointSync(this.dir);
+    if (point.state === 'unreadable') {
+      this.log('warn', 'journal: the durable point file is unreadable; recovery refuses any hole', {
+        dir: this.dir,
+      });
+    }
     const result = recoverSegments(
       this.dir,
       nos,
       (h, segNo, offset, bytes) => this.onRecovered(h, segNo, offset, bytes),
       this.log,
+      point.state === 'ok' ? point : nos.length === 0 ? { point: POSITION_ZERO, markedFromSegNo: 0 } : null,
     );
-    this.nextSegNo = (nos.length > 0 ? nos[nos.length - 1]! : 0) + 1;
+    // Segment numbers only grow, even when every segment file is gone: the durable point names one.
+    const lastNo = Math.max(
+      nos.length > 0 ? nos[nos.length - 1]! : 0,
+      point.state === 'ok' ? point.point.segNo : 0,
+    );
+    this.nextSegNo = lastNo + 1;
+    // A journal from before the durable point: its segments left behind have no end mark; the one
+    // still active gets one when the journal moves on from it.
+    const markedFrom = result.segments[result.segments.length - 1]?.no ?? this.nextSegNo;
+    this.durablePoint = DurablePointFile.openSync(this.dir, point, markedFrom, (e) =>
+      this.log('error', 'journal: cannot write the durable point; it stops moving', {
+        dir: this.dir,
+        error: String(e),
+      }),
+    );
     this.adoptSegments(result.segments);
     const deleted = this.deleteReleasedSegmentsSync();
     if (result.droppedBytes > 0 || deleted > 0) fsyncDirSync(this.dir);
@@ -528,7 +565,8 @@ export class Journal {
     let pos = this.active?.size ?? this.segmentBytes;
     let nextNo = this.nextSegNo;
     for (const p of planned) {
-      if (pos + p.bytes > this.segmentBytes) {
+      // Room is kept for the end mark the segment gets when the journal moves on from it.
+      if (pos + p.bytes + SEGMENT_END_BYTES > this.segmentBytes) {
         segNo = nextNo++;
         created.push(segNo);
         pos = 0;
@@ -554,7 +592,6 @@ export class Journal {
     const fdOf = (no: number): number => (no === this.active?.no ? this.active.fd! : createdFds.get(no)!);
     try {
       for (const no of created) createdFds.set(no, this.openNewSegment(no, recycledNos));
-      this.zeroStaleTails(planned, created, recycledNos, fdOf);
       let i = 0;
       while (i < planned.length) {
         const first = planned[i]!;
@@ -573,6 +610,8 @@ export class Journal {
         }
         i = j;
       }
+      // After the records: a direct run writes zeroes past its last record, to the block's end.
+      this.endLeftSegments(planned, created, recycledNos, fdOf);
     } catch (e) {
       this.rollback(createdFds, oldSize, e);
       throw ioError(`append to ${this.dir} failed, nothing appended`, e);
@@ -602,10 +641,11 @@ export class Journal {
   }
 
   /**
-   * A recycled segment this batch fills and leaves behind must end in zeroes, not in records of
-   * its previous life: recovery reads a zero tail before the next segment as the end of data.
+   * Every segment this batch leaves behind gets its end mark after its last record (recovery:
+   * the records end there, none were lost); a recycled one then ends in zeroes, not in records of
+   * its previous life.
    */
-  private zeroStaleTails(
+  private endLeftSegments(
     planned: PlannedRecord[],
     created: readonly number[],
     recycledNos: Set<number>,
@@ -615,9 +655,11 @@ export class Journal {
     const left = [...(this.active ? [this.active.no] : []), ...created.slice(0, -1)];
     for (const no of left) {
       const recycled = no === this.active?.no ? this.active.recycled : recycledNos.has(no);
-      if (!recycled) continue;
       let end = no === this.active?.no ? this.active.size : 0;
       for (const p of planned) if (p.segNo === no) end = p.offset + p.bytes;
+      this.writeFully(fdOf(no), [encodeSegmentEnd(no, end)], end);
+      if (!recycled) continue;
+      end += SEGMENT_END_BYTES;
       for (let at = end; at < this.segmentBytes; at += ZERO_WRITE_BYTES) {
         const n = Math.min(ZERO_WRITE_BYTES, this.segmentBytes - at);
         this.writeFully(fdOf(no), [ZEROES.subarray(0, n)], at);
@@ -833,7 +875,11 @@ export class Journal {
     if (createdFds.size > 0) this.maybePrepareSpare();
     if (this.directFd !== null && this.directFd.no !== this.active?.no) this.closeDirectFd();
     for (const no of this.sparseSegments) if (no !== this.active?.no) this.sparseSegments.delete(no);
-    if (previousActive !== null && previousActive !== this.active) this.scheduleMaintenance();
+    if (previousActive !== null && previousActive !== this.active) {
+      // Its end mark (endLeftSegments) is durable with the next round, like its records.
+      this.dirtySegments.add(previousActive);
+      this.scheduleMaintenance();
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -878,12 +924,21 @@ export class Journal {
     this.dirtySegments.clear();
     const dir = this.dirDirty;
     this.dirDirty = false;
-    const promise = this.runRound(gen, segments, dir);
+    // Every byte appended so far lies before the end of the active segment, in a segment this
+    // round (or an earlier one) syncs.
+    const upto: JournalPosition =
+      this.active === null ? POSITION_ZERO : { segNo: this.active.no, offset: this.active.size };
+    const promise = this.runRound(gen, segments, dir, upto);
     this.inFlight = { gen, promise, segments };
     return promise;
   }
 
-  private async runRound(gen: number, segments: Set<Segment>, dir: boolean): Promise<void> {
+  private async runRound(
+    gen: number,
+    segments: Set<Segment>,
+    dir: boolean,
+    upto: JournalPosition,
+  ): Promise<void> {
     try {
       await Promise.all(
         [...segments].map(async (s) => {
@@ -894,6 +949,7 @@ export class Journal {
       if (dir) await fsyncDir(this.dir);
       this.rounds++;
       this.syncedGen = Math.max(this.syncedGen, gen);
+      this.durablePoint?.advance(upto);
     } catch (e) {
       this.failed ??= e as Error;
       this.log('error', 'journal: sync failed; the journal is failed', { dir: this.dir, error: String(e) });
@@ -1347,6 +1403,9 @@ export class Journal {
       this.closed = true;
       await this.preparing;
       this.closeFds();
+      const point = this.durablePoint;
+      this.durablePoint = null;
+      await point?.close();
     }
   }
 

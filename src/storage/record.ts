@@ -164,13 +164,14 @@ function assertHeader(h: RecordHeader, payloadLength: number): void {
   assert(false, `payload of ${payloadLength} bytes for kind ${h.kind} length ${h.length}`);
 }
 
-function writeU64(buf: Buffer, off: number, v: number): void {
+/** Writes a u64 holding a safe integer (two u32 halves). */
+export function writeU64(buf: Buffer, off: number, v: number): void {
   buf.writeUInt32LE(v >>> 0, off);
   buf.writeUInt32LE(Math.floor(v / TWO_POW_32), off + 4);
 }
 
 /** Reads a u64 that must hold a safe integer; -1 when it does not. */
-function readU64(buf: Buffer, off: number): number {
+export function readU64(buf: Buffer, off: number): number {
   const hi = buf.readUInt32LE(off + 4);
   if (hi > U64_HIGH_MAX) return -1;
   return hi * TWO_POW_32 + buf.readUInt32LE(off);
@@ -329,3 +330,48 @@ export const RECORD_MAGIC_BYTES: Buffer = (() => {
   b.writeUInt32LE(RECORD_MAGIC, 0);
   return b;
 })();
+
+// ---------------------------------------------------------------------------------------------
+// Segment end mark
+
+/**
+ * The mark a segment gets right after its last record when the journal moves on to the next one:
+ * recovery then knows the bytes past it are not records lost in a power loss (journal-recovery.ts).
+ * 32 bytes, little-endian:
+ *
+ *    0 magic 'RCJE' (u32 0x454a4352)   4 version u8 = 1, 3 bytes zero   8 crc32c (u32) of the mark
+ *   12 zero (u32)   16 segment number (u64)   24 bytes of records before the mark (u64)
+ *
+ * The segment number tells it apart from the mark of a recycled file's previous life.
+ */
+export const SEGMENT_END_BYTES = 32;
+const SEGMENT_END_MAGIC = 0x454a4352;
+const OFF_END_CRC = 8;
+const OFF_END_SEGMENT = 16;
+const OFF_END_RECORDS_BYTES = 24;
+
+export function encodeSegmentEnd(segNo: number, recordsBytes: number): Buffer {
+  assert(isU53(segNo) && isU53(recordsBytes), `segment end ${segNo} at ${recordsBytes}`);
+  const buf = Buffer.alloc(SEGMENT_END_BYTES);
+  buf.writeUInt32LE(SEGMENT_END_MAGIC, OFF_MAGIC);
+  buf.writeUInt8(RECORD_VERSION, OFF_VERSION);
+  writeU64(buf, OFF_END_SEGMENT, segNo);
+  writeU64(buf, OFF_END_RECORDS_BYTES, recordsBytes);
+  buf.writeUInt32LE(crc32c(buf), OFF_END_CRC);
+  return buf;
+}
+
+/** True when `buf` holds, at `offset`, the end mark of segment `segNo` with its records before it. */
+export function isSegmentEnd(buf: Buffer, offset: number, segNo: number): boolean {
+  if (offset < 0 || offset + SEGMENT_END_BYTES > buf.length) return false;
+  if (buf.readUInt32LE(offset + OFF_MAGIC) !== SEGMENT_END_MAGIC) return false;
+  const mark = Buffer.from(buf.subarray(offset, offset + SEGMENT_END_BYTES));
+  const crc = mark.readUInt32LE(OFF_END_CRC);
+  mark.writeUInt32LE(0, OFF_END_CRC);
+  return (
+    crc32c(mark) === crc &&
+    mark.readUInt8(OFF_VERSION) === RECORD_VERSION &&
+    readU64(mark, OFF_END_SEGMENT) === segNo &&
+    readU64(mark, OFF_END_RECORDS_BYTES) === offset
+  );
+}

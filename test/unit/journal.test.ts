@@ -24,10 +24,14 @@ import {
   seq,
   timeUs,
 } from '../../src/core/types.js';
+import { DURABLE_POINT_FILE_NAME, readDurablePointSync } from '../../src/storage/durable-point.js';
 import { Journal, type JournalIo, type JournalOptions } from '../../src/storage/journal.js';
 import {
+  decodeRecord,
   encodeHeader,
+  isSegmentEnd,
   RECORD_HEADER_AND_NAMES_BYTES_MAX,
+  SEGMENT_END_BYTES,
   recordBytes as recordBytesOf,
 } from '../../src/storage/record.js';
 
@@ -658,8 +662,13 @@ describe('journal', () => {
     const j = await open(dir);
     const m = new Maker();
     const recs = Array.from({ length: 6 }, () => m.rec('a', Kind.data, 3000));
-    j.append(recs);
+    j.append(recs.slice(0, 4));
+    await j.sync();
+    // The crash comes before the next sync: the durable point on disk is the one of this sync.
+    const durableAt4 = fs.readFileSync(join(dir, 'durable.pos'));
+    j.append(recs.slice(4));
     await j.close();
+    fs.writeFileSync(join(dir, 'durable.pos'), durableAt4);
     const files = segFiles(dir);
     assert.equal(files.length, 2);
     const first = join(dir, files[0]!);
@@ -766,14 +775,18 @@ function watchedIo(
     nth: number,
   ) => number | undefined,
 ) {
-  const seen = { direct: [] as SeenWrite[], buffered: [] as SeenWrite[] };
+  const seen = { direct: [] as SeenWrite[], buffered: [] as SeenWrite[], endMarks: [] as SeenWrite[] };
   const io: JournalIo = {
     writevSync: (fd, bufs, pos) => {
       let length = 0;
       for (const b of bufs) length += b.byteLength;
       const w = { file: fs.readlinkSync(`/proc/self/fd/${fd}`).replace(/^.*\//, ''), position: pos, length };
       if (!isDirectFd(fd)) {
-        seen.buffered.push(w);
+        // A segment's end mark, written when the journal moves on from it, is noted apart.
+        const first = bufs[0] as Buffer;
+        const endMark =
+          bufs.length === 1 && length === SEGMENT_END_BYTES && first.readUInt32LE(0) === 0x454a4352;
+        (endMark ? seen.endMarks : seen.buffered).push(w);
         return fs.writevSync(fd, bufs, pos);
       }
       seen.direct.push(w);
@@ -827,7 +840,7 @@ describe('journal: large runs with O_DIRECT', () => {
   const MiB = 1024 * 1024;
   const SEG1 = 'seg-0000000000000001.log';
   /** The largest payload a segment of `bytes` holds. */
-  const payloadMax = (bytes: number): number => bytes - RECORD_HEADER_AND_NAMES_BYTES_MAX;
+  const payloadMax = (bytes: number): number => bytes - RECORD_HEADER_AND_NAMES_BYTES_MAX - SEGMENT_END_BYTES;
   const DIRECT = {
     segmentBytes: MiB,
     bytesMax: 64 * MiB,
@@ -850,7 +863,11 @@ describe('journal: large runs with O_DIRECT', () => {
    */
   const fillPrepared = (j: Journal, m: Maker, segmentBytes: number): Rec => {
     const probe = m.rec('a', Kind.data, 1);
-    const r = m.rec('a', Kind.data, segmentBytes - 2 * recordBytesOf(probe.header, 0) - 50);
+    const r = m.rec(
+      'a',
+      Kind.data,
+      segmentBytes - 2 * recordBytesOf(probe.header, 0) - 50 - SEGMENT_END_BYTES,
+    );
     j.append([probe, r]);
     return probe;
   };
@@ -883,6 +900,7 @@ describe('journal: large runs with O_DIRECT', () => {
       all.push(...batch);
     }
     assert.ok(seen.buffered.length > 0 && seen.direct.length >= 10, `${seen.direct.length} direct writes`);
+    assert.ok(seen.endMarks.length >= 2, `${seen.endMarks.length} segments ended with a mark`);
     for (const w of seen.buffered) assert.equal(w.file, SEG1, `buffered write to ${w.file}`);
     for (const w of seen.direct) {
       assert.notEqual(w.file, SEG1, 'the prepared segment is written buffered');
@@ -1012,5 +1030,162 @@ describe('journal: large runs with O_DIRECT', () => {
     assert.equal(seen.direct.length, 3, 'direct I/O goes on after a short write');
     assert.equal(outsidePrepared(seen.buffered), 1, 'the rest of the short write went buffered');
     await sameAfterReopen(j, dir, EVERY_RUN, all);
+  });
+});
+
+describe('journal: the durable point and segment end marks (power loss)', () => {
+  /** Appends `recs`, syncing after the first `synced` of them; returns durable.pos as that sync left it. */
+  async function writeWithDurablePoint(dir: string, recs: Rec[], synced: number): Promise<Buffer> {
+    const j = await open(dir);
+    j.append(recs.slice(0, synced));
+    await j.sync();
+    const point = fs.readFileSync(join(dir, DURABLE_POINT_FILE_NAME));
+    for (const r of recs.slice(synced)) j.append([r]);
+    await j.close();
+    return point;
+  }
+
+  /** Where each record landed: [segment file, offset], in append order. */
+  function places(dir: string): [string, number][] {
+    const out: [string, number][] = [];
+    for (const f of segFiles(dir)) {
+      const buf = fs.readFileSync(join(dir, f));
+      for (let off = 0; ;) {
+        const r = decodeRecord(buf, off);
+        if (!r.ok) break;
+        out.push([f, off]);
+        off += r.bytes;
+      }
+    }
+    return out;
+  }
+
+  function damage(dir: string, [file, offset]: [string, number], fill?: number): void {
+    const buf = fs.readFileSync(join(dir, file));
+    if (fill === undefined) buf[offset + 100]! ^= 0x04;
+    else buf.fill(fill, offset, offset + 512);
+    fs.writeFileSync(join(dir, file), buf);
+  }
+
+  test('a hole past the durable point is dropped with the valid records after it (logged); one below it is refused', async () => {
+    const m = new Maker();
+    const recs = Array.from({ length: 8 }, (_, i) => m.rec(i % 2 ? 'a' : 'b', Kind.data, 1000));
+    const dir = newDir();
+    const point = await writeWithDurablePoint(dir, recs, 4);
+    const at = places(dir);
+    // The power loss: the durable point of the last completed sync, and a sector of record 6 lost.
+    fs.writeFileSync(join(dir, DURABLE_POINT_FILE_NAME), point);
+    damage(dir, at[5]!, 0);
+    const logs: { msg: string; fields: object }[] = [];
+    const j = await open(dir, { log: (_l, msg, fields) => logs.push({ msg, fields: fields ?? {} }) });
+    assertSame(collect(j), recs.slice(0, 5));
+    const hole = logs.find((l) => l.msg.includes('hole past the durable point'));
+    assert.ok(
+      hole && 'nextValidRecord' in hole.fields,
+      'the dropped hole is logged with the next valid record',
+    );
+    await j.close();
+
+    // Damage below the durable point (a synced record) is corruption: refused, nothing cut.
+    const dir2 = newDir();
+    await writeWithDurablePoint(dir2, recs, 4);
+    damage(dir2, places(dir2)[2]!);
+    const before = sizes(dir2);
+    await assert.rejects(
+      () => open(dir2),
+      (e: unknown) =>
+        isCode('RC_ERR_JOURNAL_CORRUPT')(e) && /below the journal's durable point/.test(String(e)),
+    );
+    assert.deepEqual(sizes(dir2), before, 'nothing truncated');
+    // So is the last synced record, even with nothing after it.
+    const dir3 = newDir();
+    await writeWithDurablePoint(dir3, recs.slice(0, 4), 4);
+    damage(dir3, places(dir3)[3]!);
+    await assert.rejects(() => open(dir3), isCode('RC_ERR_JOURNAL_CORRUPT'));
+  });
+
+  test('a segment the journal moved on from ends in an end mark; without it past the durable point, later segments are dropped', async () => {
+    const m = new Maker();
+    const recs = Array.from({ length: 14 }, () => m.rec('a', Kind.data, 3000));
+    const dir = newDir();
+    const point = await writeWithDurablePoint(dir, recs, 3);
+    const files = segFiles(dir);
+    assert.ok(files.length >= 3, `${files.length} segments`);
+    const at = places(dir);
+    const inSecond = at.filter(([f]) => f === files[1]).length;
+    const firstCount = at.filter(([f]) => f === files[0]).length;
+    // The end mark of the second segment sits right after its last record.
+    const [, lastOff] = at[firstCount + inSecond - 1]!;
+    const end = lastOff + recordBytesOf(recs[0]!.header, 3000);
+    const second = fs.readFileSync(join(dir, files[1]!));
+    assert.ok(isSegmentEnd(second, end, Number(files[1]!.slice(4, 20))), 'end mark after the last record');
+    assert.ok(!isSegmentEnd(second, end, 99), 'the mark names its segment');
+    // A power loss took the page holding the mark (and the last record's tail): a zero tail.
+    fs.writeFileSync(join(dir, DURABLE_POINT_FILE_NAME), point);
+    second.fill(0, end - 100);
+    fs.writeFileSync(join(dir, files[1]!), second);
+    const j = await open(dir);
+    assertSame(collect(j), recs.slice(0, firstCount + inSecond - 1));
+    assert.deepEqual(segFiles(dir), files.slice(0, 2), 'the segments after the hole are gone');
+    await j.close();
+  });
+
+  test('a journal from before the durable point keeps the old rule and gets one; an unreadable one is logged', async () => {
+    const m = new Maker();
+    const recs = Array.from({ length: 6 }, () => m.rec('a', Kind.data, 500));
+    const dir = newDir();
+    await writeWithDurablePoint(dir, recs, 6);
+    fs.rmSync(join(dir, DURABLE_POINT_FILE_NAME));
+    const good = new Map(segFiles(dir).map((f) => [f, fs.readFileSync(join(dir, f))]));
+    // The old rule: a bad record that a valid one follows is refused.
+    damage(dir, places(dir)[1]!);
+    await assert.rejects(
+      () => open(dir),
+      (e: unknown) => isCode('RC_ERR_JOURNAL_CORRUPT')(e) && /a valid record follows/.test(String(e)),
+    );
+    assert.ok(!fs.existsSync(join(dir, DURABLE_POINT_FILE_NAME)), 'a refused journal gets no durable point');
+    for (const [f, c] of good) fs.writeFileSync(join(dir, f), c);
+    const j = await open(dir);
+    assertSame(collect(j), recs);
+    await j.close();
+    const read = readDurablePointSync(dir);
+    assert.equal(read.state, 'ok');
+
+    // Both slots unreadable: logged, the old rule for this open, and a new file.
+    fs.writeFileSync(join(dir, DURABLE_POINT_FILE_NAME), Buffer.alloc(8192, 0x5a));
+    const logs: string[] = [];
+    const j2 = await open(dir, { log: (level, msg) => logs.push(`${level} ${msg}`) });
+    assertSame(collect(j2), recs);
+    assert.ok(logs.some((l) => l.startsWith('warn') && l.includes('durable point file is unreadable')));
+    await j2.close();
+    assert.equal(readDurablePointSync(dir).state, 'ok');
+  });
+
+  test('the durable point moves with each sync, in alternate slots: a torn write of one leaves the other', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const points: { segNo: number; offset: number; counter: number }[] = [];
+    for (let i = 0; i < 3; i++) {
+      j.append([m.rec('a', Kind.data, 2000)]);
+      await j.sync();
+      const r = readDurablePointSync(dir);
+      assert.ok(r.state === 'ok');
+      points.push({ ...r.point, counter: r.counter });
+    }
+    await j.close();
+    for (let i = 1; i < points.length; i++) {
+      assert.equal(points[i]!.counter, points[i - 1]!.counter + 1);
+      assert.ok(points[i]!.offset > points[i - 1]!.offset, 'the point moves on');
+    }
+    // Tear the slot of the last write: the point of the write before it is read.
+    const file = join(dir, DURABLE_POINT_FILE_NAME);
+    const buf = fs.readFileSync(file);
+    const lastSlot = (points[2]!.counter % 2) * 4096;
+    buf[lastSlot + 30]! ^= 0xff;
+    fs.writeFileSync(file, buf);
+    const r = readDurablePointSync(dir);
+    assert.ok(r.state === 'ok');
+    assert.deepEqual({ ...r.point, counter: r.counter }, points[1]);
   });
 });
