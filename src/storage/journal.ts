@@ -712,6 +712,11 @@ export class Journal {
         this.writeDirectFully(dfd, fd, buf.subarray(0, pos), at);
         at += pos;
         pos = 0;
+        if (this.staging === null) {
+          // Direct I/O was given up on this piece (giveUpDirect): the rest of the run goes buffered.
+          this.writeFully(fd, skipBytes(iov, at - offset), at);
+          return true;
+        }
       }
     }
     this.directTail = null;

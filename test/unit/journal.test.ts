@@ -24,6 +24,7 @@ import {
   seq,
   timeUs,
 } from '../../src/core/types.js';
+import { DIRECT_STAGING_BYTES } from '../../src/storage/direct-io.js';
 import { DURABLE_POINT_FILE_NAME, readDurablePointSync } from '../../src/storage/durable-point.js';
 import { Journal, type JournalIo, type JournalOptions } from '../../src/storage/journal.js';
 import {
@@ -1010,6 +1011,33 @@ describe('journal: large runs with O_DIRECT', () => {
     assert.equal(seen.direct.length, 1, 'no direct write after the refusal');
     assert.equal(outsidePrepared(seen.buffered), 3, 'the refused write and the next two, buffered');
     await sameAfterReopen(j, dir, EVERY_RUN, all);
+  });
+
+  test('a refusal (EINVAL) in the first piece of a run larger than the staging buffer: the rest of the run goes buffered', async () => {
+    const dir = newDir();
+    const { io, seen } = watchedIo(throwOn(0, 'EINVAL'));
+    const logs: string[] = [];
+    const opts = {
+      segmentBytes: 32 * MiB,
+      bytesMax: 128 * MiB,
+      limits: { recordPayloadBytesMax: payloadMax(32 * MiB), directRunBytesMin: 1 },
+    };
+    const j = await open(dir, { ...opts, io, log: (level, msg) => logs.push(`${level} ${msg}`) });
+    const m = new Maker();
+    // Fill the prepared first segment, so that the large record goes to a new sparse one.
+    const all = [m.rec('a', Kind.data, 32 * MiB - 40_000)];
+    j.append(all);
+    const large = m.rec('a', Kind.data, 2 * DIRECT_STAGING_BYTES + 12_345);
+    j.append([large]);
+    all.push(large);
+    assert.equal(seen.direct.length, 1, 'no direct write after the refusal');
+    assert.equal(
+      outsidePrepared(seen.buffered),
+      2,
+      'the refused piece, then the rest of the run in one write',
+    );
+    assert.equal(logs.filter((l) => l.includes('a direct write was refused')).length, 1, 'logged once');
+    await sameAfterReopen(j, dir, opts, all);
   });
 
   test('a short direct write that ends off alignment is finished buffered', async () => {
