@@ -24,10 +24,15 @@
  *
  *    0 magic 'RCJD' (u32 0x444a4352)   4 version u8 = 1, 3 bytes zero   8 crc32c (u32) of the slot
  *   12 zero (u32)   16 counter (u64)   24 segment number (u64)   32 byte offset (u64)
- *   40 first segment with end marks (u64)
+ *   40 first segment with end marks (u64)   48 boot id of the last open (36 bytes of ASCII, or zeroes)
  *
  * A journal without the file (made before it existed) has no known point: recovery then refuses
  * any bad record that a valid one follows, as it always did, and the file is created at open.
+ *
+ * Each open writes the machine's boot id (Linux: /proc/sys/kernel/random/boot_id) into the file.
+ * When the next open finds the same boot id, the machine has not restarted in between: the page
+ * cache kept every byte written, no power loss can have made a hole, and a bad record that a valid
+ * one follows is refused as it always was (dropping it would leave the volume ahead of the journal).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -38,7 +43,9 @@ import { readU64, writeU64 } from './record.js';
 export const DURABLE_POINT_FILE_NAME = 'durable.pos';
 const MAGIC = 0x444a4352;
 const VERSION = 1;
-const SLOT_BYTES = 48;
+const SLOT_BYTES = 84;
+const BOOT_ID_BYTES = 36;
+const BOOT_ID_FILE = '/proc/sys/kernel/random/boot_id';
 const SLOT_OFFSETS = [0, 4096] as const;
 const FILE_BYTES = 8192;
 /** The file is fdatasynced at most this often (its value on disk lags by about as much). */
@@ -52,20 +59,37 @@ export interface JournalPosition {
 
 export const POSITION_ZERO: JournalPosition = { segNo: 0, offset: 0 };
 
+/** This boot of the machine: the Linux boot id, '' where there is none. */
+export function currentBootId(): string {
+  try {
+    const id = fs.readFileSync(BOOT_ID_FILE, 'ascii').trim();
+    return /^[0-9a-f-]{36}$/.test(id) ? id : '';
+  } catch {
+    return '';
+  }
+}
+
 /** True when position a comes before position b. */
 export function positionBefore(a: JournalPosition, b: JournalPosition): boolean {
   return a.segNo < b.segNo || (a.segNo === b.segNo && a.offset < b.offset);
 }
 
 /** What the file holds. */
-export interface DurablePoint {
+interface DurablePoint {
   readonly point: JournalPosition;
   /** Segments numbered from here on carry an end mark once the journal moves on from them. */
   readonly markedFromSegNo: number;
 }
 
+/** What recovery needs to know. */
+export interface RecoveryPoint extends DurablePoint {
+  /** The machine has not restarted since the journal was last opened: the page cache kept all. */
+  readonly sameBoot: boolean;
+}
+
 interface Slot extends DurablePoint {
   readonly counter: number;
+  readonly bootId: string;
 }
 
 function encodeSlot(s: Slot): Buffer {
@@ -76,6 +100,7 @@ function encodeSlot(s: Slot): Buffer {
   writeU64(b, 24, s.point.segNo);
   writeU64(b, 32, s.point.offset);
   writeU64(b, 40, s.markedFromSegNo);
+  b.write(s.bootId, 48, BOOT_ID_BYTES, 'ascii');
   b.writeUInt32LE(crc32c(b), 8);
   return b;
 }
@@ -90,7 +115,8 @@ function decodeSlot(b: Buffer): Slot | null {
   const offset = readU64(b, 32);
   const markedFromSegNo = readU64(b, 40);
   if (counter < 0 || segNo < 0 || offset < 0 || markedFromSegNo < 0) return null;
-  return { counter, point: { segNo, offset }, markedFromSegNo };
+  const bootId = b.toString('ascii', 48, 48 + BOOT_ID_BYTES).replace(/\0+$/, '');
+  return { counter, point: { segNo, offset }, markedFromSegNo, bootId };
 }
 
 export type DurablePointRead =
@@ -122,6 +148,7 @@ export class DurablePointFile {
   private point: JournalPosition;
   private counter: number;
   readonly markedFromSegNo: number;
+  private readonly bootId: string;
   private flushTimer: NodeJS.Timeout | null = null;
   private flushing: Promise<void> | null = null;
   private broken = false;
@@ -134,27 +161,32 @@ export class DurablePointFile {
     this.point = start.point;
     this.counter = start.counter;
     this.markedFromSegNo = start.markedFromSegNo;
+    this.bootId = start.bootId;
   }
 
   /**
-   * Opens the file in `dir`; when it is missing or unreadable, creates it (durable) with the point
-   * at zero, which claims nothing, and end marks from segment `markedFromSegNo` on.
+   * Opens the file in `dir` and writes this boot's id into it (durable). When it is missing or
+   * unreadable, creates it with the point at zero, which claims nothing, and end marks from
+   * segment `markedFromSegNo` on.
    */
   static openSync(
     dir: string,
     read: DurablePointRead,
     markedFromSegNo: number,
+    bootId: string,
     onError: (e: unknown) => void,
   ): DurablePointFile {
     const file = path.join(dir, DURABLE_POINT_FILE_NAME);
-    if (read.state === 'ok') return new DurablePointFile(fs.openSync(file, 'r+'), read, onError);
-    const start: Slot = { counter: 1, point: POSITION_ZERO, markedFromSegNo };
-    const fd = fs.openSync(file, 'w+');
+    const start: Slot =
+      read.state === 'ok'
+        ? { ...read, counter: read.counter + 1, bootId }
+        : { counter: 1, point: POSITION_ZERO, markedFromSegNo, bootId };
+    const fd = fs.openSync(file, read.state === 'ok' ? 'r+' : 'w+');
     try {
-      fs.ftruncateSync(fd, FILE_BYTES);
-      fs.writeSync(fd, encodeSlot(start), 0, SLOT_BYTES, SLOT_OFFSETS[1]);
+      if (read.state !== 'ok') fs.ftruncateSync(fd, FILE_BYTES);
+      fs.writeSync(fd, encodeSlot(start), 0, SLOT_BYTES, SLOT_OFFSETS[start.counter % 2]);
       fs.fdatasyncSync(fd);
-      fsyncDirSync(dir);
+      if (read.state !== 'ok') fsyncDirSync(dir);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -170,7 +202,12 @@ export class DurablePointFile {
   advance(p: JournalPosition): void {
     if (this.broken || !positionBefore(this.point, p)) return;
     const counter = this.counter + 1;
-    const slot = encodeSlot({ counter, point: p, markedFromSegNo: this.markedFromSegNo });
+    const slot = encodeSlot({
+      counter,
+      point: p,
+      markedFromSegNo: this.markedFromSegNo,
+      bootId: this.bootId,
+    });
     try {
       fs.writeSync(this.fd, slot, 0, SLOT_BYTES, SLOT_OFFSETS[counter % 2]);
     } catch (e) {

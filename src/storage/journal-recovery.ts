@@ -36,7 +36,9 @@
  *   - P below the durable point: they were durable once: refuse, whether or not records follow;
  *   - P at or past it: a torn tail or a power-loss hole: drop P and everything after it (the
  *     valid records past a hole were never reported durable), and log what was dropped;
- *   - no durable point (a journal from before it existed): the rule above, refuse if one follows.
+ *   - no durable point (a journal from before it existed), or no restart of the machine since the
+ *     journal was last opened (the page cache kept every byte, so no power loss made the hole):
+ *     the rule above, refuse if a valid record follows.
  * A journal whose records end before the durable point, in its segment, lost durable records:
  * refused too.
  *
@@ -51,7 +53,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RemcopyError } from '../core/errors.js';
 import type { RecordHeader } from '../core/types.js';
-import { type DurablePoint, type JournalPosition, positionBefore } from './durable-point.js';
+import { type JournalPosition, positionBefore, type RecoveryPoint } from './durable-point.js';
 import { decodeRecord, isSegmentEnd, RECORD_MAGIC_BYTES, SEGMENT_END_BYTES } from './record.js';
 import { isZero } from './zeroes.js';
 
@@ -113,7 +115,7 @@ export function recoverSegments(
   nos: readonly number[],
   onRecord: (h: RecordHeader, segNo: number, offset: number, bytes: number) => void,
   log: LogFn,
-  durable: DurablePoint | null,
+  durable: RecoveryPoint | null,
 ): RecoveryResult {
   const segments: RecoveredSegment[] = [];
   let lastOrdinal = -1;
@@ -162,12 +164,13 @@ export function recoverSegments(
     reason ||= 'no end mark';
     if (durable !== null) refuseBelowDurable(file, { segNo: no, offset: pos }, reason, durable.point);
     const follows = findValidAfter(dir, nos.slice(i), buf, pos, lastOrdinal);
-    if (follows !== null && durable === null) {
+    if (follows !== null && (durable === null || durable.sameBoot)) {
+      const why = durable === null ? '' : ' (the machine has not restarted since: no power loss made it)';
       throw new RemcopyError(
         'RC_ERR_JOURNAL_CORRUPT',
         `${file}: the record at byte offset ${pos} is invalid (${reason}) but a valid record follows ` +
-          `at byte offset ${follows.offset} of ${follows.file}; refusing to open the journal (restore ` +
-          `it or remove the journal directory and resync the groups it held)`,
+          `at byte offset ${follows.offset} of ${follows.file}${why}; refusing to open the journal ` +
+          `(restore it or remove the journal directory and resync the groups it held)`,
       );
     }
     const droppedBytes = dropTornTail(dir, nos.slice(i), buf, pos, reason, log, follows);

@@ -69,6 +69,7 @@ import {
   writeState,
 } from './journal-state.js';
 import {
+  currentBootId,
   DurablePointFile,
   type JournalPosition,
   POSITION_ZERO,
@@ -150,6 +151,11 @@ export interface JournalOptions {
   readonly directIo?: boolean;
   /** Fault injection for tests. */
   readonly io?: JournalIo;
+  /**
+   * This boot of the machine (default: the Linux boot id, durable-point.ts). Tests give another
+   * one to stand for a restart of the machine, as after a power loss.
+   */
+  readonly bootId?: string;
 }
 
 export interface JournalUsage {
@@ -224,6 +230,7 @@ export class Journal {
   private readonly directRunBytesMin: number;
   private readonly log: LogFn;
   private readonly io: JournalIo;
+  private readonly bootId: string;
 
   /** Live segments in ascending order; the last one is the active segment. */
   private readonly segments = new Map<number, Segment>();
@@ -298,6 +305,7 @@ export class Journal {
     if (opts.directIo === false) this.staging = null;
     this.log = opts.log ?? (() => {});
     this.io = opts.io ?? realIo;
+    this.bootId = opts.bootId ?? currentBootId();
     const recordBytesMax = RECORD_HEADER_AND_NAMES_BYTES_MAX + this.recordPayloadBytesMax;
     assert(
       Number.isSafeInteger(this.recordPayloadBytesMax) &&
@@ -358,7 +366,11 @@ export class Journal {
       nos,
       (h, segNo, offset, bytes) => this.onRecovered(h, segNo, offset, bytes),
       this.log,
-      point.state === 'ok' ? point : nos.length === 0 ? { point: POSITION_ZERO, markedFromSegNo: 0 } : null,
+      point.state === 'ok'
+        ? { ...point, sameBoot: point.bootId !== '' && point.bootId === this.bootId }
+        : nos.length === 0
+          ? { point: POSITION_ZERO, markedFromSegNo: 0, sameBoot: false }
+          : null,
     );
     // Segment numbers only grow, even when every segment file is gone: the durable point names one.
     const lastNo = Math.max(
@@ -369,7 +381,7 @@ export class Journal {
     // A journal from before the durable point: its segments left behind have no end mark; the one
     // still active gets one when the journal moves on from it.
     const markedFrom = result.segments[result.segments.length - 1]?.no ?? this.nextSegNo;
-    this.durablePoint = DurablePointFile.openSync(this.dir, point, markedFrom, (e) =>
+    this.durablePoint = DurablePointFile.openSync(this.dir, point, markedFrom, this.bootId, (e) =>
       this.log('error', 'journal: cannot write the durable point; it stops moving', {
         dir: this.dir,
         error: String(e),
@@ -593,8 +605,16 @@ export class Journal {
     try {
       for (const no of created) createdFds.set(no, this.openNewSegment(no, recycledNos));
       let i = 0;
+      let previousNo = this.active?.no;
       while (i < planned.length) {
         const first = planned[i]!;
+        if (previousNo !== undefined && first.segNo !== previousNo) {
+          // After its records: a direct run writes zeroes past its last record, to the block's end.
+          const recycled =
+            previousNo === this.active?.no ? this.active.recycled : recycledNos.has(previousNo);
+          this.endSegment(previousNo, planned, recycled, fdOf(previousNo));
+        }
+        previousNo = first.segNo;
         const iov: Buffer[] = [];
         let j = i;
         for (; j < planned.length && planned[j]!.segNo === first.segNo; j++) {
@@ -610,8 +630,6 @@ export class Journal {
         }
         i = j;
       }
-      // After the records: a direct run writes zeroes past its last record, to the block's end.
-      this.endLeftSegments(planned, created, recycledNos, fdOf);
     } catch (e) {
       this.rollback(createdFds, oldSize, e);
       throw ioError(`append to ${this.dir} failed, nothing appended`, e);
@@ -641,29 +659,19 @@ export class Journal {
   }
 
   /**
-   * Every segment this batch leaves behind gets its end mark after its last record (recovery:
-   * the records end there, none were lost); a recycled one then ends in zeroes, not in records of
-   * its previous life.
+   * Segment `no`, which this batch leaves behind, gets its end mark after its last record (recovery:
+   * the records end there, none were lost), before anything is written to the next segment (so
+   * that, with the page cache intact, a record in the next segment means the mark is there); a
+   * recycled one then ends in zeroes, not in records of its previous life.
    */
-  private endLeftSegments(
-    planned: PlannedRecord[],
-    created: readonly number[],
-    recycledNos: Set<number>,
-    fdOf: (no: number) => number,
-  ): void {
-    if (created.length === 0) return;
-    const left = [...(this.active ? [this.active.no] : []), ...created.slice(0, -1)];
-    for (const no of left) {
-      const recycled = no === this.active?.no ? this.active.recycled : recycledNos.has(no);
-      let end = no === this.active?.no ? this.active.size : 0;
-      for (const p of planned) if (p.segNo === no) end = p.offset + p.bytes;
-      this.writeFully(fdOf(no), [encodeSegmentEnd(no, end)], end);
-      if (!recycled) continue;
-      end += SEGMENT_END_BYTES;
-      for (let at = end; at < this.segmentBytes; at += ZERO_WRITE_BYTES) {
-        const n = Math.min(ZERO_WRITE_BYTES, this.segmentBytes - at);
-        this.writeFully(fdOf(no), [ZEROES.subarray(0, n)], at);
-      }
+  private endSegment(no: number, planned: PlannedRecord[], recycled: boolean, fd: number): void {
+    let end = no === this.active?.no ? this.active.size : 0;
+    for (const p of planned) if (p.segNo === no) end = p.offset + p.bytes;
+    this.writeFully(fd, [encodeSegmentEnd(no, end)], end);
+    if (!recycled) return;
+    for (let at = end + SEGMENT_END_BYTES; at < this.segmentBytes; at += ZERO_WRITE_BYTES) {
+      const n = Math.min(ZERO_WRITE_BYTES, this.segmentBytes - at);
+      this.writeFully(fd, [ZEROES.subarray(0, n)], at);
     }
   }
 
@@ -881,7 +889,7 @@ export class Journal {
     if (this.directFd !== null && this.directFd.no !== this.active?.no) this.closeDirectFd();
     for (const no of this.sparseSegments) if (no !== this.active?.no) this.sparseSegments.delete(no);
     if (previousActive !== null && previousActive !== this.active) {
-      // Its end mark (endLeftSegments) is durable with the next round, like its records.
+      // Its end mark (endSegment) is durable with the next round, like its records.
       this.dirtySegments.add(previousActive);
       this.scheduleMaintenance();
     }

@@ -12,6 +12,8 @@
  *   - what it holds is a prefix of the appended records, byte for byte, and holds at least every
  *     record synced in step 1: nothing durable is lost, no bad record is loaded;
  *   - the journal goes on: an append and a reopen keep the records and the new one;
+ *   - opened in the boot that wrote it (no restart, so no power loss), such an image with a hole
+ *     that valid records follow is refused instead: the page cache cannot have lost the page;
  *   - damage below the durable point (a flipped bit in a synced record of the durable image) is
  *     still refused with RC_ERR_JOURNAL_CORRUPT.
  * Seeded: RC_FUZZ_SEED=<n> replays a run.
@@ -144,10 +146,18 @@ function powerLossImage(durable: Files, cache: Files, earlierPoint: Buffer, rnd:
   return out;
 }
 
-/** Opens `dir`; the records it holds, encoded, or the refusal. */
-async function openAndRead(dir: string): Promise<{ journal: Journal; records: Buffer[] } | RemcopyError> {
+/**
+ * Opens `dir` in boot `bootId` (a boot other than the one that wrote it stands for the restart after
+ * a power loss); the records it holds, encoded, or the refusal.
+ */
+async function openAndRead(
+  dir: string,
+  bootId: string | undefined,
+  logs: string[] = [],
+): Promise<{ journal: Journal; records: Buffer[] } | RemcopyError> {
   try {
-    const journal = await Journal.open({ dir, ...LIMITS });
+    const log = (_level: string, msg: string) => logs.push(msg);
+    const journal = await Journal.open({ dir, ...LIMITS, log, ...(bootId === undefined ? {} : { bootId }) });
     return { journal, records: [...journal.retained()].map((r) => encode(r)) };
   } catch (e) {
     if (e instanceof RemcopyError) return e;
@@ -191,10 +201,26 @@ async function trial(n: number): Promise<void> {
 
   const what = (i: number) => `RC_FUZZ_SEED=${SEED} trial ${n} image ${i}`;
   const dir = join(root, `image-${n % 2}`);
+  const sameBootDir = join(root, `same-boot-${n % 2}`);
   for (let i = 0; i < IMAGES_PER_TRIAL; i++) {
-    writeFiles(dir, powerLossImage(durable, cache, earlierPoint, rnd));
-    const r = await openAndRead(dir);
+    const image = powerLossImage(durable, cache, earlierPoint, rnd);
+    writeFiles(dir, image);
+    writeFiles(sameBootDir, image);
+    const boot = `after-power-loss-${n}-${i}`;
+    const logs: string[] = [];
+    const r = await openAndRead(dir, boot, logs);
     if (r instanceof RemcopyError) assert.fail(`${what(i)}: refused: ${r.message}`);
+    // In the boot that wrote it, a hole is no power loss: refused exactly when one was dropped.
+    const holeDropped = logs.some((m) => m.includes('hole past the durable point'));
+    const same = await openAndRead(sameBootDir, undefined);
+    if (same instanceof RemcopyError) {
+      assert.ok(holeDropped, `${what(i)}: refused in the same boot with no hole: ${same.message}`);
+      assert.match(same.message, /has not restarted/, what(i));
+    } else {
+      assert.ok(!holeDropped, `${what(i)}: opened in the same boot over a hole`);
+      assert.deepEqual(same.records, r.records, `${what(i)}: the same records in the same boot`);
+      await same.journal.close();
+    }
     const got = r.records;
     assert.ok(got.length >= durableCount, `${what(i)}: ${got.length} records, ${durableCount} were durable`);
     assert.ok(got.length <= expected.length, `${what(i)}: more records than appended`);
@@ -227,7 +253,7 @@ async function trial(n: number): Promise<void> {
     };
     r.journal.append([{ header: next }]);
     await r.journal.close();
-    const again = await openAndRead(dir);
+    const again = await openAndRead(dir, boot);
     if (again instanceof RemcopyError) assert.fail(`${what(i)}: refused after going on: ${again.message}`);
     assert.equal(again.records.length, got.length + 1, `${what(i)}: reopened`);
     assert.ok(again.records[got.length]!.equals(encode({ header: next })), `${what(i)}: the new record`);
@@ -243,7 +269,7 @@ async function trial(n: number): Promise<void> {
   content[offset + int(bytes)]! ^= 1 << int(8);
   damaged.set(file, content);
   writeFiles(dir, damaged);
-  const r = await openAndRead(dir);
+  const r = await openAndRead(dir, `after-power-loss-${n}`);
   if (!(r instanceof RemcopyError)) {
     await r.journal.close();
     assert.fail(`${what(-1)}: opened over a flipped bit in the synced record at ${file}:${offset}`);

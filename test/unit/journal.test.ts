@@ -1062,6 +1062,9 @@ describe('journal: large runs with O_DIRECT', () => {
 });
 
 describe('journal: the durable point and segment end marks (power loss)', () => {
+  /** Another boot id than the one the journal was written in: the machine restarted since. */
+  const AFTER_A_RESTART = '00000000-0000-4000-8000-000000000001';
+
   /** Appends `recs`, syncing after the first `synced` of them; returns durable.pos as that sync left it. */
   async function writeWithDurablePoint(dir: string, recs: Rec[], synced: number): Promise<Buffer> {
     const j = await open(dir);
@@ -1104,8 +1107,18 @@ describe('journal: the durable point and segment end marks (power loss)', () => 
     // The power loss: the durable point of the last completed sync, and a sector of record 6 lost.
     fs.writeFileSync(join(dir, DURABLE_POINT_FILE_NAME), point);
     damage(dir, at[5]!, 0);
+    // Without a restart of the machine no power loss can have made it: refused, nothing cut.
+    const intact = sizes(dir);
+    await assert.rejects(
+      () => open(dir),
+      (e: unknown) => isCode('RC_ERR_JOURNAL_CORRUPT')(e) && /has not restarted/.test(String(e)),
+    );
+    assert.deepEqual(sizes(dir), intact);
     const logs: { msg: string; fields: object }[] = [];
-    const j = await open(dir, { log: (_l, msg, fields) => logs.push({ msg, fields: fields ?? {} }) });
+    const j = await open(dir, {
+      bootId: AFTER_A_RESTART,
+      log: (_l, msg, fields) => logs.push({ msg, fields: fields ?? {} }),
+    });
     assertSame(collect(j), recs.slice(0, 5));
     const hole = logs.find((l) => l.msg.includes('hole past the durable point'));
     assert.ok(
@@ -1152,7 +1165,7 @@ describe('journal: the durable point and segment end marks (power loss)', () => 
     fs.writeFileSync(join(dir, DURABLE_POINT_FILE_NAME), point);
     second.fill(0, end - 100);
     fs.writeFileSync(join(dir, files[1]!), second);
-    const j = await open(dir);
+    const j = await open(dir, { bootId: AFTER_A_RESTART });
     assertSame(collect(j), recs.slice(0, firstCount + inSecond - 1));
     assert.deepEqual(segFiles(dir), files.slice(0, 2), 'the segments after the hole are gone');
     await j.close();
