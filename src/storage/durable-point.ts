@@ -221,7 +221,11 @@ export class DurablePointFile {
 
   private flushInBackground(): void {
     this.flushTimer = null;
-    if (this.flushing !== null) return;
+    if (this.flushing !== null) {
+      // One at a time; the point written since needs the next one.
+      this.flushTimer = setTimeout(() => this.flushInBackground(), DURABLE_POINT_FLUSH_MS).unref();
+      return;
+    }
     this.flushing = new Promise<void>((resolve) =>
       fs.fdatasync(this.fd, (e) => {
         if (e) this.fail(e);
