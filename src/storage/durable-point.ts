@@ -38,7 +38,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { fsyncDirSync } from './journal-state.js';
-import { readU64, writeU64 } from './record.js';
+import { checksumMatches, readU64, writeU64 } from './record.js';
 
 export const DURABLE_POINT_FILE_NAME = 'durable.pos';
 const MAGIC = 0x444a4352;
@@ -107,9 +107,7 @@ function encodeSlot(s: Slot): Buffer {
 
 function decodeSlot(b: Buffer): Slot | null {
   if (b.length < SLOT_BYTES || b.readUInt32LE(0) !== MAGIC || b.readUInt8(4) !== VERSION) return null;
-  const copy = Buffer.from(b.subarray(0, SLOT_BYTES));
-  copy.writeUInt32LE(0, 8);
-  if (crc32c(copy) !== b.readUInt32LE(8)) return null;
+  if (!checksumMatches(b, 0, SLOT_BYTES)) return null;
   const counter = readU64(b, 16);
   const segNo = readU64(b, 24);
   const offset = readU64(b, 32);

@@ -250,7 +250,11 @@ export function decodeRecord(buf: Buffer, offset: number): DecodeResult {
   return decodeChecked(buf, offset, groupLen, volumeLen, payloadLength);
 }
 
-function checksumMatches(buf: Buffer, offset: number, bytes: number): boolean {
+/**
+ * Whether the `bytes` bytes at `offset` hold their crc32c at byte 8, computed with that field zero:
+ * records, segment end marks and the journal's durable point (durable-point.ts) are checked alike.
+ */
+export function checksumMatches(buf: Buffer, offset: number, bytes: number): boolean {
   const stored = buf.readUInt32LE(offset + OFF_CRC);
   let crc = crc32c(buf.subarray(offset, offset + OFF_CRC));
   crc = crc32c(ZERO_CRC_FIELD, crc);
@@ -346,7 +350,7 @@ export const RECORD_MAGIC_BYTES: Buffer = (() => {
  */
 export const SEGMENT_END_BYTES = 32;
 const SEGMENT_END_MAGIC = 0x454a4352;
-const OFF_END_CRC = 8;
+assert(OFF_CRC === 8, 'the end mark keeps its checksum where a record does');
 const OFF_END_SEGMENT = 16;
 const OFF_END_RECORDS_BYTES = 24;
 
@@ -357,21 +361,18 @@ export function encodeSegmentEnd(segNo: number, recordsBytes: number): Buffer {
   buf.writeUInt8(RECORD_VERSION, OFF_VERSION);
   writeU64(buf, OFF_END_SEGMENT, segNo);
   writeU64(buf, OFF_END_RECORDS_BYTES, recordsBytes);
-  buf.writeUInt32LE(crc32c(buf), OFF_END_CRC);
+  buf.writeUInt32LE(crc32c(buf), OFF_CRC);
   return buf;
 }
 
 /** True when `buf` holds, at `offset`, the end mark of segment `segNo` with its records before it. */
 export function isSegmentEnd(buf: Buffer, offset: number, segNo: number): boolean {
   if (offset < 0 || offset + SEGMENT_END_BYTES > buf.length) return false;
-  if (buf.readUInt32LE(offset + OFF_MAGIC) !== SEGMENT_END_MAGIC) return false;
-  const mark = Buffer.from(buf.subarray(offset, offset + SEGMENT_END_BYTES));
-  const crc = mark.readUInt32LE(OFF_END_CRC);
-  mark.writeUInt32LE(0, OFF_END_CRC);
   return (
-    crc32c(mark) === crc &&
-    mark.readUInt8(OFF_VERSION) === RECORD_VERSION &&
-    readU64(mark, OFF_END_SEGMENT) === segNo &&
-    readU64(mark, OFF_END_RECORDS_BYTES) === offset
+    buf.readUInt32LE(offset + OFF_MAGIC) === SEGMENT_END_MAGIC &&
+    checksumMatches(buf, offset, SEGMENT_END_BYTES) &&
+    buf.readUInt8(offset + OFF_VERSION) === RECORD_VERSION &&
+    readU64(buf, offset + OFF_END_SEGMENT) === segNo &&
+    readU64(buf, offset + OFF_END_RECORDS_BYTES) === offset
   );
 }
