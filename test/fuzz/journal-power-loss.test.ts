@@ -1,7 +1,8 @@
 /**
  * Journal recovery after a power loss (TESTING.md layer 2). kill -9 keeps the page cache, so this
  * builds what a power loss can leave instead. Per trial, on a journal of small segments:
- *   1. random batches appended, a sync, more batches, a sync: the files then are the durable image;
+ *   1. random batches appended, a sync, more batches, a sync: the files when that sync starts (and
+ *      the durable point it leaves) are the durable image; batches appended while it runs are not;
  *   2. more batches appended, never synced: the files then are the cache image;
  *   3. power-loss images: every sector (512 B) or page (4 KiB) of every file comes from either
  *      image at random, a file only one image has is there or not at random, and the durable
@@ -191,9 +192,14 @@ async function trial(n: number): Promise<void> {
   await j.sync();
   const earlierPoint = fs.readFileSync(join(live, DURABLE_POINT));
   for (let b = 1 + int(8); b > 0; b--) w.appendBatch(j);
-  await j.sync();
+  // The round covers what was appended when it started; batches appended while it runs are not
+  // durable when it completes, and the durable point it leaves must not claim them.
+  const round = j.sync();
   const durable = readFiles(live);
   const durableCount = w.appended.length;
+  for (let b = int(4); b > 0; b--) w.appendBatch(j);
+  await round;
+  durable.set(DURABLE_POINT, fs.readFileSync(join(live, DURABLE_POINT)));
   for (let b = 1 + int(12); b > 0; b--) w.appendBatch(j);
   const cache = readFiles(live);
   await j.close();

@@ -1202,6 +1202,37 @@ describe('journal: the durable point and segment end marks (power loss)', () => 
     assert.equal(readDurablePointSync(dir).state, 'ok');
   });
 
+  test('the end mark written when a batch moves on goes to disk with the next sync, with the new segment', async () => {
+    const synced: string[][] = [];
+    let round: string[] = [];
+    const io: JournalIo = {
+      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+      fdatasync: (fd) => {
+        round.push(fs.readlinkSync(`/proc/self/fd/${fd}`).replace(/^.*\//, ''));
+        return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+      },
+    };
+    const dir = newDir();
+    const j = await open(dir, { io });
+    const m = new Maker();
+    const sync = async (): Promise<void> => {
+      round = [];
+      await j.sync();
+      synced.push(round.sort());
+    };
+    j.append([m.rec('a', Kind.data, 4096), m.rec('a', Kind.data, 4096), m.rec('a', Kind.data, 4096)]);
+    await sync();
+    const [first] = segFiles(dir);
+    // This batch does not fit in the first segment: all of it goes to a new one, and the first
+    // segment gets only its end mark.
+    j.append([m.rec('a', Kind.data, 4096), m.rec('a', Kind.data, 4096)]);
+    const files = segFiles(dir);
+    assert.equal(files.length, 2);
+    await sync();
+    assert.deepEqual(synced, [[first], files], 'the second sync covers the end mark in the first segment');
+    await j.close();
+  });
+
   test('the durable point moves with each sync, in alternate slots: a torn write of one leaves the other', async () => {
     const dir = newDir();
     const j = await open(dir);
