@@ -60,8 +60,17 @@ interface Input {
   readonly payload?: Buffer;
 }
 
+/** The files of `dir`; one renamed away meanwhile (a spare being prepared in the background) is left out. */
 function readFiles(dir: string): Files {
-  return new Map(fs.readdirSync(dir).map((f) => [f, fs.readFileSync(join(dir, f))]));
+  const files: Files = new Map();
+  for (const f of fs.readdirSync(dir)) {
+    try {
+      files.set(f, fs.readFileSync(join(dir, f)));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+  return files;
 }
 
 function writeFiles(dir: string, files: Files): void {
