@@ -4,8 +4,9 @@
  * interop tests and the benchmarks; everything binds to 127.0.0.1.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { CLI_MAIN, nodeProcessArgs, nodeProcessEnv } from '../cli/node-process.js';
@@ -34,23 +35,74 @@ function bindable(port: number): Promise<net.Server | undefined> {
 }
 
 /**
- * `n` distinct ports free right now, picked at random below the kernel's ephemeral range: a port
- * from that range, free when picked, can be taken as the source port of any outgoing connection
- * (another test's API call, link or NBD client) before the node binds it (CI saw EADDRINUSE).
- * Falls back to kernel-chosen ports when the range leaves no room below it.
+ * Ports handed out by any live process on this machine, one file per port named after it and
+ * holding the owner's pid. A port only free when picked can be taken by a concurrent test file
+ * while its own test has a node down between a kill and a restart (CI saw EADDRINUSE), so a port
+ * stays reserved for the life of the process that picked it.
+ */
+const PORT_DIR = join(tmpdir(), 'remcopy-test-ports');
+const reserved = new Set<number>();
+process.on('exit', () => {
+  for (const p of reserved) rmSync(join(PORT_DIR, String(p)), { force: true });
+});
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Reserve `port` for this process; false if a live process (this one included) holds it. */
+function reserve(port: number): boolean {
+  if (reserved.has(port)) return false;
+  const file = join(PORT_DIR, String(port));
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: 'wx' });
+      reserved.add(port);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    let owner: number;
+    try {
+      owner = Number(readFileSync(file, 'utf8'));
+    } catch {
+      // Being written or removed by its owner right now: count it as held.
+      return false;
+    }
+    // An owner killed without its exit handler leaves its files behind; a file cut short (an
+    // owner killed while writing it) reads as 0 and is stale too.
+    if (Number.isSafeInteger(owner) && owner > 0 && alive(owner)) return false;
+    rmSync(file, { force: true });
+  }
+  return false;
+}
+
+/**
+ * `n` distinct ports free right now and reserved for this process (see PORT_DIR), picked at
+ * random below the kernel's ephemeral range: a port from that range, free when picked, can be
+ * taken as the source port of any outgoing connection (another test's API call, link or NBD
+ * client) before the node binds it (CI saw EADDRINUSE). Falls back to kernel-chosen ports when the
+ * range leaves no room below it.
  */
 export async function freePorts(n: number): Promise<number[]> {
   const high = ephemeralLow();
+  mkdirSync(PORT_DIR, { recursive: true });
   const held: net.Server[] = [];
   try {
-    if (high - TEST_PORT_MIN < 1000) {
-      for (let i = 0; i < n; i++) held.push((await bindable(0))!);
-    } else {
-      for (let tries = 0; held.length < n; tries++) {
-        if (tries > 100 * n) throw new Error(`no ${n} free ports between ${TEST_PORT_MIN} and ${high}`);
-        const s = await bindable(TEST_PORT_MIN + Math.floor(Math.random() * (high - TEST_PORT_MIN)));
-        if (s) held.push(s);
-      }
+    for (let tries = 0; held.length < n; tries++) {
+      if (tries > 100 * n) throw new Error(`no ${n} free ports between ${TEST_PORT_MIN} and ${high}`);
+      const wanted =
+        high - TEST_PORT_MIN < 1000 ? 0 : TEST_PORT_MIN + Math.floor(Math.random() * (high - TEST_PORT_MIN));
+      if (wanted !== 0 && reserved.has(wanted)) continue;
+      const s = await bindable(wanted);
+      if (s === undefined) continue;
+      if (reserve((s.address() as net.AddressInfo).port)) held.push(s);
+      else await new Promise((r) => s.close(r));
     }
     return held.map((s) => (s.address() as net.AddressInfo).port);
   } finally {
