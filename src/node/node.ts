@@ -20,6 +20,7 @@ import { NativeServer } from '../frontend/native/server.js';
 import { NbdServer } from '../frontend/nbd/server.js';
 import type { BlockDevice } from '../storage/blockdev.js';
 import { FileBlockDevice } from '../storage/blockdev.js';
+import { ActivityLog } from '../storage/activity-log.js';
 import { Journal } from '../storage/journal.js';
 import { ApiError, ApiServer, apiCall, endpointOf } from './api.js';
 import type { NodeCall } from '../mgmt/checkpoint.js';
@@ -57,6 +58,14 @@ export interface NodePorts {
 export interface NodeStartOptions {
   /** Link heartbeat, timeout and reconnect timing (tests shorten them). */
   readonly timing?: LinkTiming;
+  /** This boot of the machine, for the journal and the activity log (tests stand for a restart). */
+  readonly bootId?: string;
+  /** Activity log size and trim period (tests make them small). */
+  readonly activityLog?: {
+    readonly capacity?: number;
+    readonly extentBytes?: number;
+    readonly trimMs?: number;
+  };
 }
 
 export class RemcopyNode {
@@ -100,6 +109,7 @@ export class RemcopyNode {
     private readonly unlock: () => void,
     readonly groupState: GroupStateStore,
     readonly timing: LinkTiming,
+    readonly activityLog: ActivityLog,
   ) {
     this.loopDelay.enable();
   }
@@ -130,6 +140,16 @@ export class RemcopyNode {
         dir: join(cfg.dataDir, 'journal'),
         bytesMax: cfg.journal.bytesMax,
         segmentBytes: cfg.journal.segmentBytes,
+        bootId: opts.bootId,
+        log,
+      });
+      // Read now, written only once its extents are taken care of (recoverPowerLoss).
+      const activityLog = new ActivityLog({
+        dir: cfg.dataDir,
+        volumes: [...devices.keys()],
+        journal,
+        bootId: opts.bootId,
+        ...opts.activityLog,
         log,
       });
       const groupState = new GroupStateStore(cfg.dataDir);
@@ -153,6 +173,7 @@ export class RemcopyNode {
         nowUs,
         nowMs: () => performance.now(),
         throttleMaxDelayMs: cfg.journal.throttleMaxDelayMs,
+        activityLog,
         log,
       });
       const volumes = new Map<string, NodeVolume>();
@@ -173,6 +194,7 @@ export class RemcopyNode {
         unlock,
         groupState,
         timing,
+        activityLog,
       );
       node.redoRecords = redone;
       try {
@@ -185,6 +207,8 @@ export class RemcopyNode {
           }
         }
         await node.openReplication(zeroMaps);
+        await node.recoverPowerLoss();
+        await activityLog.start();
         await node.listen();
         await node.source!.start();
         node.startCycles();
@@ -406,6 +430,46 @@ export class RemcopyNode {
     });
   }
 
+  /**
+   * The last run ended without a clean stop before a restart of the machine (activity-log.ts):
+   * the extents its activity log names may hold writes the journal lost. Their content goes to the
+   * targets (SourceReplicator.recoverActiveExtents) before any host write.
+   */
+  private async recoverPowerLoss(): Promise<void> {
+    const al = this.activityLog;
+    if (!al.previousNeedsRecovery) return;
+    const prev = al.previous;
+    const ranges =
+      prev.state === 'ok'
+        ? prev.extents
+            .map((e) => ({
+              volume: e.volume,
+              offset: e.extentNo * prev.extentBytes,
+              length: prev.extentBytes,
+            }))
+            .sort((a, b) => (a.volume === b.volume ? a.offset - b.offset : a.volume < b.volume ? -1 : 1))
+        : [...this.devices].map(([volume, d]) => ({ volume, offset: 0, length: d.sizeBytes }));
+    this.log(
+      'warn',
+      'the last run did not stop cleanly before a restart of the machine: volume ranges that may be ahead of the journal go to the targets',
+      {
+        activityLog: prev.state,
+        ranges: ranges.length,
+      },
+    );
+    if (this.source === undefined) return;
+    const u = this.journal.usage();
+    const budget = Math.max(0, Math.floor(u.bytesMax / 2) - u.usedBytes);
+    const r = await this.source.recoverActiveExtents(ranges, budget);
+    this.log('warn', 'power-loss recovery done', {
+      ...r,
+      note:
+        r.markedBytes > 0
+          ? 'marked ranges resync; the target is not consistent until it applies them'
+          : undefined,
+    });
+  }
+
   volume(name: string): NodeVolume | undefined {
     return this.volumes.get(name);
   }
@@ -437,6 +501,12 @@ export class RemcopyNode {
       })),
       groups,
       journal: this.journal.usage(),
+      activityLog: {
+        extents: this.activityLog.size,
+        capacity: this.activityLog.capacity,
+        extentBytes: this.activityLog.extentBytes,
+        ...this.activityLog.stats,
+      },
       writePath: { ...this.writePath.stats, throttling: this.writePath.throttling },
       eventLoopDelayMs: loopDelaySummary(this.loopDelay),
       markers: {
@@ -495,6 +565,8 @@ export class RemcopyNode {
     await this.source?.close();
     await this.target?.close();
     await this.writePath.close();
+    // The journal is synced (unless it failed): every write the log names is in it durably.
+    await this.activityLog.close(true);
     await this.journal.close();
     await Promise.all([...this.volumes.values()].map((v) => v.device.close()));
     this.unlock();

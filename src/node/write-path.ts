@@ -43,6 +43,16 @@ export interface JournalPort {
   ): (Buffer | undefined)[];
   sync(): Promise<void>;
   release(group: string, uptoSeq: Seq): void;
+  /** Grows with every append (see journal.ts). */
+  readonly appendGeneration: number;
+}
+
+/**
+ * What the write path needs of an activity log (src/storage/activity-log.ts): a volume write whose
+ * record was appended at journal gen `gen` waits for the promise admit() returns, if any.
+ */
+export interface ActivityLogPort {
+  admit(volume: string, offset: number, length: number, gen: number): Promise<void> | undefined;
 }
 
 /** Volume writes at least this large are applied on the thread pool. */
@@ -91,6 +101,11 @@ export interface WritePathOptions {
    * (calling track() before it returns); writes of groups it did not suspend are throttled.
    */
   readonly onJournalFull?: (groups: ReadonlySet<string>) => void;
+  /**
+   * Volume extents written ahead of a durable journal record are logged here first, so that a
+   * restart after a power loss knows where a volume may be ahead of its journal.
+   */
+  readonly activityLog?: ActivityLogPort;
 }
 
 /**
@@ -544,10 +559,11 @@ export class WritePath {
    */
   private applyAndAck(batch: Pending[]): void {
     this.stats.recordsAppended += batch.length;
+    const gen = this.o.journal.appendGeneration;
     let durable: Promise<void> | undefined;
     for (const p of batch) {
       if (p.fua && durable === undefined) durable = this.o.journal.sync();
-      const applied = this.apply(p);
+      const applied = this.apply(p, gen);
       const done = p.fua ? Promise.all([applied, durable]) : applied;
       done.then(
         () => p.resolve(),
@@ -559,11 +575,18 @@ export class WritePath {
   /**
    * Small writes go to the page cache right here (a thread-pool round trip costs more than the
    * copy); large ones go to the pool, so their copy runs beside the next batch's journal append.
-   * Either way a write waits for an overlapping one in flight, keeping journal order on the volume.
+   * Either way a write waits for an overlapping one in flight, keeping journal order on the volume,
+   * and for the activity log when its extents are new there (`gen`: the journal's when appended).
    */
-  private apply(p: Pending): Promise<void> {
+  private apply(p: Pending, gen: number): Promise<void> {
     const ranges = this.inflightOf(p.device);
     const end = p.offset + p.length;
+    const logged = this.o.activityLog?.admit(p.volume, p.offset, p.length, gen);
+    if (logged !== undefined) {
+      return ranges.run(p.offset, end, () =>
+        logged.then(() => applyToDeviceAsync(p.device, p.kind, p.offset, p.length, p.payload)),
+      );
+    }
     if (p.length < ASYNC_APPLY_BYTES_MIN && !ranges.overlaps(p.offset, end)) {
       try {
         applyToDevice(p.device, p.kind, p.offset, p.length, p.payload);

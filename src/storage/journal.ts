@@ -908,6 +908,16 @@ export class Journal {
     return this.directBytes;
   }
 
+  /** Grows with every append; a record appended when it became g is durable once syncedGeneration >= g. */
+  get appendGeneration(): number {
+    return this.appendGen;
+  }
+
+  /** The append generation the last completed sync round covers. */
+  get syncedGeneration(): number {
+    return this.syncedGen;
+  }
+
   /** fdatasync calls made on segment files (more than syncCount when a round spans segments). */
   get fdatasyncCount(): number {
     return this.fdatasyncs;

@@ -964,6 +964,94 @@ export class SourceReplicator {
     return g.bitmaps;
   }
 
+  /**
+   * After a restart of the machine that the process did not stop cleanly before (a power loss;
+   * storage/activity-log.ts), `ranges` of the source volumes may hold writes whose journal records
+   * were lost: the target must get their content now. Runs before any host write. Per group:
+   *   - suspended: the ranges' chunks are marked dirty (the resync after resume copies them);
+   *   - initial copy running: the copy goes back to the earliest range it had passed;
+   *   - otherwise they are journalled now as copy records, sequenced before any new host write, so
+   *     every cut the target applies stays a crash image of the source (any subset of writes not
+   *     yet flushed). What does not fit in `budgetBytes` of journal is marked dirty instead, and
+   *     the group resyncs: the target says its image is not consistent until that is applied.
+   * The records are durable when this resolves. Volumes of no group replicated from here (fenced
+   * or promoted groups, plain volumes) are left: nothing ships from them.
+   */
+  async recoverActiveExtents(
+    ranges: readonly { readonly volume: string; readonly offset: number; readonly length: number }[],
+    budgetBytes: number,
+  ): Promise<{ journalledBytes: number; markedBytes: number; groups: string[] }> {
+    const where = new Map<string, { g: SourceGroup; index: number; device: BlockDevice }>();
+    for (const g of this.groups.values())
+      g.devices.forEach((d, index) => where.set(d.name, { g, index, device: d.device }));
+    const marks = new Map<SourceGroup, { volume: string; offset: number; length: number }[]>();
+    const mark = (g: SourceGroup, volume: string, offset: number, length: number): void => {
+      marks.set(g, [...(marks.get(g) ?? []), { volume, offset, length }]);
+    };
+    const touched = new Set<string>();
+    let budget = budgetBytes;
+    let journalledBytes = 0;
+    let markedBytes = 0;
+    for (const r of ranges) {
+      const at = where.get(r.volume);
+      if (at === undefined) continue;
+      const { g, index, device } = at;
+      const end = Math.min(r.offset + r.length, device.sizeBytes);
+      if (r.offset >= end) continue;
+      touched.add(g.name);
+      const copy = this.state.get(g.name).copy;
+      if (copy?.state === 'copy') {
+        if (index < copy.pairIndex || (index === copy.pairIndex && r.offset < copy.offset)) {
+          const offset = r.offset - (r.offset % COPY_CHUNK_BYTES);
+          const before = g.devices.slice(0, index).reduce((n, d) => n + d.device.sizeBytes, 0);
+          await this.state.update(g.name, {
+            copy: { ...copy, pairIndex: index, offset, bytesDone: before + offset },
+          });
+        }
+        continue;
+      }
+      if (g.suspended) {
+        mark(g, r.volume, r.offset, end - r.offset);
+        markedBytes += end - r.offset;
+        continue;
+      }
+      for (let off = r.offset; off < end; off += COPY_CHUNK_BYTES) {
+        const len = Math.min(COPY_CHUNK_BYTES, end - off);
+        if (budget >= len) {
+          try {
+            const c = await this.o.writePath.copyChunk(g.name, r.volume, device, off, len);
+            if (!c.zero) budget -= len;
+            journalledBytes += len;
+            continue;
+          } catch (e) {
+            if (!(e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL')) throw e;
+            budget = 0;
+          }
+        }
+        mark(g, r.volume, off, end - off);
+        markedBytes += end - off;
+        break;
+      }
+    }
+    for (const [g, list] of marks) {
+      await g.bitmaps.markAll(list);
+      const delta = this.state.get(g.name).delta;
+      if (g.suspended || delta?.state === 'resync') continue;
+      await this.state.update(g.name, {
+        delta: {
+          state: 'resync',
+          reason: 'power loss: volume ranges ahead of the journal',
+          since: new Date().toISOString(),
+          redoFloor: delta?.redoFloor ?? 0,
+          resyncEndSeq: delta?.resyncEndSeq ?? 0,
+          resyncs: (delta?.resyncs ?? 0) + 1,
+        },
+      });
+    }
+    await this.journal.sync();
+    return { journalledBytes, markedBytes, groups: [...touched] };
+  }
+
   /** Initial copy: every chunk of every source volume of the group, as copy or zero records. */
   private async runCopy(g: SourceGroup): Promise<void> {
     let progress = this.state.get(g.name).copy!;
