@@ -545,6 +545,19 @@ export class NodeOperations {
       'Bytes of records this node journalled with O_DIRECT (large batches into new segments)',
       () => node.journal.directBytesWritten,
     );
+    gauge('remcopy_activity_log_extents', 'Volume extents in the activity log now', [], (g) =>
+      g.set(node.activityLog.size),
+    );
+    counter(
+      'remcopy_activity_log_writes_total',
+      'Durable writes of the activity log file (a host write to an extent new to the log waits for one)',
+      () => node.activityLog.stats.writes,
+    );
+    counter(
+      'remcopy_activity_log_full_waits_total',
+      'Host writes that waited for a journal sync because no extent could leave the full activity log',
+      () => node.activityLog.stats.fullWaits,
+    );
     counter(
       'remcopy_records_journalled_total',
       'Host and copy records journalled by this node',

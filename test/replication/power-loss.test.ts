@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import { apiCall } from '../../src/node/api.js';
-import { apiOf, groupStatus, waitFor } from '../../src/testing/cluster.js';
+import { apiOf, groupStatus, metricValue, waitFor } from '../../src/testing/cluster.js';
 import { runCli, startNodeProcess } from '../../src/testing/proc.js';
 import { pairedSites, qemuIo } from '../../src/testing/sites.js';
 import {
@@ -82,6 +82,8 @@ async function powerLoss(prefix: string, lostLength: number): Promise<Outcome> {
     for (let x = (8 * MiB) / logged.extentBytes; x < (8 * MiB + lostLength) / logged.extentBytes; x++) {
       assert.ok(extents.includes(x), `extent ${x} of the lost writes is in the activity log`);
     }
+    const inLog = await metricValue(apiA, topo.secret, 'remcopy_activity_log_extents');
+    assert.ok(inLog !== undefined && inLog > 0, `the metric counts them (${inLog})`);
     cpSync(join(dirA, 'volumes'), join(img, 'volumes'), { recursive: true });
     cpSync(join(dirA, ACTIVITY_LOG_FILE_NAME), join(img, ACTIVITY_LOG_FILE_NAME));
     assert.equal(await A.stop(), 0);
