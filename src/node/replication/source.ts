@@ -972,7 +972,8 @@ export class SourceReplicator {
    *   - initial copy running: the copy goes back to the earliest range it had passed;
    *   - otherwise they are journalled now as copy records, sequenced before any new host write, so
    *     every cut the target applies stays a crash image of the source (any subset of writes not
-   *     yet flushed). What does not fit in `budgetBytes` of journal is marked dirty instead, and
+   *     yet flushed). What does not fit in `budgetBytes` (of journal, and of reading before the
+   *     node serves) is marked dirty instead, and
    *     the group resyncs: the target says its image is not consistent until that is applied.
    * The records are durable when this resolves. Volumes of no group replicated from here (fenced
    * or promoted groups, plain volumes) are left: nothing ships from them.
@@ -1019,8 +1020,10 @@ export class SourceReplicator {
         const len = Math.min(COPY_CHUNK_BYTES, end - off);
         if (budget >= len) {
           try {
-            const c = await this.o.writePath.copyChunk(g.name, r.volume, device, off, len);
-            if (!c.zero) budget -= len;
+            // Charged zero or not: it bounds the reading done before the node serves hosts too
+            // (an unreadable log names every extent of every volume).
+            await this.o.writePath.copyChunk(g.name, r.volume, device, off, len);
+            budget -= len;
             journalledBytes += len;
             continue;
           } catch (e) {
