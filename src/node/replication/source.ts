@@ -973,8 +973,8 @@ export class SourceReplicator {
    *   - otherwise they are journalled now as copy records, sequenced before any new host write, so
    *     every cut the target applies stays a crash image of the source (any subset of writes not
    *     yet flushed). What does not fit in `budgetBytes` (of journal, and of reading before the
-   *     node serves) is marked dirty instead, and
-   *     the group resyncs: the target says its image is not consistent until that is applied.
+   *     node serves) is marked dirty instead, and the group resyncs: the target says its image is
+   *     not consistent until that is applied.
    * The records are durable when this resolves. Volumes of no group replicated from here (fenced
    * or promoted groups, plain volumes) are left: nothing ships from them.
    */
