@@ -38,6 +38,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { assert } from '../core/assert.js';
+import { type Deferred, deferred } from '../core/deferred.js';
 import { RemcopyError } from '../core/errors.js';
 import { currentBootId } from './durable-point.js';
 import { fsyncDirSync } from './journal-state.js';
@@ -256,21 +257,6 @@ interface Entry {
   needWrite: number;
 }
 
-interface Deferred {
-  readonly promise: Promise<void>;
-  resolve(): void;
-  reject(e: unknown): void;
-}
-
-function deferred(): Deferred {
-  let resolve!: () => void;
-  let reject!: (e: unknown) => void;
-  const promise = new Promise<void>((ok, fail) => ((resolve = ok), (reject = fail)));
-  // A write that nobody waits on (a trim) must not fail the process.
-  promise.catch(() => {});
-  return { promise, resolve, reject };
-}
-
 export interface ActivityLogStats {
   /** File writes completed. */
   writes: number;
@@ -334,14 +320,6 @@ export class ActivityLog {
         `activity log: ${this.capacity} extents of ${this.volumes.length} volumes do not fit its ${SLOT_REGION_BYTES}-byte slot`,
       );
     }
-    // The largest slot must fit its region.
-    encodeSlot({
-      counter: 0,
-      bootId: this.bootId,
-      extentBytes: this.extentBytes,
-      volumes: this.volumes,
-      extents: Array.from({ length: this.capacity + 9 }, () => [0, 0] as const),
-    });
   }
 
   /**
@@ -490,6 +468,8 @@ export class ActivityLog {
     );
     if (this.next === null) {
       this.next = deferred();
+      // A write that nobody waits on (a trim) must not fail the process.
+      this.next.promise.catch(() => {});
       // Every admission of this batch goes into the same write.
       if (this.current === null) queueMicrotask(() => this.startNext());
     }

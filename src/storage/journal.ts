@@ -47,6 +47,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { assert } from '../core/assert.js';
+import { type Deferred, deferred } from '../core/deferred.js';
 import { RemcopyError } from '../core/errors.js';
 import type { Ordinal, RecordHeader, Seq, TimeUs } from '../core/types.js';
 import { ordinal, RecordKind, recordKindName, seq, timeUs } from '../core/types.js';
@@ -182,22 +183,6 @@ interface Segment {
   readonly maxSeq: Map<string, number>;
   /** A reused file: bytes past `size` are stale records of its previous life, not zeroes. */
   recycled: boolean;
-}
-
-interface Deferred {
-  promise: Promise<void>;
-  resolve: () => void;
-  reject: (e: unknown) => void;
-}
-
-function deferred(): Deferred {
-  let resolve!: () => void;
-  let reject!: (e: unknown) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
 }
 
 /**

@@ -35,6 +35,7 @@ import {
   seq,
   timeUs,
 } from '../../src/core/types.js';
+import { DURABLE_POINT_FILE_NAME } from '../../src/storage/durable-point.js';
 import { Journal } from '../../src/storage/journal.js';
 import { decodeRecord, encodeHeader } from '../../src/storage/record.js';
 import { mulberry32 } from '../../src/testing/random.js';
@@ -48,7 +49,6 @@ const LIMITS = {
 const TRIALS = 30;
 const IMAGES_PER_TRIAL = 12;
 const GROUPS = ['g-db', 'g-log'];
-const DURABLE_POINT = 'durable.pos';
 
 const base = fs.existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
 const root = fs.mkdtempSync(join(base, 'rc-journal-power-'));
@@ -152,7 +152,7 @@ function powerLossImage(durable: Files, cache: Files, earlierPoint: Buffer, rnd:
     if (name === 'state.json') out.set(name, (rnd() < 0.5 ? a : b) ?? a ?? b!);
     else out.set(name, mixPages(a, b, unit, rnd));
   }
-  if (rnd() < 0.3) out.set(DURABLE_POINT, earlierPoint);
+  if (rnd() < 0.3) out.set(DURABLE_POINT_FILE_NAME, earlierPoint);
   return out;
 }
 
@@ -199,7 +199,7 @@ async function trial(n: number): Promise<void> {
   const w = new Workload(rnd);
   for (let b = 1 + int(8); b > 0; b--) w.appendBatch(j);
   await j.sync();
-  const earlierPoint = fs.readFileSync(join(live, DURABLE_POINT));
+  const earlierPoint = fs.readFileSync(join(live, DURABLE_POINT_FILE_NAME));
   for (let b = 1 + int(8); b > 0; b--) w.appendBatch(j);
   // The round covers what was appended when it started; batches appended while it runs are not
   // durable when it completes, and the durable point it leaves must not claim them.
@@ -208,7 +208,7 @@ async function trial(n: number): Promise<void> {
   const durableCount = w.appended.length;
   for (let b = int(4); b > 0; b--) w.appendBatch(j);
   await round;
-  durable.set(DURABLE_POINT, fs.readFileSync(join(live, DURABLE_POINT)));
+  durable.set(DURABLE_POINT_FILE_NAME, fs.readFileSync(join(live, DURABLE_POINT_FILE_NAME)));
   for (let b = 1 + int(12); b > 0; b--) w.appendBatch(j);
   const cache = readFiles(live);
   await j.close();

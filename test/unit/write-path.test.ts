@@ -5,7 +5,10 @@
  * - FUA waits for the journal's fdatasync; many FUA writers share one (group commit);
  * - journal full (throttle): writes wait, bounded; released space lets them through in order;
  *   past the bound they fail with ENOSPC and change nothing (volume, journal, seq);
- * - redo: the retained journal replayed into a blank volume rebuilds it exactly.
+ * - redo: the retained journal replayed into a blank volume rebuilds it exactly;
+ * - a write whose extent is new to the activity log reaches the volume, and is acknowledged, only
+ *   once the log holds it (a later overlapping write lands after it); when the log cannot be
+ *   written the write fails and the volume is unchanged.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -16,7 +19,7 @@ import { Sequencer } from '../../src/core/sequencer.js';
 import type { Seq } from '../../src/core/types.js';
 import { compareKeys, keyOf, nodeIdOf, ordinal, RecordKind, timeUs } from '../../src/core/types.js';
 import type { BackendError } from '../../src/frontend/backend.js';
-import { applyToDevice, WritePath } from '../../src/node/write-path.js';
+import { type ActivityLogPort, applyToDevice, WritePath } from '../../src/node/write-path.js';
 import { MemBlockDevice } from '../../src/storage/blockdev.js';
 import { Journal } from '../../src/storage/journal.js';
 
@@ -32,6 +35,7 @@ async function setup(
     bytesMax?: number;
     throttleMaxDelayMs?: number;
     onJournalFull?: (wp: WritePath, groups: ReadonlySet<string>) => void;
+    activityLog?: ActivityLogPort;
   } = {},
 ) {
   const journal = await Journal.open({
@@ -56,6 +60,7 @@ async function setup(
     throttleRetryMs: 2,
     log: () => {},
     onJournalFull: opts.onJournalFull && ((groups) => opts.onJournalFull!(wp, groups)),
+    activityLog: opts.activityLog,
   });
   const dev = new MemBlockDevice(1 << 20);
   const write = (group: string, offset: number, byte: number, length = 4096, fua = false) =>
@@ -419,5 +424,47 @@ test('a freeze journals the writes submitted before it, holds later ones past th
   wp.unhold('g1');
   await g1During;
   assert.equal(journal.lastMarker('g1'), 1);
+  await journal.close();
+});
+
+test('a volume write waits for the activity log to hold its extent; a failed log write fails it', async () => {
+  const gates: { volume: string; offset: number; gen: number; open: () => void; fail: (e: Error) => void }[] =
+    [];
+  const activityLog: ActivityLogPort = {
+    admit(volume, offset, _length, gen) {
+      // The first write of each offset waits; later ones find the extent in the log.
+      if (gates.some((g) => g.offset === offset)) return undefined;
+      let open!: () => void;
+      let fail!: (e: Error) => void;
+      const p = new Promise<void>((ok, no) => ((open = ok), (fail = no)));
+      gates.push({ volume, offset, gen, open, fail });
+      return p;
+    },
+  };
+  const { journal, dev, write } = await setup({ activityLog });
+  let acked = false;
+  const first = write('g1', 0, 0x11).then(() => (acked = true));
+  const tick = () => new Promise((r) => setImmediate(r));
+  await tick();
+  assert.equal(gates.length, 1);
+  assert.equal(gates[0]!.volume, 'v1');
+  assert.ok(gates[0]!.gen >= 1 && gates[0]!.gen <= journal.appendGeneration, 'admitted with its append gen');
+  // Journalled, but neither on the volume nor acknowledged while the log write is pending.
+  assert.equal([...journal.retained()].length, 1);
+  assert.equal(dev.bytes[0], 0, 'not on the volume before the log holds its extent');
+  assert.equal(acked, false, 'not acknowledged before the log holds its extent');
+  // A later write of the same bytes (extent now known) still lands after the first.
+  const second = write('g1', 0, 0x22);
+  await tick();
+  assert.equal(dev.bytes[0], 0, 'the overlapping write waits for the first');
+  gates[0]!.open();
+  await Promise.all([first, second]);
+  assert.equal(dev.bytes[0], 0x22, 'journal order on the volume');
+
+  const failed = write('g1', 8192, 0x33);
+  await tick();
+  gates[1]!.fail(new Error('EIO: activity log write failed'));
+  await assert.rejects(failed, (e: BackendError) => e.errno === 'EIO');
+  assert.equal(dev.bytes[8192], 0, 'a write the log could not cover never reaches the volume');
   await journal.close();
 });

@@ -987,7 +987,9 @@ export class SourceReplicator {
       g.devices.forEach((d, index) => where.set(d.name, { g, index, device: d.device }));
     const marks = new Map<SourceGroup, { volume: string; offset: number; length: number }[]>();
     const mark = (g: SourceGroup, volume: string, offset: number, length: number): void => {
-      marks.set(g, [...(marks.get(g) ?? []), { volume, offset, length }]);
+      const list = marks.get(g);
+      if (list === undefined) marks.set(g, [{ volume, offset, length }]);
+      else list.push({ volume, offset, length });
     };
     const touched = new Set<string>();
     let budget = budgetBytes;
