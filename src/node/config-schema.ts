@@ -13,6 +13,11 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import * as z from 'zod';
 import { describeValue, formatBytes, GiB, MiB, parseDurationMs, parseSize } from '../core/units.js';
+import {
+  ACTIVITY_LOG_EXTENTS_DEFAULT,
+  ACTIVITY_LOG_EXTENTS_MAX,
+  ACTIVITY_LOG_EXTENTS_MIN,
+} from '../storage/activity-log.js';
 
 /** Node, group, set and volume names: safe in file names, URLs, NBD export names and metrics. */
 export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -207,6 +212,19 @@ const volumeSchema = z.union(
   },
 );
 
+const count = (min: number, max: number) =>
+  scalar(
+    'a whole number',
+    (v) => typeof v === 'number',
+    (v) => {
+      const n = v as number;
+      if (!Number.isSafeInteger(n) || n < min || n > max) {
+        return { ok: false, error: `${describeValue(v)} is not a whole number from ${min} to ${max}` };
+      }
+      return { ok: true, value: n };
+    },
+  );
+
 const journalSchema = z.strictObject({
   size: size(1, Number.MAX_SAFE_INTEGER).default(DEFAULT_JOURNAL.size),
   segmentSize: size(JOURNAL_SEGMENT_BYTES_MIN, JOURNAL_SEGMENT_BYTES_MAX).default(
@@ -214,6 +232,11 @@ const journalSchema = z.strictObject({
   ),
   full: oneOf(['throttle', 'suspend']).default(DEFAULT_JOURNAL.full),
   throttleMaxDelay: durationMs(1, THROTTLE_MAX_DELAY_MS_MAX).default(DEFAULT_JOURNAL.throttleMaxDelay),
+});
+
+/** The activity log (src/storage/activity-log.ts): how many 4 MiB extents it can name. */
+const activityLogSchema = z.strictObject({
+  extents: count(ACTIVITY_LOG_EXTENTS_MIN, ACTIVITY_LOG_EXTENTS_MAX).default(ACTIVITY_LOG_EXTENTS_DEFAULT),
 });
 
 const tlsSchema = z.strictObject({
@@ -232,6 +255,7 @@ const nodeSchema = z.strictObject({
   writeTime: oneOf(['host-last', 'clock', 'counter']).default('host-last'),
   volumes: z.record(nameOf('volume'), volumeSchema).default({}),
   journal: journalSchema.default({ ...DEFAULT_JOURNAL }),
+  activityLog: activityLogSchema.default({ extents: ACTIVITY_LOG_EXTENTS_DEFAULT }),
   tls: tlsSchema.optional(),
 });
 
@@ -269,19 +293,6 @@ const positiveSeconds = scalar(
     return { ok: true, value: n };
   },
 );
-
-const count = (min: number, max: number) =>
-  scalar(
-    'a whole number',
-    (v) => typeof v === 'number',
-    (v) => {
-      const n = v as number;
-      if (!Number.isSafeInteger(n) || n < min || n > max) {
-        return { ok: false, error: `${describeValue(v)} is not a whole number from ${min} to ${max}` };
-      }
-      return { ok: true, value: n };
-    },
-  );
 
 const setGroups = z.array(nameRef('group')).min(1, { error: 'must list at least one group' });
 

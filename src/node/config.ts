@@ -71,6 +71,8 @@ export interface NodeConfig {
   writeTime: WriteTimeMode;
   volumes: Map<string, VolumeConfig>;
   journal: JournalConfig;
+  /** How many volume extents the activity log can name (src/storage/activity-log.ts). */
+  activityLogExtents: number;
   tls?: TlsConfig;
 }
 
@@ -297,6 +299,7 @@ function assembleNode(name: string, raw: RawNode, baseDir: string, problems: Con
       fullPolicy: j.full,
       throttleMaxDelayMs: j.throttleMaxDelay,
     },
+    activityLogExtents: raw.activityLog.extents,
   };
   if (raw.native !== undefined) node.native = raw.native;
   if (raw.tls !== undefined) {

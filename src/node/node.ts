@@ -149,6 +149,7 @@ export class RemcopyNode {
         volumes: [...devices.keys()],
         journal,
         bootId: opts.bootId,
+        capacity: cfg.activityLogExtents,
         ...opts.activityLog,
         log,
       });

@@ -114,6 +114,8 @@ export interface TestNodeSpec {
   volumes: Record<string, string>;
   native?: boolean;
   journal?: string;
+  /** A YAML flow mapping for `activityLog`, e.g. `{ extents: 64 }`. */
+  activityLog?: string;
   writeTime?: 'host-last' | 'clock' | 'counter';
   /** A YAML flow mapping for `tls`, e.g. `{ cert: ..., key: ..., ca: ... }`. */
   tls?: string;
@@ -156,6 +158,7 @@ export async function writeTopology(
     if (spec.native) lines.push(`    native: 127.0.0.1:${native}`);
     if (spec.writeTime) lines.push(`    writeTime: ${spec.writeTime}`);
     if (spec.journal) lines.push(`    journal: ${spec.journal}`);
+    if (spec.activityLog) lines.push(`    activityLog: ${spec.activityLog}`);
     if (spec.tls) lines.push(`    tls: ${spec.tls}`);
     const vols = Object.entries(spec.volumes).map(([v, size]) => `${v}: ${size}`);
     lines.push(`    volumes: { ${vols.join(', ')} }`);

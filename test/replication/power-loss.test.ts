@@ -46,7 +46,11 @@ async function powerLoss(prefix: string, lostLength: number): Promise<Outcome> {
     root,
     prefix,
     {
-      a: { volumes: { v: '64MiB' }, journal: '{ size: 72MiB, segmentSize: 33MiB }' },
+      a: {
+        volumes: { v: '64MiB' },
+        journal: '{ size: 72MiB, segmentSize: 33MiB }',
+        activityLog: '{ extents: 64 }',
+      },
       b: { volumes: { v: '64MiB' } },
     },
     { g: ['a', 'b', 'v'] },
@@ -67,6 +71,10 @@ async function powerLoss(prefix: string, lostLength: number): Promise<Outcome> {
       const st = (await apiCall(apiA, topo.secret, 'GET', '/v1/status')) as { journal: { records: number } };
       return gb.seqApplied === ga.seqWritten && st.journal.records === 0 ? true : undefined;
     });
+    const status = (await apiCall(apiA, topo.secret, 'GET', '/v1/status')) as {
+      activityLog: { capacity: number; extents: number };
+    };
+    assert.equal(status.activityLog.capacity, 64, 'activityLog.extents of the config file');
     // b goes away: nothing written from now on is shipped, as for records that never got durable.
     await B.stop();
     // A clean stop persists the releases: the journal of the image holds no record the redo at

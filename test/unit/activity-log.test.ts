@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { RemcopyError } from '../../src/core/errors.js';
 import {
+  ACTIVITY_LOG_EXTENTS_MAX,
   ACTIVITY_LOG_EXTENTS_MIN,
   ACTIVITY_LOG_FILE_NAME,
   ActivityLog,
@@ -595,15 +596,17 @@ describe('activity log', () => {
     });
   });
 
-  test(`fewer than ${ACTIVITY_LOG_EXTENTS_MIN} extents is a configuration error`, () => {
-    assert.throws(
-      () => make(newDir(), { capacity: ACTIVITY_LOG_EXTENTS_MIN - 1 }),
-      (e: unknown) => e instanceof RemcopyError && e.code === 'RC_ERR_CONFIG',
-    );
-    assert.equal(
-      make(newDir(), { capacity: ACTIVITY_LOG_EXTENTS_MIN }).log.capacity,
-      ACTIVITY_LOG_EXTENTS_MIN,
-    );
+  test(`fewer than ${ACTIVITY_LOG_EXTENTS_MIN} or more than ${ACTIVITY_LOG_EXTENTS_MAX} extents is a configuration error`, () => {
+    for (const capacity of [ACTIVITY_LOG_EXTENTS_MIN - 1, ACTIVITY_LOG_EXTENTS_MAX + 1, 100.5]) {
+      assert.throws(
+        () => make(newDir(), { capacity }),
+        (e: unknown) => e instanceof RemcopyError && e.code === 'RC_ERR_CONFIG',
+        `capacity ${capacity}`,
+      );
+    }
+    for (const capacity of [ACTIVITY_LOG_EXTENTS_MIN, ACTIVITY_LOG_EXTENTS_MAX]) {
+      assert.equal(make(newDir(), { capacity }).log.capacity, capacity);
+    }
   });
 
   test('writeActivityLogSync and readActivityLogSync round-trip; the newest write wins', () => {

@@ -314,6 +314,20 @@ describe('node keys', () => {
     rejectsEdit(j({ throttleMaxDelay: '2m' }), 'nodes.siteA.journal.throttleMaxDelay', /out of range/);
   });
 
+  test('activityLog', () => {
+    const al = (v: unknown) => (c: Cfg) => (c.nodes.siteA.activityLog = v);
+    rejectsEdit(al(4096), 'nodes.siteA.activityLog', /expected a mapping, got 4096/);
+    rejectsEdit(
+      al({ extents: 31 }),
+      'nodes.siteA.activityLog.extents',
+      /not a whole number from 32 to 65536/,
+    );
+    rejectsEdit(al({ extents: 65537 }), 'nodes.siteA.activityLog.extents', /from 32 to 65536/);
+    rejectsEdit(al({ extents: 1.5 }), 'nodes.siteA.activityLog.extents', /not a whole number/);
+    rejectsEdit(al({ extents: '1k' }), 'nodes.siteA.activityLog.extents', /expected a whole number/);
+    rejectsEdit(al({ extent: 64 }), 'nodes.siteA.activityLog.extent', /unknown key/);
+  });
+
   test('tls', () => {
     const tls = (v: unknown) => (c: Cfg) => (c.nodes.siteA.tls = v);
     rejectsEdit(tls(true), 'nodes.siteA.tls', /expected a mapping, got true/);

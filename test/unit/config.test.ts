@@ -78,6 +78,7 @@ describe('defaults and normalisation', () => {
       fullPolicy: 'throttle',
       throttleMaxDelayMs: 2000,
     });
+    assert.equal(a.activityLogExtents, 16384);
     const g = t.groups.get('g-db')!;
     assert.equal(g.mode, 'async');
     assert.equal(g.transfer, 'push');
@@ -104,6 +105,7 @@ describe('defaults and normalisation', () => {
       native: '[::1]:7601',
       writeTime: 'counter',
       journal: { size: '2GiB', segmentSize: '128MiB', full: 'suspend', throttleMaxDelay: '1.5s' },
+      activityLog: { extents: 4096 },
       tls: { cert: 'tls/a.crt', key: '/etc/remcopy/a.key', ca: 'tls/ca.crt', required: false },
     });
     cfg.groups['g-db'] = {
@@ -129,6 +131,7 @@ describe('defaults and normalisation', () => {
       fullPolicy: 'suspend',
       throttleMaxDelayMs: 1500,
     });
+    assert.equal(a.activityLogExtents, 4096);
     assert.deepEqual(a.tls, {
       certFile: '/srv/remcopy/tls/a.crt',
       keyFile: '/etc/remcopy/a.key',
