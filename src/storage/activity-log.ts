@@ -416,7 +416,9 @@ export class ActivityLog {
   ): Promise<void> | undefined | 'full' {
     const first = Math.floor(offset / this.extentBytes);
     const last = Math.floor((offset + length - 1) / this.extentBytes);
-    let wait: Promise<void> | undefined;
+    // The file write that holds every extent of the range: the latest any of them needs (file
+    // writes complete in order). Not the last extent's: its write can be an earlier one.
+    let need = 0;
     for (let x = first; x <= last; x++) {
       const key = v * TWO_POW_32 + x;
       let e = this.entries.get(key);
@@ -432,9 +434,9 @@ export class ActivityLog {
       // Never back: a retry after a full wait comes with its first gen, and later writes of the
       // extent may have gone to the volume meanwhile.
       if (gen > e.lastGen) e.lastGen = gen;
-      if (e.needWrite > this.writesDone) wait = this.waitForWrite(e.needWrite);
+      if (e.needWrite > need) need = e.needWrite;
     }
-    return wait;
+    return need > this.writesDone ? this.waitForWrite(need) : undefined;
   }
 
   /** No extent could leave the log: sync the journal (then some can) and try again. */

@@ -275,6 +275,34 @@ describe('activity log', () => {
     await m.log.close(false);
   });
 
+  test('a range whose extents are in different writes waits for the latest of them', async () => {
+    // Found by activity-log-invariant.test.ts: the admission waited only for the write its last
+    // extent needed, and the volume write went ahead before its first extent was in the file.
+    const dir = newDir();
+    const io = new TestIo();
+    const m = make(dir, { io });
+    await m.log.start();
+    io.hold = true;
+    m.journal.appendGeneration = 1;
+    const p1 = mustWait(m.log.admit('v0', EB, 1, 1)); // extent 1: write 1
+    await until(() => io.heldCount === 1, 'write 1 is in flight');
+    m.journal.appendGeneration = 2;
+    // Extent 0 is new (write 2); extent 1, last in the range, is in write 1 (in flight).
+    const p = mustWait(m.log.admit('v0', EB - 10, 20, 2), 'a range over extents 0 and 1');
+    let done = false;
+    void p.then(() => (done = true));
+    io.releaseOne();
+    await p1;
+    await settle();
+    assert.equal(done, false, 'write 1 does not hold extent 0: the range must wait for write 2');
+    await until(() => io.heldCount === 1, 'write 2 starts');
+    io.hold = false;
+    io.releaseOne();
+    await p;
+    assert.deepEqual(fileExtents(dir), ['v0#0', 'v0#1']);
+    await m.log.close(false);
+  });
+
   test('a full log evicts the least recently written extent durable in the journal, never another', async () => {
     const dir = newDir();
     const m = make(dir, { capacity: ACTIVITY_LOG_EXTENTS_MIN });
