@@ -6,7 +6,8 @@
  *
  * The real write path, journal and activity log, on real files, under seeded random load: several
  * volumes, writes of 4-64 KiB spanning extents, FUA writes and journal syncs at random, a log too
- * small for the extents written (evictions, full waits) and a short trim period. Watched:
+ * small for the extents written (evictions, full waits) and a short trim period; one write in ten
+ * a zero write. Watched:
  * - every volume write as it is issued (the device), with the journal gen its record was appended
  *   at (the write path hands it to admit() just before);
  * - the log file after every write of it: until its fdatasync completes, a power loss may leave
@@ -58,10 +59,11 @@ class WatchedDevice extends MemBlockDevice {
     this.onIssue(this, offset, data.length);
     super.writeSync(offset, data);
   }
-  override write(offset: number, data: Uint8Array): Promise<void> {
-    // MemBlockDevice.write goes through writeSync: reported there, once.
-    return super.write(offset, data);
+  override zeroSync(offset: number, length: number): void {
+    this.onIssue(this, offset, length);
+    super.zeroSync(offset, length);
   }
+  // MemBlockDevice.write and zero go through writeSync and zeroSync: reported there, once.
 }
 
 const extentKeys = (volume: string, offset: number, length: number): string[] => {
@@ -185,15 +187,17 @@ async function runSeed(seed: number): Promise<{ violations: string[]; stats: Act
       const blocks = 1 + pick(16);
       const offset = pick(VOLUME_BYTES / BLOCK - blocks + 1) * BLOCK;
       const length = blocks * BLOCK;
+      // One write in ten zeroes its range (WRITE_ZEROES, TRIM): a volume write like any other.
+      const zero = rnd() < 0.1;
       batch.push(
         wp.submit({
           group: `g${v}`,
-          kind: RecordKind.data,
+          kind: zero ? RecordKind.zero : RecordKind.data,
           volume: VOLUMES[v]!,
           device: devices[v]!,
           offset,
           length,
-          payload: Buffer.alloc(length, (seed + round + i) & 0xff),
+          payload: zero ? undefined : Buffer.alloc(length, (seed + round + i) & 0xff),
           fua: rnd() < 0.1,
         }),
       );
