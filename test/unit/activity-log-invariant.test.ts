@@ -21,13 +21,13 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { Sequencer } from '../../src/core/sequencer.js';
-import { nodeIdOf, ordinal, RecordKind, timeUs } from '../../src/core/types.js';
-import { type ActivityLogPort, WritePath } from '../../src/node/write-path.js';
+import { RecordKind } from '../../src/core/types.js';
+import type { ActivityLogPort } from '../../src/node/write-path.js';
 import { ActivityLog, type ActivityLogIo, readActivityLogSync } from '../../src/storage/activity-log.js';
 import { MemBlockDevice } from '../../src/storage/blockdev.js';
 import { Journal } from '../../src/storage/journal.js';
 import { mulberry32 } from '../../src/testing/random.js';
+import { testWritePath } from '../../src/testing/write-path-fixture.js';
 
 const root = fs.mkdtempSync(join(tmpdir(), 'rc-al-invariant-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -162,20 +162,9 @@ async function runSeed(seed: number): Promise<{ violations: string[]; stats: Act
   };
   const devices = VOLUMES.map((v) => new WatchedDevice(v, onIssue));
 
-  const sequencer = new Sequencer(nodeIdOf('a'), 'clock', {
-    lastOrdinal: ordinal(0),
-    lastWriteTimeUs: timeUs(0),
-    lastSeq: new Map(),
-  });
-  let clock = 1_000;
-  const wp = new WritePath({
-    sequencer,
-    journal,
-    epochOf: () => 1,
-    nowUs: () => timeUs(clock++),
-    nowMs: () => performance.now(),
+  const { wp } = testWritePath(journal, {
+    writeTime: 'clock',
     throttleMaxDelayMs: 5000,
-    log: () => {},
     activityLog: port,
   });
 

@@ -15,13 +15,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { Sequencer } from '../../src/core/sequencer.js';
 import type { Seq } from '../../src/core/types.js';
-import { compareKeys, keyOf, nodeIdOf, ordinal, RecordKind, timeUs } from '../../src/core/types.js';
+import { compareKeys, keyOf, RecordKind } from '../../src/core/types.js';
 import type { BackendError } from '../../src/frontend/backend.js';
 import { type ActivityLogPort, applyToDevice, WritePath } from '../../src/node/write-path.js';
 import { MemBlockDevice } from '../../src/storage/blockdev.js';
 import { Journal } from '../../src/storage/journal.js';
+import { testWritePath } from '../../src/testing/write-path-fixture.js';
 
 const root = mkdtempSync(join(tmpdir(), 'rc-wp-'));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -44,22 +44,10 @@ async function setup(
     segmentBytes: SEGMENT,
     limits: { recordPayloadBytesMax: PAYLOAD_MAX },
   });
-  const sequencer = new Sequencer(nodeIdOf('a'), 'host-last', {
-    lastOrdinal: ordinal(0),
-    lastWriteTimeUs: timeUs(0),
-    lastSeq: new Map(),
-  });
-  let clock = 1_000;
-  const wp = new WritePath({
-    sequencer,
-    journal,
-    epochOf: () => 1,
-    nowUs: () => timeUs(clock++),
-    nowMs: () => performance.now(),
-    throttleMaxDelayMs: opts.throttleMaxDelayMs ?? 2000,
+  const { sequencer, wp } = testWritePath(journal, {
+    throttleMaxDelayMs: opts.throttleMaxDelayMs,
     throttleRetryMs: 2,
-    log: () => {},
-    onJournalFull: opts.onJournalFull && ((groups) => opts.onJournalFull!(wp, groups)),
+    onJournalFull: opts.onJournalFull,
     activityLog: opts.activityLog,
   });
   const dev = new MemBlockDevice(1 << 20);
