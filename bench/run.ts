@@ -29,7 +29,7 @@
  *                              BENCH_REPL still picks the replication cases (BENCH_ONLY=resync
  *                              BENCH_REPL=0: resync alone)
  *   BENCH_DIR                  where temporary directories go (default: the system temp dir)
- *   BENCH_JOURNAL              remcopy journal size per node (default 4GiB)
+ *   BENCH_JOURNAL              remcopy journal size per node (default 16GiB)
  *   BENCH_REPL                 replication cases: 1/all (default), 0 (none), or a comma list of
  *                              onoff,lag,outage
  *   BENCH_HALF_IOPS            the "half load" rate for lag/outage (default: half the "on" IOPS)
