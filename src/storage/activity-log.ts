@@ -43,6 +43,7 @@ import { RemcopyError } from '../core/errors.js';
 import { currentBootId } from './durable-point.js';
 import { fsyncDirSync } from './journal-state.js';
 import { checksumMatches, readU64, writeU64 } from './record.js';
+import { readBestSlot, type SlotOffsets, slotOffset } from './slot-file.js';
 
 export const ACTIVITY_LOG_FILE_NAME = 'activity.log';
 export const ACTIVITY_LOG_EXTENT_BYTES_DEFAULT = 4 * 1024 * 1024;
@@ -68,13 +69,8 @@ const HEADER_BYTES = 76;
 const BOOT_ID_BYTES = 36;
 const ENTRY_BYTES = 8;
 const SLOT_REGION_BYTES = 1024 * 1024;
-const SLOT_OFFSETS = [0, SLOT_REGION_BYTES] as const;
+const SLOT_OFFSETS: SlotOffsets = [0, SLOT_REGION_BYTES];
 const TWO_POW_32 = 2 ** 32;
-
-/** Where the slot of write `counter` goes: the two slots in turn. */
-function slotOffset(counter: number): number {
-  return counter % 2 === 0 ? SLOT_OFFSETS[0] : SLOT_OFFSETS[1];
-}
 
 /** One extent named by the log. */
 export interface ActiveExtent {
@@ -162,19 +158,9 @@ function decodeSlot(file: Buffer, at: number): Slot | null {
 }
 
 function readBest(file: string): { read: ActivityLogRead; counter: number } {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(file);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { read: { state: 'missing' }, counter: 0 };
-    throw e;
-  }
-  let best: Slot | null = null;
-  for (const at of SLOT_OFFSETS) {
-    const s = decodeSlot(buf, at);
-    if (s !== null && (best === null || s.counter > best.counter)) best = s;
-  }
-  if (best === null) return { read: { state: 'unreadable' }, counter: 0 };
+  const r = readBestSlot(file, SLOT_OFFSETS, decodeSlot);
+  if (r.state !== 'ok') return { read: r, counter: 0 };
+  const best = r.slot;
   const extents = best.extents.map(([v, e]) => ({ volume: best.volumes[v]!, extentNo: e }));
   return {
     read: { state: 'ok', bootId: best.bootId, extentBytes: best.extentBytes, extents },
@@ -208,7 +194,7 @@ export function writeActivityLogSync(
   const created = !fs.existsSync(file);
   const fd = fs.openSync(file, created ? 'w+' : 'r+');
   try {
-    fs.writeSync(fd, slot, 0, slot.length, slotOffset(counter + 1));
+    fs.writeSync(fd, slot, 0, slot.length, slotOffset(SLOT_OFFSETS, counter + 1));
     fs.fdatasyncSync(fd);
   } finally {
     fs.closeSync(fd);
@@ -361,7 +347,7 @@ export class ActivityLog {
       try {
         fs.ftruncateSync(fd, 2 * SLOT_REGION_BYTES);
         const slot = this.encode(++this.counter);
-        fs.writeSync(fd, slot, 0, slot.length, slotOffset(this.counter));
+        fs.writeSync(fd, slot, 0, slot.length, slotOffset(SLOT_OFFSETS, this.counter));
         fs.fdatasyncSync(fd);
       } finally {
         fs.closeSync(fd);
@@ -541,7 +527,7 @@ export class ActivityLog {
     assert(this.fd !== null, 'activity log not started');
     const counter = this.counter + 1;
     const slot = this.encode(counter);
-    await this.io.write(this.fd, slot, slotOffset(counter));
+    await this.io.write(this.fd, slot, slotOffset(SLOT_OFFSETS, counter));
     await this.io.fdatasync(this.fd);
     // Only now: after a failure the next write goes to the same slot, never over the last good one.
     this.counter = counter;

@@ -39,6 +39,7 @@ import * as path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { fsyncDirSync } from './journal-state.js';
 import { checksumMatches, readU64, writeU64 } from './record.js';
+import { readBestSlot, type SlotOffsets, slotOffset } from './slot-file.js';
 
 export const DURABLE_POINT_FILE_NAME = 'durable.pos';
 const MAGIC = 0x444a4352;
@@ -46,7 +47,7 @@ const VERSION = 1;
 const SLOT_BYTES = 84;
 const BOOT_ID_BYTES = 36;
 const BOOT_ID_FILE = '/proc/sys/kernel/random/boot_id';
-const SLOT_OFFSETS = [0, 4096] as const;
+const SLOT_OFFSETS: SlotOffsets = [0, 4096];
 const FILE_BYTES = 8192;
 /** The file is fdatasynced at most this often (its value on disk lags by about as much). */
 export const DURABLE_POINT_FLUSH_MS = 1000;
@@ -122,19 +123,10 @@ export type DurablePointRead =
 
 /** Reads the durable point of the journal in `dir`. */
 export function readDurablePointSync(dir: string): DurablePointRead {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(path.join(dir, DURABLE_POINT_FILE_NAME));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { state: 'missing' };
-    throw e;
-  }
-  let best: Slot | null = null;
-  for (const at of SLOT_OFFSETS) {
-    const s = decodeSlot(buf.subarray(at, at + SLOT_BYTES));
-    if (s !== null && (best === null || s.counter > best.counter)) best = s;
-  }
-  return best === null ? { state: 'unreadable' } : { state: 'ok', ...best };
+  const r = readBestSlot(path.join(dir, DURABLE_POINT_FILE_NAME), SLOT_OFFSETS, (buf, at) =>
+    decodeSlot(buf.subarray(at, at + SLOT_BYTES)),
+  );
+  return r.state === 'ok' ? { state: 'ok', ...r.slot } : r;
 }
 
 /**
@@ -182,7 +174,7 @@ export class DurablePointFile {
     const fd = fs.openSync(file, read.state === 'ok' ? 'r+' : 'w+');
     try {
       if (read.state !== 'ok') fs.ftruncateSync(fd, FILE_BYTES);
-      fs.writeSync(fd, encodeSlot(start), 0, SLOT_BYTES, SLOT_OFFSETS[start.counter % 2]);
+      fs.writeSync(fd, encodeSlot(start), 0, SLOT_BYTES, slotOffset(SLOT_OFFSETS, start.counter));
       fs.fdatasyncSync(fd);
       if (read.state !== 'ok') fsyncDirSync(dir);
     } catch (e) {
@@ -207,7 +199,7 @@ export class DurablePointFile {
       bootId: this.bootId,
     });
     try {
-      fs.writeSync(this.fd, slot, 0, SLOT_BYTES, SLOT_OFFSETS[counter % 2]);
+      fs.writeSync(this.fd, slot, 0, SLOT_BYTES, slotOffset(SLOT_OFFSETS, counter));
     } catch (e) {
       this.fail(e);
       return;
