@@ -206,6 +206,11 @@ export class WritePath {
     if (mine.length === 0) return;
     this.pending = this.pending.filter((p) => p.group !== group);
     for (const p of mine) this.trackedWrite(p);
+    if (this.pending.length === 0 && this.throttleTimer) {
+      // They were waiting for journal space: nothing does any more.
+      clearTimeout(this.throttleTimer);
+      this.throttleTimer = undefined;
+    }
   }
 
   isTracked(group: string): boolean {
@@ -213,13 +218,18 @@ export class WritePath {
   }
 
   /**
-   * Writes of `group` are journalled again from now on. Resolves once every tracked write is on its
+   * Writes of `group` are journalled again once its suspension is in force (at once, normally: a
+   * group is resumed only after that). Resolves once every tracked write is on its
    * volume and the volumes are synced, so a resync that starts then reads all of them, and a later
    * FLUSH (a journal sync) covers them.
    */
   async untrack(group: string): Promise<void> {
     const t = this.tracked.get(group);
     if (t === undefined) return;
+    // Until the suspension is in force its writes are not among the volume writes in flight, so a
+    // journalled write could pass them: writes stay tracked until then.
+    await t.ready.catch(() => {});
+    if (this.tracked.get(group) !== t) return;
     this.tracked.delete(group);
     await Promise.allSettled([...t.inflight]);
     await Promise.all([...t.devices].map((d) => d.sync()));
@@ -238,12 +248,17 @@ export class WritePath {
     const t = this.tracked.get(p.group)!;
     t.devices.add(p.device);
     this.stats.trackedWrites++;
-    const done = this.inflightOf(p.device).run(p.offset, p.offset + p.length, async () => {
-      await t.ready;
-      await t.port.mark(p.volume, p.offset, p.length);
-      await applyToDeviceAsync(p.device, p.kind, p.offset, p.length, p.payload);
-      if (p.fua) await p.device.sync();
-    });
+    // The write joins the volume's writes in flight only once the suspension is in force: the
+    // suspension drains those (settle()) before `ready`, and a tracked write among them would wait
+    // for itself (a write pending when track() was called: the suspension and the write hung).
+    // Writes that wait for the same `ready` join in the order they were submitted.
+    const done = t.ready.then(() =>
+      this.inflightOf(p.device).run(p.offset, p.offset + p.length, async () => {
+        await t.port.mark(p.volume, p.offset, p.length);
+        await applyToDeviceAsync(p.device, p.kind, p.offset, p.length, p.payload);
+        if (p.fua) await p.device.sync();
+      }),
+    );
     t.inflight.add(done);
     done.then(
       () => {
@@ -441,6 +456,7 @@ export class WritePath {
     if (this.pending.length > 0) this.runBatch();
     for (const p of this.pending.splice(0)) p.reject(new BackendError('ESHUTDOWN', 'node is shutting down'));
     await this.drain(this.inflight.keys());
+    await Promise.allSettled([...this.tracked.values()].flatMap((t) => [...t.inflight]));
     await this.o.journal.sync();
   }
 

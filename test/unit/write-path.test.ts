@@ -374,6 +374,35 @@ test('journal full under policy suspend: the owner suspends, the writes are trac
   await journal.close();
 });
 
+test('a suspension that starts while writes wait for journal space takes them over (remcopy suspend under throttle)', async () => {
+  const marked: number[] = [];
+  const { journal, sequencer, wp, dev, write } = await setup({
+    bytesMax: 2 * SEGMENT,
+    throttleMaxDelayMs: 60_000,
+  });
+  await write('g1', 0, 1, PAYLOAD_MAX);
+  await write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
+  const waiting = write('g1', 4 * PAYLOAD_MAX, 3, PAYLOAD_MAX);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(wp.throttling, true, 'the write waits for journal space');
+  // As the source suspends: tracking starts, and the suspension is in force once the volume writes
+  // in flight are done. The waiting write, now tracked, must not be one of those it waits for.
+  let inForce!: () => void;
+  wp.track(
+    'g1',
+    { mark: async (_v, offset) => void marked.push(offset) },
+    new Promise((ok) => (inForce = ok)),
+  );
+  await wp.settle([dev]);
+  inForce();
+  await waiting;
+  assert.deepEqual(marked, [4 * PAYLOAD_MAX]);
+  assert.equal(dev.bytes[4 * PAYLOAD_MAX], 3);
+  assert.equal(sequencer.seqOf('g1'), 2, 'tracked, not journalled');
+  assert.equal(wp.throttling, false, 'nothing waits for space any more');
+  await journal.close();
+});
+
 test('a freeze journals the writes submitted before it, holds later ones past the marker, and stacks with a hold', async () => {
   const { journal, wp, write } = await setup();
   // Submitted, not yet batched (the batch runs on setImmediate): the freeze must journal them.
