@@ -171,6 +171,14 @@ export class RemcopyNode {
         onAppended: (recs, at) => node.source?.onAppended(recs, at),
         onJournalFull:
           cfg.journal.fullPolicy === 'suspend' ? (gs) => node.source?.onJournalFull(gs) : undefined,
+        onThrottleExpired:
+          cfg.journal.fullPolicy === 'throttle'
+            ? (gs) =>
+                node.source?.onJournalFull(
+                  gs,
+                  `journal full for ${cfg.journal.throttleMaxDelayMs} ms (throttleMaxDelay)`,
+                )
+            : undefined,
         nowUs,
         nowMs: () => performance.now(),
         throttleMaxDelayMs: cfg.journal.throttleMaxDelayMs,

@@ -16,9 +16,11 @@
  * never has a hole.
  *
  * Journal full (policy `throttle`): a batch that does not fit waits for space (records to be
- * released), at most `throttleMaxDelayMs` per write; past that the write fails with ENOSPC and
- * nothing is changed: the volume and the journal stay as they were, the seq is not consumed.
- * Policy `suspend`: the owner is told (onJournalFull) and suspends the groups, which track().
+ * released), at most `throttleMaxDelayMs` per write. Past that the owner is told (onThrottleExpired)
+ * and suspends the groups of the writes that waited that long, which track(): those writes go on,
+ * tracked. A write whose group was not suspended (none of it can be, e.g. in its initial copy, or
+ * no owner) fails with ENOSPC and nothing is changed: the volume and the journal stay as they were,
+ * the seq is not consumed. Policy `suspend`: the owner is told (onJournalFull) at once.
  *
  * Suspended groups (track()): their writes are not journalled and take no seq. Each waits until the
  * suspension is in force (the volumes hold every journalled record durably), marks its chunks in the
@@ -101,6 +103,12 @@ export interface WritePathOptions {
    * (calling track() before it returns); writes of groups it did not suspend are throttled.
    */
   readonly onJournalFull?: (groups: ReadonlySet<string>) => void;
+  /**
+   * Policy `throttle`: writes of `groups` have waited `throttleMaxDelayMs` for journal space. The
+   * owner suspends what it can of them (calling track() before it returns); the writes of groups it
+   * did not suspend fail with ENOSPC.
+   */
+  readonly onThrottleExpired?: (groups: ReadonlySet<string>) => void;
   /**
    * Volume extents written ahead of a durable journal record are logged here first, so that a
    * restart after a power loss knows where a volume may be ahead of its journal.
@@ -661,8 +669,16 @@ export class WritePath {
     }
   }
 
-  /** Writes that waited longer than the bound fail with ENOSPC; nothing of them was written. */
+  /**
+   * Writes that waited longer than the bound: their groups are suspended where the owner can
+   * (track() takes their writes out of `pending`); the others fail with ENOSPC, nothing of them
+   * written.
+   */
   private expireThrottled(now: number): void {
+    const expired = new Set<string>();
+    for (const p of this.pending) if (now - p.arrivedMs >= this.o.throttleMaxDelayMs) expired.add(p.group);
+    if (expired.size === 0) return;
+    this.o.onThrottleExpired?.(expired);
     const keep: Pending[] = [];
     for (const p of this.pending) {
       if (now - p.arrivedMs >= this.o.throttleMaxDelayMs) {

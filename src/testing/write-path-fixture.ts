@@ -15,6 +15,7 @@ export function testWritePath(
     readonly throttleRetryMs?: number;
     readonly activityLog?: WritePathOptions['activityLog'];
     readonly onJournalFull?: (wp: WritePath, groups: ReadonlySet<string>) => void;
+    readonly onThrottleExpired?: (wp: WritePath, groups: ReadonlySet<string>) => void;
   } = {},
 ): { sequencer: Sequencer; wp: WritePath } {
   const sequencer = new Sequencer(nodeIdOf('a'), opts.writeTime ?? 'host-last', {
@@ -24,6 +25,7 @@ export function testWritePath(
   });
   let clock = 1_000;
   const onFull = opts.onJournalFull;
+  const onExpired = opts.onThrottleExpired;
   const wp: WritePath = new WritePath({
     sequencer,
     journal,
@@ -34,6 +36,7 @@ export function testWritePath(
     throttleRetryMs: opts.throttleRetryMs,
     log: () => {},
     onJournalFull: onFull && ((groups) => onFull(wp, groups)),
+    onThrottleExpired: onExpired && ((groups) => onExpired(wp, groups)),
     activityLog: opts.activityLog,
   });
   return { sequencer, wp };

@@ -170,14 +170,16 @@ test('a link down longer than suspendAfter suspends the pair; after resume the c
   }
 });
 
-test('a full journal under policy suspend suspends the pair instead of failing writes', async () => {
+/**
+ * 96 MiB written with the target away, more than the 80 MiB journal holds: no host write fails,
+ * the pair is suspended for `reason`, and a resume brings the target level again. Returns how long
+ * the slowest of the three writes took.
+ */
+async function fullJournalSuspends(prefix: string, journal: string, reason: RegExp): Promise<number> {
   const sites = await pairedSites(
     root,
-    'full-',
-    {
-      a: { volumes: { d: '128MiB' }, journal: '{ size: 80MiB, segmentSize: 40MiB, full: suspend }' },
-      b: { volumes: { d: '128MiB' } },
-    },
+    prefix,
+    { a: { volumes: { d: '128MiB' }, journal }, b: { volumes: { d: '128MiB' } } },
     { gd: ['a', 'b', 'd'] },
   );
   const { topo, pa, A } = sites;
@@ -185,16 +187,16 @@ test('a full journal under policy suspend suspends the pair instead of failing w
   const srcUri = `nbd://127.0.0.1:${pa.nbd}/d`;
   try {
     await B.stop();
-    // 96 MiB with the target away: more than the 80 MiB journal holds.
-    const out = await qemuIo(srcUri, [
-      'write -P 0x55 0 32M',
-      'write -P 0x56 32M 32M',
-      'write -P 0x57 64M 32M',
-    ]);
-    assert.doesNotMatch(out, /failed/, 'no host write fails');
+    let slowestMs = 0;
+    for (const [i, byte] of ['0x55', '0x56', '0x57'].entries()) {
+      const t0 = performance.now();
+      const out = await qemuIo(srcUri, [`write -P ${byte} ${32 * i}M 32M`]);
+      slowestMs = Math.max(slowestMs, performance.now() - t0);
+      assert.doesNotMatch(out, /failed/, 'no host write fails');
+    }
     const g = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
     assert.equal(g.state, 'suspended');
-    assert.equal(g.reason, 'journal full');
+    assert.match(g.reason ?? '', reason);
     assert.ok((g.dirtyBytes ?? 0) > 0);
     const st = (await apiCall(apiOf(pa.api), topo.secret, 'GET', '/v1/status')) as {
       writePath: { rejectedJournalFull: number; trackedWrites: number };
@@ -203,9 +205,26 @@ test('a full journal under policy suspend suspends the pair instead of failing w
     assert.ok(st.writePath.trackedWrites > 0);
     B = await startNodeProcess(topo.file, 'b');
     await resumeAndVerify(topo, apiOf(pa.api), 'gd');
+    return slowestMs;
   } finally {
     await Promise.all([A.stop(), B.stop()]);
   }
+}
+
+test('a full journal under policy suspend suspends the pair instead of failing writes', async () => {
+  await fullJournalSuspends('full-', '{ size: 80MiB, segmentSize: 40MiB, full: suspend }', /^journal full$/);
+});
+
+test('a full journal under policy throttle (the default) delays writes, then suspends the pair instead of failing them', async () => {
+  const slowestMs = await fullJournalSuspends(
+    'throttle-',
+    '{ size: 80MiB, segmentSize: 40MiB, throttleMaxDelay: 300ms }',
+    /^journal full for 300 ms \(throttleMaxDelay\)$/,
+  );
+  assert.ok(
+    slowestMs >= 300,
+    `the write that did not fit waited the bound first (${slowestMs.toFixed(0)} ms)`,
+  );
 });
 
 test('after a takeover the promoted side tracks its writes in a dirty bitmap that survives kill -9', async () => {

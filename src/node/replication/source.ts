@@ -649,12 +649,15 @@ export class SourceReplicator {
     return { delta, already: false, groups: groups.filter((n) => this.groups.get(n)!.suspended) };
   }
 
-  /** The journal is full under policy `suspend`: suspend every group of `groups` that can be. */
-  onJournalFull(groups: ReadonlySet<string>): void {
+  /**
+   * The journal is full (policy `suspend`), or writes waited for space past `throttleMaxDelay`
+   * (policy `throttle`): suspend every group of `groups` that can be.
+   */
+  onJournalFull(groups: ReadonlySet<string>, reason = 'journal full'): void {
     for (const name of groups) {
       const g = this.groups.get(name);
       if (!g || !this.canSuspend(g)) continue;
-      this.suspendGroup(g, 'journal full').catch((e) =>
+      this.suspendGroup(g, reason).catch((e) =>
         this.log('error', 'suspension on a full journal failed', { group: name, error: String(e) }),
       );
     }
