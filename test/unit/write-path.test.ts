@@ -68,6 +68,14 @@ async function setup(
   return { journal, sequencer, wp, dev, write };
 }
 
+/** setup() with a full journal: two segments of 80 KiB, each holding one 64 KiB record of g1. */
+async function setupFull(opts: Omit<NonNullable<Parameters<typeof setup>[0]>, 'bytesMax'>) {
+  const s = await setup({ ...opts, bytesMax: 2 * SEGMENT });
+  await s.write('g1', 0, 1, PAYLOAD_MAX);
+  await s.write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
+  return s;
+}
+
 test('acknowledged writes are journalled in order and applied before the ack', async () => {
   const { journal, dev, write, wp } = await setup();
   const acks: Promise<void>[] = [];
@@ -109,13 +117,9 @@ test('FUA writes resolve only after an fdatasync; concurrent FUA writers share i
 });
 
 test('journal full: writes wait and go through in order once records are released', async () => {
-  const { journal, sequencer, wp, dev, write } = await setup({
-    bytesMax: 2 * SEGMENT,
+  const { journal, sequencer, wp, dev, write } = await setupFull({
     throttleMaxDelayMs: 5000,
   });
-  // Fill the journal: 64 KiB records, two segments of 80 KiB hold two of them.
-  await write('g1', 0, 1, PAYLOAD_MAX);
-  await write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
   const third = write('g1', 2 * PAYLOAD_MAX, 3, PAYLOAD_MAX);
   const fourth = write('g1', 3 * PAYLOAD_MAX, 4, PAYLOAD_MAX);
   await new Promise((r) => setTimeout(r, 30));
@@ -134,12 +138,9 @@ test('journal full: writes wait and go through in order once records are release
 });
 
 test('journal full past the bound: ENOSPC, and nothing changes', async () => {
-  const { journal, sequencer, wp, dev, write } = await setup({
-    bytesMax: 2 * SEGMENT,
+  const { journal, sequencer, wp, dev, write } = await setupFull({
     throttleMaxDelayMs: 50,
   });
-  await write('g1', 0, 1, PAYLOAD_MAX);
-  await write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
   const usage = journal.usage();
   const t0 = performance.now();
   await assert.rejects(
@@ -379,12 +380,9 @@ test('journal full under policy suspend: the owner suspends, the writes are trac
 
 test('a suspension that starts while writes wait for journal space takes them over (remcopy suspend under throttle)', async () => {
   const marked: number[] = [];
-  const { journal, sequencer, wp, dev, write } = await setup({
-    bytesMax: 2 * SEGMENT,
+  const { journal, sequencer, wp, dev, write } = await setupFull({
     throttleMaxDelayMs: 60_000,
   });
-  await write('g1', 0, 1, PAYLOAD_MAX);
-  await write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
   const waiting = write('g1', 4 * PAYLOAD_MAX, 3, PAYLOAD_MAX);
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(wp.throttling, true, 'the write waits for journal space');
@@ -409,8 +407,7 @@ test('a suspension that starts while writes wait for journal space takes them ov
 test('journal full under policy throttle, past the bound: the groups the owner suspends go on tracked, the others fail with ENOSPC', async () => {
   const marked: number[] = [];
   const expired: string[][] = [];
-  const { journal, sequencer, wp, dev, write } = await setup({
-    bytesMax: 2 * SEGMENT,
+  const { journal, sequencer, wp, dev, write } = await setupFull({
     throttleMaxDelayMs: 50,
     onThrottleExpired: (w, groups) => {
       expired.push([...groups].sort());
@@ -426,8 +423,6 @@ test('journal full under policy throttle, past the bound: the groups the owner s
       void w.settle([dev]).then(inForce);
     },
   });
-  await write('g1', 0, 1, PAYLOAD_MAX);
-  await write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
   const usage = journal.usage();
   const t0 = performance.now();
   const g1 = [write('g1', 4 * PAYLOAD_MAX, 3, PAYLOAD_MAX), write('g1', 6 * PAYLOAD_MAX, 4, 4096)];
