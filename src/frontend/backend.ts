@@ -43,6 +43,12 @@ export interface WriteOptions {
   readonly fua?: boolean;
   /** Host write time (native protocol only); becomes the record's host time. */
   readonly hostTimeUs?: TimeUs;
+  /**
+   * The caller never changes `data` after this call (a front end's receive buffer): whatever keeps
+   * the bytes past the write's answer may keep `data` itself. Otherwise (the default) it keeps a
+   * copy, as the caller may reuse the buffer once the write is answered.
+   */
+  readonly payloadStable?: boolean;
 }
 
 export interface ZeroOptions extends WriteOptions {

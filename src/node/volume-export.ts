@@ -160,6 +160,7 @@ export class NodeVolume implements VolumeExport {
         payload,
         hostTimeUs: opts.hostTimeUs,
         fua: opts.fua === true,
+        payloadStable: opts.payloadStable === true,
       });
     }
     const done = this.writeDirect(kind, offset, length, payload, opts);

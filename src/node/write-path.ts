@@ -75,6 +75,8 @@ export interface WriteRequest {
   readonly payload?: Buffer;
   readonly hostTimeUs?: TimeUs;
   readonly fua: boolean;
+  /** `payload` never changes after submit (WriteOptions.payloadStable): it may be kept as it is. */
+  readonly payloadStable?: boolean;
 }
 
 interface Pending extends WriteRequest {
@@ -125,6 +127,8 @@ export interface AppendedRecord {
   readonly header: RecordHeader;
   readonly payload?: Buffer | undefined;
   head?: Buffer | undefined;
+  /** The payload never changes (WriteRequest.payloadStable): keep it without a copy. */
+  readonly payloadStable?: boolean;
 }
 
 /** What copyChunk journalled: a copy record with the bytes, or a zero record for a zero range. */
@@ -186,6 +190,7 @@ export class WritePath {
         payload: req.payload,
         hostTimeUs: req.hostTimeUs,
         fua: req.fua,
+        payloadStable: req.payloadStable === true,
         arrivedMs: this.o.nowMs(),
         resolve,
         reject,
@@ -503,6 +508,7 @@ export class WritePath {
       header: this.headerOf(p),
       payload: p.payload,
       head: undefined,
+      payloadStable: p.payloadStable,
     }));
     try {
       this.append(records);
@@ -525,7 +531,9 @@ export class WritePath {
     for (; i < batch.length; i++) {
       const p = batch[i]!;
       const snap = this.o.sequencer.snapshot();
-      const records: AppendedRecord[] = [{ header: this.headerOf(p), payload: p.payload, head: undefined }];
+      const records: AppendedRecord[] = [
+        { header: this.headerOf(p), payload: p.payload, head: undefined, payloadStable: p.payloadStable },
+      ];
       try {
         this.append(records);
       } catch (e) {

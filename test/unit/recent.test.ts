@@ -100,3 +100,26 @@ test('kept records: a copy when asked, the bound refuses records whole, dropUpTo
     ],
   );
 });
+
+test('payloads kept as given count their whole buffer once, while any record cut from it is kept', () => {
+  const overhead = 160;
+  const recent = new RecentRecords(64 * 1024 + 3 * overhead + 4096);
+  // As a front end's receive buffer: one 64 KiB chunk holding several writes.
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  recent.add(header(1, 4096), chunk.subarray(0, 4096));
+  assert.equal(recent.bytesKept, 64 * 1024 + overhead, 'the first record cut from the chunk pins all of it');
+  recent.add(header(2, 4096), chunk.subarray(4096, 8192));
+  assert.equal(recent.bytesKept, 64 * 1024 + 2 * overhead, 'a second cut costs only its overhead');
+  // A record in another chunk does not fit the 4 KiB left: the bound counts the chunk, not the cut.
+  recent.add(header(3, 512), Buffer.alloc(8192, 9).subarray(0, 512));
+  assert.equal(recent.size, 2, 'a small cut of another large buffer is refused');
+  recent.add(header(3, 4096), Buffer.alloc(4096, 3), undefined, true);
+  assert.equal(recent.size, 3, 'a copy costs its length');
+  assert.equal(recent.take(seq(2), 3, 1 << 20, 10)[0]!.payload.buffer, chunk.buffer, 'kept without a copy');
+  recent.dropUpTo(1);
+  assert.equal(recent.bytesKept, 64 * 1024 + 2 * overhead + 4096, 'the chunk stays pinned by record 2');
+  recent.dropUpTo(3);
+  assert.equal(recent.bytesKept, 0, 'the last record cut from the chunk unpins it');
+  recent.add(header(4, 512), Buffer.alloc(8192, 9).subarray(0, 512));
+  assert.equal(recent.size, 1, 'room again');
+});

@@ -62,8 +62,11 @@ const PARSE_HEADER = 0;
 const PARSE_PAYLOAD = 1;
 const PARSE_SKIP = 2;
 
-const WRITE_PLAIN: WriteOptions = Object.freeze({ fua: false });
-const WRITE_FUA: WriteOptions = Object.freeze({ fua: true });
+/** Options for a WRITE, by [FUA][payload cut from the receive buffer (stable) or pooled]. */
+const WRITE_OPTS: readonly (readonly WriteOptions[])[] = [
+  [Object.freeze({ fua: false, payloadStable: false }), Object.freeze({ fua: false, payloadStable: true })],
+  [Object.freeze({ fua: true, payloadStable: false }), Object.freeze({ fua: true, payloadStable: true })],
+];
 const ZERO_OPTS: readonly ZeroOptions[] = [
   Object.freeze({ fua: false, punchHole: false }),
   Object.freeze({ fua: true, punchHole: false }),
@@ -329,7 +332,8 @@ export class Transmission {
     this.inFlightBytes += bytes;
     let p: Promise<void>;
     try {
-      p = this.exp.write(offset, data, (flags & CmdFlag.FUA) !== 0 ? WRITE_FUA : WRITE_PLAIN);
+      // A payload cut from the socket's chunk is never written to again; a pooled one is reused.
+      p = this.exp.write(offset, data, WRITE_OPTS[(flags & CmdFlag.FUA) !== 0 ? 1 : 0]![pooled ? 0 : 1]!);
     } catch (e) {
       p = Promise.reject(e);
     }

@@ -46,10 +46,21 @@ export class SlabCopier {
   }
 }
 
+interface Kept extends KeptRecord {
+  /** Kept as given: the record pins its buffer (see RecentRecords.pins). */
+  readonly pinned: boolean;
+}
+
 export class RecentRecords {
-  private readonly recs = new Map<number, KeptRecord>();
+  private readonly recs = new Map<number, Kept>();
   private bytes = 0;
   private readonly slabs = new SlabCopier();
+  /**
+   * Payloads kept as given, by the buffer they are cut from: a payload cut from a socket's chunk
+   * or a frame keeps the whole buffer alive, so the bound counts each such buffer once, whole,
+   * while any record cut from it is kept (a small write in a large chunk costs the chunk).
+   */
+  private readonly pins = new Map<ArrayBufferLike, number>();
 
   constructor(readonly bytesMax: number) {}
 
@@ -57,15 +68,31 @@ export class RecentRecords {
     return this.recs.size;
   }
 
+  /** Bytes counted against the bound (payloads, their pinned buffers, per-record overhead). */
+  get bytesKept(): number {
+    return this.bytes;
+  }
+
   /**
    * Keeps a record. Its payload is kept as given, or with `copy` (a buffer the caller may reuse,
    * such as a front end's) a copy of it, made only when the record is kept.
    */
   add(header: RecordHeader, payload: Buffer | undefined, head?: Buffer, copy = false): void {
-    const cost = (payload?.length ?? 0) + RECORD_OVERHEAD_BYTES;
-    if (this.bytes + cost > this.bytesMax || this.recs.has(header.seq)) return;
+    if (this.recs.has(header.seq)) return;
+    const pinned = payload !== undefined && !copy;
+    const payloadCost =
+      payload === undefined
+        ? 0
+        : pinned
+          ? this.pins.has(payload.buffer)
+            ? 0
+            : payload.buffer.byteLength
+          : payload.length;
+    const cost = payloadCost + RECORD_OVERHEAD_BYTES;
+    if (this.bytes + cost > this.bytesMax) return;
     const kept = payload === undefined ? EMPTY : copy ? this.slabs.copy(payload) : payload;
-    this.recs.set(header.seq, { header, payload: kept, head });
+    if (pinned) this.pins.set(payload.buffer, (this.pins.get(payload.buffer) ?? 0) + 1);
+    this.recs.set(header.seq, { header, payload: kept, head, pinned });
     this.bytes += cost;
   }
 
@@ -89,12 +116,24 @@ export class RecentRecords {
     for (const [k, r] of this.recs) {
       if (k > s) break;
       this.recs.delete(k);
-      this.bytes -= r.payload.length + RECORD_OVERHEAD_BYTES;
+      this.bytes -= RECORD_OVERHEAD_BYTES;
+      if (!r.pinned) {
+        this.bytes -= r.payload.length;
+        continue;
+      }
+      const left = this.pins.get(r.payload.buffer)! - 1;
+      if (left > 0) {
+        this.pins.set(r.payload.buffer, left);
+      } else {
+        this.pins.delete(r.payload.buffer);
+        this.bytes -= r.payload.buffer.byteLength;
+      }
     }
   }
 
   clear(): void {
     this.recs.clear();
+    this.pins.clear();
     this.bytes = 0;
   }
 }

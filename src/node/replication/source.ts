@@ -855,12 +855,13 @@ export class SourceReplicator {
   /** The write path appended records: note them and get them durable, then ship them. */
   onAppended(records: readonly AppendedRecord[], arrivedMs: number): void {
     const per = new Map<SourceGroup, { last: number; bytes: number }>();
-    for (const { header: h, payload, head } of records) {
+    for (const { header: h, payload, head, payloadStable } of records) {
       this.o.zeroMaps?.get(h.volume)?.touch(h.offset, h.length);
       const g = this.groups.get(h.group);
       if (!g) continue;
-      // Kept for shipping; a copy, as the front end may reuse its buffer once the write is answered.
-      g.recent.add(h, payload, head, true);
+      // Kept for shipping: as it is when the front end never changes it (a payload cut from a
+      // socket's receive buffer), else a copy, as the front end reuses its buffer once answered.
+      g.recent.add(h, payload, head, payloadStable !== true);
       const e = per.get(g) ?? { last: 0, bytes: 0 };
       e.last = h.seq;
       if (kindCarriesData(h.kind)) e.bytes += h.length;
