@@ -80,15 +80,9 @@ export class RecentRecords {
   add(header: RecordHeader, payload: Buffer | undefined, head?: Buffer, copy = false): void {
     if (this.recs.has(header.seq)) return;
     const pinned = payload !== undefined && !copy;
-    const payloadCost =
-      payload === undefined
-        ? 0
-        : pinned
-          ? this.pins.has(payload.buffer)
-            ? 0
-            : payload.buffer.byteLength
-          : payload.length;
-    const cost = payloadCost + RECORD_OVERHEAD_BYTES;
+    let cost = RECORD_OVERHEAD_BYTES;
+    if (pinned) cost += this.pins.has(payload.buffer) ? 0 : payload.buffer.byteLength;
+    else if (payload !== undefined) cost += payload.length;
     if (this.bytes + cost > this.bytesMax) return;
     const kept = payload === undefined ? EMPTY : copy ? this.slabs.copy(payload) : payload;
     if (pinned) this.pins.set(payload.buffer, (this.pins.get(payload.buffer) ?? 0) + 1);
