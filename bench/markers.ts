@@ -121,6 +121,7 @@ async function main(): Promise<void> {
         lastError?: string;
         cycleMs: Summary;
         freezeMs: Summary;
+        nodes: Record<string, { freezeAnswerMs: Summary }>;
       }[];
     };
     const cyc = st.cycles[0]!;
@@ -194,6 +195,13 @@ async function main(): Promise<void> {
           ([n, s]) =>
             `  freeze on ${n}: ${s.count} freezes, p50 ${ms(s.p50)} ms, p99 ${ms(s.p99)} ms, max ${ms(s.max)} ms (bar: p99 < 5 ms)`,
         ),
+        // The coordinator's view: how long each node took to answer its freeze (a round trip for a2).
+        `  freeze answered (a1's view, p50 / p99 / max ms): ${Object.entries(cyc.nodes)
+          .map(
+            ([n, v]) =>
+              `${n} ${ms(v.freezeAnswerMs.p50)} / ${ms(v.freezeAnswerMs.p99)} / ${ms(v.freezeAnswerMs.max)}`,
+          )
+          .join(', ')}`,
         `  event-loop delay (ms): ${loopDelay.join(', ')}`,
         `  snapshots checked: ${checked} on b1+b2, ${bad} failed the dependent-write check; ${partial} on one target only (a failed cycle the coordinator could not abandon); space the snapshots hold: ${snapSpace.join(', ')}`,
         `  bank: ${fmt(progress.completed)} transfers, ${progress.errors.length} errors; write latency p50 ${ms(percentile(sorted, 50))} ms, p99 ${ms(percentile(sorted, 99))} ms, max ${ms(sorted[sorted.length - 1])} ms`,

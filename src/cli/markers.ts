@@ -67,7 +67,7 @@ export async function runCheckpoint(configFile: string, o: CheckpointOptions): P
     process.stdout.write(`${JSON.stringify(r)}\n`);
   } else {
     const freeze = Object.entries(r.freezeMs)
-      .map(([n, ms]) => `${n} ${ms.toFixed(2)} ms`)
+      .map(([n, ms]) => `${n} ${ms.toFixed(2)} ms (answered in ${r.freezeAnswerMs[n]!.toFixed(2)} ms)`)
       .join(', ');
     process.stdout.write(
       `${r.marker}\n` +

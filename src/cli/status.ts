@@ -54,6 +54,10 @@ interface NodeStatus {
     lastErrorAgeMs?: number;
     cycleMs: { p50?: number; p99?: number };
     freezeMs: { p50?: number; p99?: number };
+    nodes?: Record<
+      string,
+      { freezeMs: { p50?: number; p99?: number }; freezeAnswerMs: { p50?: number; p99?: number } }
+    >;
     consistentPointAgeMs?: number;
   }[];
 }
@@ -78,6 +82,11 @@ function markerLines(s: NodeStatus): string[] {
     lines.push(
       `  cycles ${c.set.padEnd(11)} every ${c.cycleSeconds} s: ${c.cycles} done, ${c.failures} failed, last marker ${c.lastMarker ?? '-'}, cycle p50 ${ms(c.cycleMs.p50)}, freeze p50 ${ms(c.freezeMs.p50)} p99 ${ms(c.freezeMs.p99)}, consistent point age ${age}${c.lastError ? `  last failure ${((c.lastErrorAgeMs ?? 0) / 1000).toFixed(0)} s ago: ${c.lastError}` : ''}`,
     );
+    for (const [n, v] of Object.entries(c.nodes ?? {})) {
+      lines.push(
+        `    ${n.padEnd(12)} freeze p50 ${ms(v.freezeMs.p50)} p99 ${ms(v.freezeMs.p99)}, freeze answered p50 ${ms(v.freezeAnswerMs.p50)} p99 ${ms(v.freezeAnswerMs.p99)}`,
+      );
+    }
   }
   return lines;
 }

@@ -47,6 +47,13 @@ export interface CheckpointResult {
   readonly marker: number;
   /** Per source node: how long its host writes were held (freeze to thaw). */
   readonly freezeMs: Record<string, number>;
+  /**
+   * Per source node: from the freeze request to its answer, as the coordinator saw it. For a remote
+   * node a round trip: the request's way there (before the node freezes) and the answer's way back
+   * (inside its freeze, which lasts until the mark arrives). A long answer points at the node or the
+   * network; a freeze much longer than the answer, at the coordinator's side.
+   */
+  readonly freezeAnswerMs: Record<string, number>;
   /** Per target node: its outcome for the marker. */
   readonly targets: Record<string, 'snapshot' | 'incomplete'>;
   /** When the sources were frozen (ms since the epoch): the moment the image is of. */
@@ -78,8 +85,15 @@ export async function checkpoint(
   const atMs = Date.now();
   const thawAll = (): Promise<unknown> =>
     Promise.allSettled(sources.map((n) => call(n, 'POST', `/v1/sets/${enc}/thaw`, { id })));
+  const freezeAnswerMs: Record<string, number> = {};
+  const freezeOne = async (n: string): Promise<unknown> => {
+    const sent = performance.now();
+    const answer = await call(n, 'POST', `/v1/sets/${enc}/freeze`, { id, boundMs });
+    freezeAnswerMs[n] = performance.now() - sent;
+    return answer;
+  };
   const freeze = (nodes: readonly string[]): Promise<PromiseSettledResult<unknown>[]> =>
-    Promise.allSettled(nodes.map((n) => call(n, 'POST', `/v1/sets/${enc}/freeze`, { id, boundMs })));
+    Promise.allSettled(nodes.map(freezeOne));
   const remote = sources.filter((n) => n !== o.local);
   const local = sources.filter((n) => n === o.local);
   const frozenRemote = await freeze(remote);
@@ -157,7 +171,15 @@ export async function checkpoint(
       `checkpoint of ${set}: marker ${marker} is incomplete on ${incomplete.join(', ')} (a source did not place it)`,
     );
   }
-  return { set, marker, freezeMs, targets: outcome, atMs, totalMs: performance.now() - started };
+  return {
+    set,
+    marker,
+    freezeMs,
+    freezeAnswerMs,
+    targets: outcome,
+    atMs,
+    totalMs: performance.now() - started,
+  };
 }
 
 function failures(nodes: readonly string[], results: readonly PromiseSettledResult<unknown>[]): string[] {

@@ -23,6 +23,15 @@ export interface CycleStatus {
   readonly lastErrorAgeMs: number | undefined;
   readonly cycleMs: ReturnType<Samples['summary']>;
   readonly freezeMs: ReturnType<Samples['summary']>;
+  /**
+   * Per source node: its freeze times, and the time from the freeze request to its answer as this
+   * coordinator saw it (checkpoint.ts, freezeAnswerMs): which node's freezes are long, and whether
+   * its answer or the rest of the cycle made them so.
+   */
+  readonly nodes: Record<
+    string,
+    { freezeMs: ReturnType<Samples['summary']>; freezeAnswerMs: ReturnType<Samples['summary']> }
+  >;
   /** Age of the newest point every target snapshotted (now minus its freeze moment); the RPO. */
   readonly consistentPointAgeMs: number | undefined;
 }
@@ -38,6 +47,7 @@ export class CycleRunner {
   private lastErrorAtMs: number | undefined;
   private readonly cycleMs = new Samples();
   readonly freezeMs = new Samples();
+  private readonly perNode = new Map<string, { freezeMs: Samples; freezeAnswerMs: Samples }>();
 
   constructor(
     readonly set: string,
@@ -70,6 +80,12 @@ export class CycleRunner {
       lastErrorAgeMs: this.lastErrorAtMs === undefined ? undefined : Date.now() - this.lastErrorAtMs,
       cycleMs: this.cycleMs.summary(),
       freezeMs: this.freezeMs.summary(),
+      nodes: Object.fromEntries(
+        [...this.perNode].map(([n, v]) => [
+          n,
+          { freezeMs: v.freezeMs.summary(), freezeAnswerMs: v.freezeAnswerMs.summary() },
+        ]),
+      ),
       consistentPointAgeMs: this.last === undefined ? undefined : Date.now() - this.last.atMs,
     };
   }
@@ -93,7 +109,16 @@ export class CycleRunner {
       this.cycles++;
       this.last = r;
       this.cycleMs.add(r.totalMs);
-      for (const ms of Object.values(r.freezeMs)) this.freezeMs.add(ms);
+      for (const [node, ms] of Object.entries(r.freezeMs)) {
+        this.freezeMs.add(ms);
+        let samples = this.perNode.get(node);
+        if (samples === undefined) {
+          samples = { freezeMs: new Samples(), freezeAnswerMs: new Samples() };
+          this.perNode.set(node, samples);
+        }
+        samples.freezeMs.add(ms);
+        samples.freezeAnswerMs.add(r.freezeAnswerMs[node]!);
+      }
     } catch (e) {
       this.failures++;
       this.lastError = (e as Error).message;

@@ -117,7 +117,7 @@ test('checkpoint: marker N across two source and two target nodes, VOLUME@N expo
     assert.match(first.out, /^1\n/, 'the marker number is printed first');
     assert.match(
       first.out,
-      /checkpoint 1 of bank: snapshots @1 on b1, b2; writes frozen a1 [\d.]+ ms, a2 [\d.]+ ms/,
+      /checkpoint 1 of bank: snapshots @1 on b1, b2; writes frozen a1 [\d.]+ ms \(answered in [\d.]+ ms\), a2 [\d.]+ ms \(answered in [\d.]+ ms\)/,
     );
     const list = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${s.topo.ports.get('b1')!.nbd}`]);
     const names = (JSON.parse(list.stdout) as { exports: { 'export-name': string }[] }).exports.map(
@@ -309,6 +309,7 @@ test('consistency cycles under a bank workload across two source nodes: every sn
             failures: number;
             lastMarker?: number;
             freezeMs: { p50: number; p99: number };
+            nodes: Record<string, { freezeMs: { count: number }; freezeAnswerMs: { count: number } }>;
           }[];
         }
       ).cycles[0]!;
@@ -322,11 +323,18 @@ test('consistency cycles under a bank workload across two source nodes: every sn
     assert.ok(progress.completed > 0);
     const c = await cycles();
     assert.ok(c.freezeMs.p99 !== undefined && c.freezeMs.p50 <= c.freezeMs.p99);
+    // Per source node: one freeze time and one freeze answer per completed cycle.
+    assert.deepEqual(Object.keys(c.nodes).sort(), ['a1', 'a2']);
+    for (const v of Object.values(c.nodes)) {
+      assert.equal(v.freezeMs.count, c.cycles);
+      assert.equal(v.freezeAnswerMs.count, c.cycles);
+    }
     const status = await runCli('status', '--config', s.topo.file);
     assert.match(
       status.out,
       /cycles bank +every 1 s: \d+ done, \d+ failed, last marker \d+, cycle p50 [\d.]+ ms, freeze p50/,
     );
+    assert.match(status.out, /\n {4}a2 +freeze p50 [\d.]+ ms p99 [\d.]+ ms, freeze answered p50 [\d.]+ ms/);
     assert.match(status.out, /set bank +snapshot @\d+/);
     // Every snapshot on both target nodes: the bank invariant holds across the two nodes. Cycles go
     // on meanwhile: a marker above the last one completed before the listing may be on one target

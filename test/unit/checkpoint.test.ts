@@ -99,3 +99,21 @@ test('a source that cannot freeze fails the checkpoint: every source thawed, non
   assert.equal(calls.filter((c) => c.startsWith('mark')).length, 0);
   assert.deepEqual(calls.filter((c) => c.startsWith('thaw')).sort(), ['thaw a1', 'thaw a2', 'thaw a3']);
 });
+
+test('every source has its own freeze answer time: a slow answer shows on that node only', async () => {
+  const { call } = recorder();
+  // a1 answers its freeze 30 ms late, a3 within the same tick; a2 is the local node.
+  const timed = async (node: string, method: 'GET' | 'POST', path: string): Promise<unknown> => {
+    if (path.endsWith('/freeze') && node === 'a1') await new Promise((r) => setTimeout(r, 30));
+    if (path.endsWith('/freeze') && node !== 'a1') {
+      return { lastMarker: 3 };
+    }
+    return call(node, method, path);
+  };
+  const r = await checkpoint(threeSources(), 's', timed, { reachTimeoutMs: 1000, local: 'a2' });
+  assert.deepEqual(Object.keys(r.freezeAnswerMs).sort(), ['a1', 'a2', 'a3']);
+  // A timer never fires more than a millisecond early; the quick answers come before any timer.
+  assert.ok(r.freezeAnswerMs.a1! >= 29, `a1 answered in ${r.freezeAnswerMs.a1} ms`);
+  assert.ok(r.freezeAnswerMs.a3! < r.freezeAnswerMs.a1!, `a3 ${r.freezeAnswerMs.a3} ms`);
+  assert.ok(r.freezeAnswerMs.a2! < r.freezeAnswerMs.a1!, `a2 ${r.freezeAnswerMs.a2} ms`);
+});
