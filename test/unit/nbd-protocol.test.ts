@@ -4,7 +4,9 @@
  * effects however its input is split, refuses options with ERR_TLS_REQD when TLS is required and
  * forgets structured replies after STARTTLS; the transmission parser dispatches the same requests
  * and the same replies for a stream split at every byte; random garbage never throws in either
- * phase; BLOCK_STATUS extents are clamped to the request (exactly one with REQ_ONE).
+ * phase; BLOCK_STATUS extents are clamped to the request (exactly one with REQ_ONE); a write
+ * completed in the event loop's check phase (as the write path completes them) is answered in that
+ * same phase.
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -325,6 +327,43 @@ describe('transmission parser', () => {
     t.tx.onData(Buffer.alloc(28, 0xff));
     assert.equal(t.finished.length, 1);
   });
+
+  // The write path completes host writes in a batch it runs with setImmediate (the check phase). A
+  // flush scheduled by the reply from there would wait for the next loop turn, after its timers.
+  for (const [name, req] of [
+    ['WRITE', Buffer.concat([request(1, 1, 0, 512), Buffer.alloc(512, 7)])],
+    ['WRITE_ZEROES', request(6, 1, 0, 512)],
+    ['TRIM', request(4, 1, 0, 512)],
+  ] as const) {
+    test(
+      `a ${name} completed in the check phase is answered in that phase, not a loop turn later`,
+      T,
+      async () => {
+        const t = makeTransmission(false);
+        const inBatch =
+          <A extends unknown[]>(op: (...a: A) => Promise<void>) =>
+          (...a: A): Promise<void> =>
+            new Promise((resolve, reject) =>
+              setImmediate(() => {
+                op(...a).then(resolve, reject);
+                // Long enough that a timer set at dispatch (1 ms) is due when the next turn begins.
+                const until = performance.now() + 3;
+                while (performance.now() < until);
+              }),
+            );
+        t.exp.write = inBatch(t.exp.write.bind(t.exp));
+        t.exp.zero = inBatch(t.exp.zero.bind(t.exp));
+        const repliesAtNextTurn = await new Promise<number>((resolve) =>
+          setTimeout(() => {
+            t.tx.onData(req);
+            setTimeout(() => resolve(t.out.length), 0);
+          }, 0),
+        );
+        assert.equal(repliesAtNextTurn, 1, 'the reply had left before the next turn of the event loop');
+        assert.deepEqual([...simpleReplies(Buffer.concat(t.out), new Map()).keys()], [1]);
+      },
+    );
+  }
 });
 
 describe('BLOCK_STATUS extents', () => {

@@ -303,10 +303,12 @@ export class Transmission {
         return;
       case Cmd.TRIM:
         this.dispatchVoid(hi, lo, () => this.exp.zero(offset, length, zeroOpts(flags, true)));
+        this.replies.expect();
         return;
       case Cmd.WRITE_ZEROES: {
         const opts = zeroOpts(flags, (flags & CmdFlag.NO_HOLE) === 0);
         this.dispatchVoid(hi, lo, () => this.exp.zero(offset, length, opts));
+        this.replies.expect();
         return;
       }
       case Cmd.CACHE:
@@ -337,6 +339,7 @@ export class Transmission {
     } catch (e) {
       p = Promise.reject(e);
     }
+    this.replies.expect();
     p.then(
       () => {
         if (pooled) this.pool.give(data);
