@@ -31,7 +31,7 @@
  *   BENCH_DIR                  where temporary directories go (default: the system temp dir)
  *   BENCH_JOURNAL              remcopy journal size per node (default 16GiB)
  *   BENCH_REPL                 replication cases: 1/all (default), 0 (none), or a comma list of
- *                              onoff,lag,outage
+ *                              onoff,lag,outage,populated
  *   BENCH_HALF_IOPS            the "half load" rate for lag/outage (default: half the "on" IOPS)
  *   BENCH_OUTAGE_SECONDS       how long node b stays down (default 30)
  *   BENCH_OUTAGE_SIGNAL        SIGTERM (default) or SIGKILL, how node b is stopped

@@ -483,6 +483,10 @@ export class RemcopyNode {
     return this.volumes.get(name);
   }
 
+  volumeList(): readonly NodeVolume[] {
+    return [...this.volumes.values()];
+  }
+
   status(): object {
     const groups = [...(this.source?.status() ?? []), ...(this.target?.status() ?? [])].map((g) =>
       g.role === 'promoted'

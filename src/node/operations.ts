@@ -14,6 +14,7 @@ import { setOf, type TakeoverResult } from './replication/target.js';
 import { setNodes } from '../mgmt/checkpoint.js';
 import { RemcopyError } from '../core/errors.js';
 import { Failback, parseFailbackStep } from './failback.js';
+import { FileBlockDevice } from '../storage/blockdev.js';
 
 /** A hold of a group's writes ends by itself after this long at most. */
 export const HOLD_MS_DEFAULT_MAX = 120_000;
@@ -215,7 +216,7 @@ export class NodeOperations {
       const sums: string[] = [];
       for (let off = 0; off < v.sizeBytes; off += chunkBytes) {
         const len = Math.min(chunkBytes, v.sizeBytes - off);
-        const data = await v.device.read(off, len);
+        const data = await v.device.readForCopy(off, len);
         sums.push(createHash('sha256').update(data).digest('hex').slice(0, 32));
       }
       return sums;
@@ -545,6 +546,21 @@ export class NodeOperations {
       'Bytes of records this node journalled with O_DIRECT (large batches into new segments)',
       () => node.journal.directBytesWritten,
     );
+    new prom.Counter({
+      name: 'remcopy_volume_copy_direct_bytes_total',
+      help: 'Bytes of copy I/O (initial copy and verify reads, large copy-record writes) that bypassed the page cache, per volume',
+      labelNames: ['volume', 'op'],
+      registers: [r],
+      collect(this: prom.Counter) {
+        this.reset();
+        for (const v of node.volumeList()) {
+          if (!(v.device instanceof FileBlockDevice)) continue;
+          const { read, written } = v.device.directBytes;
+          this.inc({ volume: v.name, op: 'read' }, read);
+          this.inc({ volume: v.name, op: 'write' }, written);
+        }
+      },
+    });
     gauge('remcopy_activity_log_extents', 'Volume extents in the activity log now', [], (g) =>
       g.set(node.activityLog.size),
     );

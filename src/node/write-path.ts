@@ -131,6 +131,18 @@ export interface AppendedRecord {
   readonly payloadStable?: boolean;
 }
 
+/** How copyChunk reads its range. */
+export interface CopyRead {
+  /** True when the range is known to read as zeroes: it is not read at all. */
+  knownZero?: () => boolean;
+  /**
+   * Read through the page cache (a delta resync: its chunks were written lately, so they are
+   * mostly cached, and a direct read would first write each one back). By default the read goes
+   * around the cache (BlockDevice.readForCopySync).
+   */
+  cached?: boolean;
+}
+
 /** What copyChunk journalled: a copy record with the bytes, or a zero record for a zero range. */
 export interface CopiedChunk {
   readonly seq: Seq;
@@ -400,7 +412,7 @@ export class WritePath {
     device: BlockDevice,
     offset: number,
     length: number,
-    knownZero: () => boolean = () => false,
+    how: CopyRead = {},
   ): Promise<CopiedChunk> {
     assert(!this.closed, 'copyChunk on a closed write path');
     const ranges = this.inflightOf(device);
@@ -409,7 +421,12 @@ export class WritePath {
       throw new RemcopyError('RC_ERR_STATE', `${group} is suspended: no copy records are journalled`);
     }
     // knownZero is asked in the same synchronous step as the append: no write can slip between.
-    const data = knownZero() ? undefined : device.readSync(offset, length);
+    const data =
+      how.knownZero?.() === true
+        ? undefined
+        : how.cached === true
+          ? device.readSync(offset, length)
+          : device.readForCopySync(offset, length);
     const zero = data === undefined || isZero(data);
     const [record] = this.journalNow(() => [
       {
@@ -748,7 +765,10 @@ export class InflightRanges {
 
 const noop = (): void => {};
 
-/** Apply one record's effect to a volume synchronously: redo at start. */
+/**
+ * Apply one record's effect to a volume synchronously: redo at start. A copy record (initial copy,
+ * delta resync) goes around the page cache where it can (BlockDevice.writeForCopySync).
+ */
 export function applyToDevice(
   device: BlockDevice,
   kind: RecordKind,
@@ -758,7 +778,8 @@ export function applyToDevice(
 ): void {
   if (kind === Kind.data || kind === Kind.copy) {
     assert(payload !== undefined && payload.length === length, 'payload length');
-    device.writeSync(offset, payload);
+    if (kind === Kind.copy) device.writeForCopySync(offset, payload);
+    else device.writeSync(offset, payload);
   } else if (kind === Kind.zero) {
     device.zeroSync(offset, length);
   }

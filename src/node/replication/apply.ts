@@ -544,6 +544,6 @@ const ZERO_CHECK_BYTES = 1024 * 1024;
 function zeroWhereNeeded(dev: BlockDevice, offset: number, length: number): void {
   for (let at = offset; at < offset + length; at += ZERO_CHECK_BYTES) {
     const n = Math.min(ZERO_CHECK_BYTES, offset + length - at);
-    if (!isZero(dev.readSync(at, n))) dev.zeroSync(at, n);
+    if (!isZero(dev.readForCopySync(at, n))) dev.zeroSync(at, n);
   }
 }

@@ -810,7 +810,9 @@ export class SourceReplicator {
       const device = g.devices.find((d) => d.name === chunk!.volume)!.device;
       let copied;
       try {
-        copied = await this.o.writePath.copyChunk(g.name, chunk.volume, device, chunk.offset, chunk.length);
+        copied = await this.o.writePath.copyChunk(g.name, chunk.volume, device, chunk.offset, chunk.length, {
+          cached: true,
+        });
       } catch (e) {
         if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') {
           await sleep(20);
@@ -1082,7 +1084,7 @@ export class SourceReplicator {
           const zeroMap = this.o.zeroMaps?.get(name);
           const at = offset;
           const knownZero = (): boolean => zeroMap?.knownZero(at, len) === true;
-          lastSeq = (await this.o.writePath.copyChunk(g.name, name, device, offset, len, knownZero)).seq;
+          lastSeq = (await this.o.writePath.copyChunk(g.name, name, device, offset, len, { knownZero })).seq;
         } catch (e) {
           if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') {
             await sleep(20);
