@@ -145,7 +145,7 @@ export class DirectFile {
     try {
       buf = probedBuffer(`${file}.${DIRECT_PROBE_FILE_NAME}`, DIRECT_IO_BYTES);
     } catch {
-      return null; // no scratch file here (permissions, a device node's directory): stay buffered
+      return null; // no scratch file here (permissions, a read-only directory): stay buffered
     }
     if (buf === null) return null;
     const fd = openDirect(file);
