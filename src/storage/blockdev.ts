@@ -14,7 +14,7 @@ import { DirectFile } from './direct-io.js';
 export interface BlockDevice {
   readonly sizeBytes: number;
   read(offset: number, length: number): Promise<Buffer>;
-  /** Reads on the calling thread (the initial copy reads and journals a chunk in one step). */
+  /** Reads on the calling thread (a delta resync reads and journals a chunk in one step). */
   readSync(offset: number, length: number): Buffer;
   /**
    * Reads a range to copy it elsewhere (initial copy, verify, the target's zero check): around the

@@ -121,7 +121,8 @@ export const DIRECT_IO_BYTES = 1024 * 1024;
  * A file opened with O_DIRECT, with one aligned buffer, for ranges aligned to DIRECT_ALIGN (the
  * caller does anything else buffered). `open` returns null where the file cannot be used this way.
  * Calls share the buffer: the sync ones run one at a time on the calling thread, the async reads
- * take turns.
+ * take turns among themselves, but a sync call made while an async read is on the pool would
+ * overwrite its buffer. A user of both keeps one DirectFile for each (FileBlockDevice does).
  */
 export class DirectFile {
   /** Bytes read and written with O_DIRECT so far. */
