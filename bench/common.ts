@@ -88,6 +88,8 @@ export const rand4k: Workload = workloads[0]!;
 export interface FioResult {
   iops: number;
   bwBytes: number;
+  /** Completion latency of the writes, microseconds. */
+  clatUs: { p50: number; p99: number; p999: number; max: number };
 }
 
 function fioArgs(uri: string, w: Workload, runtimeS: number, extra: readonly string[]): string[] {
@@ -108,8 +110,22 @@ function fioArgs(uri: string, w: Workload, runtimeS: number, extra: readonly str
 function parseFio(stdout: string): FioResult {
   const at = stdout.indexOf('{');
   if (at < 0) throw new Error(`fio printed no JSON: ${stdout.slice(0, 500)}`);
-  const job = JSON.parse(stdout.slice(at)).jobs[0].write as { iops: number; bw_bytes: number };
-  return { iops: job.iops, bwBytes: job.bw_bytes };
+  const job = JSON.parse(stdout.slice(at)).jobs[0].write as {
+    iops: number;
+    bw_bytes: number;
+    clat_ns: { max: number; percentile?: Record<string, number> };
+  };
+  const pct = (k: string): number => (job.clat_ns.percentile?.[k] ?? Number.NaN) / 1000;
+  return {
+    iops: job.iops,
+    bwBytes: job.bw_bytes,
+    clatUs: {
+      p50: pct('50.000000'),
+      p99: pct('99.000000'),
+      p999: pct('99.900000'),
+      max: job.clat_ns.max / 1000,
+    },
+  };
 }
 
 export interface FioRun {

@@ -532,6 +532,11 @@ export class NodeOperations {
       'Host writes of suspended groups tracked in the dirty bitmap instead of the journal',
       () => node.writePath.stats.trackedWrites,
     );
+    counter(
+      'remcopy_copy_reads_retried_total',
+      'Initial-copy and resync chunk reads read again because a host write reached the chunk meanwhile',
+      () => node.writePath.stats.copyReadsRetried,
+    );
     gauge('remcopy_journal_bytes', 'Journal bytes used and the limit', ['journal', 'what'], (g) => {
       const u = node.journal.usage();
       g.set({ journal: 'node', what: 'used' }, u.usedBytes);

@@ -157,6 +157,21 @@ export interface WritePathStats {
   rejectedJournalFull: number;
   /** Writes of suspended groups: tracked in the dirty bitmap, not journalled. */
   trackedWrites: number;
+  /** copyChunk reads done on the thread pool and journalled as read. */
+  copyReadsAsync: number;
+  /** copyChunk reads thrown away because a write to their range was issued while they ran. */
+  copyReadsRetried: number;
+}
+
+/** Reads of one chunk on the thread pool before copyChunk reads it synchronously instead. */
+export const COPY_READ_TRIES = 2;
+
+/** A copy read in flight: `written` once a volume write overlapping it has been issued. */
+interface CopyWatch {
+  readonly device: BlockDevice;
+  readonly start: number;
+  readonly end: number;
+  written: boolean;
 }
 
 interface Tracking {
@@ -174,6 +189,7 @@ export class WritePath {
   private heldWrites: Pending[] = [];
   private scheduled = false;
   private readonly inflight = new Map<BlockDevice, InflightRanges>();
+  private readonly copyWatches = new Set<CopyWatch>();
   private throttleTimer: NodeJS.Timeout | undefined;
   private closed = false;
   readonly stats: WritePathStats = {
@@ -183,6 +199,8 @@ export class WritePath {
     throttleDelayMsTotal: 0,
     rejectedJournalFull: 0,
     trackedWrites: 0,
+    copyReadsAsync: 0,
+    copyReadsRetried: 0,
   };
 
   constructor(private readonly o: WritePathOptions) {}
@@ -271,6 +289,7 @@ export class WritePath {
 
   private trackedWrite(p: Pending): void {
     const t = this.tracked.get(p.group)!;
+    if (this.copyWatches.size > 0) this.wroteUnderCopy(p.device, p.offset, p.offset + p.length);
     t.devices.add(p.device);
     this.stats.trackedWrites++;
     // The write joins the volume's writes in flight only once the suspension is in force: the
@@ -400,11 +419,16 @@ export class WritePath {
 
   /**
    * Journals the current content of a volume range as one record of `group` (initial copy,
-   * DESIGN.md §3.6): a zero record when the range reads as zeroes, else a copy record. The read and
-   * the append happen in one synchronous step after every overlapping volume write in flight is
-   * done, so the record holds every write sequenced before it, and writes sequenced after it follow
-   * it at the target too. The volume itself is not written. Throws RC_ERR_JOURNAL_FULL (nothing
-   * journalled) when the journal has no room; the caller waits and tries again.
+   * DESIGN.md §3.6): a zero record when the range reads as zeroes, else a copy record. The record
+   * must hold every write sequenced before it and none after it (those follow it at the target
+   * too), so the read and the append must see one state of the range. The volume itself is not
+   * written. Throws RC_ERR_JOURNAL_FULL (nothing journalled) when the journal has no room; the
+   * caller waits and tries again.
+   *
+   * The read runs on the thread pool, so host requests go on meanwhile (a synchronous 1 MiB read
+   * held every one of them for the device's read time, chunk after chunk). A write to the range
+   * sequenced while it runs is seen (copyWatches): the bytes are then read again, and after
+   * COPY_READ_TRIES such reads once more synchronously, in the same step as the append.
    */
   async copyChunk(
     group: string,
@@ -416,17 +440,46 @@ export class WritePath {
   ): Promise<CopiedChunk> {
     assert(!this.closed, 'copyChunk on a closed write path');
     const ranges = this.inflightOf(device);
-    while (ranges.overlaps(offset, offset + length)) await ranges.drain();
-    if (this.tracked.has(group)) {
-      throw new RemcopyError('RC_ERR_STATE', `${group} is suspended: no copy records are journalled`);
+    const end = offset + length;
+    for (let attempt = 1; ; attempt++) {
+      while (ranges.overlaps(offset, end)) await ranges.drain();
+      if (this.closed) throw new RemcopyError('RC_ERR_SHUTDOWN', 'the write path closed during a copy');
+      if (this.tracked.has(group)) {
+        throw new RemcopyError('RC_ERR_STATE', `${group} is suspended: no copy records are journalled`);
+      }
+      // knownZero is asked in the same synchronous step as the append: no write can slip between.
+      if (how.knownZero?.() === true) return this.journalCopy(group, volume, offset, length, undefined);
+      if (attempt > COPY_READ_TRIES) {
+        const data =
+          how.cached === true ? device.readSync(offset, length) : device.readForCopySync(offset, length);
+        return this.journalCopy(group, volume, offset, length, data);
+      }
+      const watch: CopyWatch = { device, start: offset, end, written: false };
+      this.copyWatches.add(watch);
+      let data: Buffer;
+      try {
+        data = await (how.cached === true ? device.read(offset, length) : device.readForCopy(offset, length));
+      } finally {
+        this.copyWatches.delete(watch);
+      }
+      // Nothing wrote the range since the read began and nothing is on its way to it: the bytes
+      // read are its content now. (A write sequenced before the read began was drained above.)
+      if (!watch.written && !ranges.overlaps(offset, end) && !this.closed && !this.tracked.has(group)) {
+        this.stats.copyReadsAsync++;
+        return this.journalCopy(group, volume, offset, length, data);
+      }
+      this.stats.copyReadsRetried++;
     }
-    // knownZero is asked in the same synchronous step as the append: no write can slip between.
-    const data =
-      how.knownZero?.() === true
-        ? undefined
-        : how.cached === true
-          ? device.readSync(offset, length)
-          : device.readForCopySync(offset, length);
+  }
+
+  /** The copy or zero record of copyChunk, sequenced and appended in one step. */
+  private journalCopy(
+    group: string,
+    volume: string,
+    offset: number,
+    length: number,
+    data: Buffer | undefined,
+  ): CopiedChunk {
     const zero = data === undefined || isZero(data);
     const [record] = this.journalNow(() => [
       {
@@ -630,6 +683,7 @@ export class WritePath {
   private apply(p: Pending, gen: number): Promise<void> {
     const ranges = this.inflightOf(p.device);
     const end = p.offset + p.length;
+    if (this.copyWatches.size > 0) this.wroteUnderCopy(p.device, p.offset, end);
     const logged = this.o.activityLog?.admit(p.volume, p.offset, p.length, gen);
     if (logged !== undefined) {
       return ranges.run(p.offset, end, () =>
@@ -647,6 +701,12 @@ export class WritePath {
     return ranges.run(p.offset, end, () =>
       applyToDeviceAsync(p.device, p.kind, p.offset, p.length, p.payload),
     );
+  }
+
+  /** A volume write of [start, end) was issued: a copy read of an overlapping range is stale. */
+  private wroteUnderCopy(device: BlockDevice, start: number, end: number): void {
+    for (const w of this.copyWatches)
+      if (w.device === device && w.start < end && start < w.end) w.written = true;
   }
 
   private failApplied(p: Pending, e: unknown): void {

@@ -19,9 +19,15 @@ import { after, test } from 'node:test';
 import type { Seq } from '../../src/core/types.js';
 import { compareKeys, keyOf, RecordKind } from '../../src/core/types.js';
 import type { BackendError } from '../../src/frontend/backend.js';
-import { type ActivityLogPort, applyToDevice, WritePath } from '../../src/node/write-path.js';
+import {
+  type ActivityLogPort,
+  applyToDevice,
+  COPY_READ_TRIES,
+  WritePath,
+} from '../../src/node/write-path.js';
 import { MemBlockDevice } from '../../src/storage/blockdev.js';
 import { Journal } from '../../src/storage/journal.js';
+import { mulberry32 } from '../../src/testing/random.js';
 import { testWritePath } from '../../src/testing/write-path-fixture.js';
 
 const root = mkdtempSync(join(tmpdir(), 'rc-wp-'));
@@ -38,6 +44,7 @@ async function setup(
     onJournalFull?: (wp: WritePath, groups: ReadonlySet<string>) => void;
     onThrottleExpired?: (wp: WritePath, groups: ReadonlySet<string>) => void;
     activityLog?: ActivityLogPort;
+    dev?: MemBlockDevice;
   } = {},
 ) {
   const journal = await Journal.open({
@@ -53,7 +60,7 @@ async function setup(
     onThrottleExpired: opts.onThrottleExpired,
     activityLog: opts.activityLog,
   });
-  const dev = new MemBlockDevice(1 << 20);
+  const dev = opts.dev ?? new MemBlockDevice(1 << 20);
   const write = (group: string, offset: number, byte: number, length = 4096, fua = false) =>
     wp.submit({
       group,
@@ -534,4 +541,153 @@ test('a volume write waits for the activity log to hold its extent; a failed log
   await assert.rejects(failed, (e: BackendError) => e.errno === 'EIO');
   assert.equal(dev.bytes[8192], 0, 'a write the log could not cover never reaches the volume');
   await journal.close();
+});
+
+/**
+ * A volume whose async reads behave like reads on the thread pool: the first half of the range is
+ * read when the read starts, the rest when it completes (after `gate` opens, or a few turns of the
+ * event loop), so writes issued meanwhile may be in either part, or in neither.
+ */
+class PoolReadDevice extends MemBlockDevice {
+  gate: Promise<void> | undefined;
+  asyncReads = 0;
+  constructor(
+    size: number,
+    private readonly turns: () => number = () => 1,
+  ) {
+    super(size);
+  }
+  override read(offset: number, length: number): Promise<Buffer> {
+    return this.poolRead(offset, length);
+  }
+  override readForCopy(offset: number, length: number): Promise<Buffer> {
+    return this.poolRead(offset, length);
+  }
+  private async poolRead(offset: number, length: number): Promise<Buffer> {
+    this.asyncReads++;
+    const half = Math.floor(length / 8192) * 4096;
+    const head = Buffer.from(this.bytes.subarray(offset, offset + half));
+    if (this.gate !== undefined) await this.gate;
+    else for (let i = this.turns(); i > 0; i--) await new Promise((r) => setImmediate(r));
+    return Buffer.concat([head, this.bytes.subarray(offset + half, offset + length)]);
+  }
+}
+
+function payloadOf(r: { header: { kind: number }; payload: Buffer }): Buffer | undefined {
+  return r.header.kind === RecordKind.data || r.header.kind === RecordKind.copy ? r.payload : undefined;
+}
+
+/** The volume the journal's records describe: every retained record replayed in seq order. */
+function replayed(journal: Journal, size: number): Buffer {
+  const dev = new MemBlockDevice(size);
+  for (const r of journal.retained()) {
+    const h = r.header;
+    applyToDevice(dev, h.kind, Number(h.offset), h.length, payloadOf(r));
+  }
+  return dev.bytes;
+}
+
+test('a copy read on the pool: a write to its range meanwhile makes it read again; one elsewhere does not', async () => {
+  const dev = new PoolReadDevice(1 << 20);
+  const { journal, wp, write } = await setup({ dev });
+  await write('g1', 0, 1, 65536);
+
+  // A write elsewhere while the copy reads: the bytes read are journalled as they are.
+  let open!: () => void;
+  dev.gate = new Promise((r) => (open = r));
+  const quiet = wp.copyChunk('g1', 'v1', dev, 0, 65536);
+  await new Promise((r) => setImmediate(r));
+  await write('g1', 131072, 9);
+  open();
+  const q = await quiet;
+  assert.equal(dev.asyncReads, 1);
+  assert.deepEqual([wp.stats.copyReadsAsync, wp.stats.copyReadsRetried], [1, 0]);
+
+  // A write into the first half while the copy reads (the half already read): read again, so the
+  // record holds the write, and it comes after the write's record.
+  dev.gate = new Promise((r) => (open = r));
+  const racing = wp.copyChunk('g1', 'v1', dev, 0, 65536);
+  await new Promise((r) => setImmediate(r));
+  await write('g1', 4096, 2);
+  dev.gate = undefined;
+  open();
+  const c = await racing;
+  assert.equal(dev.asyncReads, 3, 'read again after the write');
+  assert.deepEqual([wp.stats.copyReadsAsync, wp.stats.copyReadsRetried], [2, 1]);
+  const recs = [...journal.retained()];
+  const copy = recs.find((r) => r.header.group === 'g1' && r.header.seq === c.seq)!;
+  assert.equal(copy.header.kind, RecordKind.copy);
+  assert.equal(copy.payload[4096], 2, 'the copy holds the write made while it read');
+  assert.equal(copy.payload[0], 1);
+  assert.ok(c.seq > q.seq + 1, 'the copy follows the write in the journal');
+  assert.ok(replayed(journal, 1 << 20).equals(dev.bytes), 'replaying the journal gives the volume');
+  await journal.close();
+});
+
+test(`a copy whose range is written during each of its ${COPY_READ_TRIES} pool reads is read in the step that journals it`, async () => {
+  const dev = new PoolReadDevice(1 << 20);
+  const { journal, wp, write } = await setup({ dev });
+  const gates: Array<() => void> = [];
+  const nextGate = () => (dev.gate = new Promise((r) => gates.push(r)));
+  nextGate();
+  const copy = wp.copyChunk('g1', 'v1', dev, 0, 65536);
+  for (let i = 1; i <= COPY_READ_TRIES; i++) {
+    await new Promise((r) => setImmediate(r));
+    assert.equal(dev.asyncReads, i);
+    await write('g1', 0, 0x10 + i);
+    const open = gates[i - 1]!;
+    nextGate();
+    open();
+  }
+  const c = await copy;
+  assert.equal(dev.asyncReads, COPY_READ_TRIES, 'no further pool read');
+  assert.deepEqual([wp.stats.copyReadsAsync, wp.stats.copyReadsRetried], [0, COPY_READ_TRIES]);
+  const rec = [...journal.retained()].find((r) => r.header.seq === c.seq && r.header.group === 'g1')!;
+  assert.equal(rec.payload[0], 0x10 + COPY_READ_TRIES, 'the last write is in the copy');
+  assert.ok(replayed(journal, 1 << 20).equals(dev.bytes));
+  await journal.close();
+});
+
+test('copies on the pool among random host writes: the journal replayed is the volume, for 40 seeds', async () => {
+  const CHUNK = 65536;
+  const SIZE = 16 * CHUNK;
+  let retried = 0;
+  for (let seed = 1; seed <= 40; seed++) {
+    const rnd = mulberry32(seed);
+    const dev = new PoolReadDevice(SIZE, () => Math.floor(rnd() * 4));
+    const { journal, wp, write } = await setup({ dev, bytesMax: 1024 * SEGMENT });
+    const writes: Promise<void>[] = [];
+    let stop = false;
+    // Host writes of 4-16 KiB at random places, some zeroes, a few at a time, until the copy ends.
+    const writer = (async () => {
+      for (let i = 0; !stop; i++) {
+        const length = 4096 * (1 + Math.floor(rnd() * 4));
+        const offset = 4096 * Math.floor(rnd() * ((SIZE - length) / 4096 + 1));
+        writes.push(write('g1', offset, i % 7 === 0 ? 0 : 1 + (i % 250), length));
+        if (rnd() < 0.5) await new Promise((r) => setImmediate(r));
+      }
+    })();
+    const copied = [];
+    for (let off = 0; off < SIZE; off += CHUNK) {
+      copied.push(await wp.copyChunk('g1', 'v1', dev, off, CHUNK, { cached: rnd() < 0.3 }));
+    }
+    stop = true;
+    await writer;
+    await Promise.all(writes);
+    const why = `seed ${seed} (async ${wp.stats.copyReadsAsync}, retried ${wp.stats.copyReadsRetried})`;
+    assert.ok(replayed(journal, SIZE).equals(dev.bytes), `${why}: replaying the journal gives the volume`);
+    // Only the copies matter at a target that had nothing before them: from the first copy on,
+    // the records give the volume as well (the writes before it are inside the copies).
+    const first = Math.min(...copied.map((c) => c.seq));
+    const fromCopy = new MemBlockDevice(SIZE);
+    for (const r of journal.retained()) {
+      if (r.header.seq < first) continue;
+      const h = r.header;
+      applyToDevice(fromCopy, h.kind, Number(h.offset), h.length, payloadOf(r));
+    }
+    assert.ok(fromCopy.bytes.equals(dev.bytes), `${why}: the copies and what follows them give the volume`);
+    retried += wp.stats.copyReadsRetried;
+    await journal.close();
+  }
+  assert.ok(retried > 0, 'some reads were overtaken by a write and read again');
 });
