@@ -82,7 +82,8 @@ const SHIP_CACHE_BYTES = 64 * 1024 * 1024;
  * Initial copy: bytes per copy record. Each is read on the thread pool, but checksummed and
  * appended on the event loop, where host requests wait meanwhile: with 1 MiB records, fio's QD1
  * writes during the copy of a populated 2 GiB volume took 1.2-2.2 ms (p50) and 340-440 writes/s,
- * with 256 KiB 0.5 ms and 1 040-1 070/s, the copy taking 25% longer (see README, Initial copy).
+ * with 256 KiB 0.5 ms and 1 040-1 170/s. The copy took 25% longer than with 1 MiB records on the
+ * pool, and as long as with the synchronous 1 MiB reads before (README, Benchmarks).
  */
 export const COPY_CHUNK_BYTES = 256 * 1024;
 /** Initial copy waits while the journal is fuller than this fraction (host writes come first). */
