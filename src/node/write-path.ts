@@ -138,7 +138,7 @@ export interface CopyRead {
   /**
    * Read through the page cache (a delta resync: its chunks were written lately, so they are
    * mostly cached, and a direct read would first write each one back). By default the read goes
-   * around the cache (BlockDevice.readForCopySync).
+   * around the cache (BlockDevice.readForCopy).
    */
   cached?: boolean;
 }
@@ -462,9 +462,10 @@ export class WritePath {
       } finally {
         this.copyWatches.delete(watch);
       }
-      // Nothing wrote the range since the read began and nothing is on its way to it: the bytes
-      // read are its content now. (A write sequenced before the read began was drained above.)
-      if (!watch.written && !ranges.overlaps(offset, end) && !this.closed && !this.tracked.has(group)) {
+      // No volume write to the range was issued since the read began (every one is marked in the
+      // step that sequences it; those sequenced before were drained above): the bytes read are its
+      // content now.
+      if (!watch.written && !this.closed && !this.tracked.has(group)) {
         this.stats.copyReadsAsync++;
         return this.journalCopy(group, volume, offset, length, data);
       }

@@ -14,7 +14,7 @@ import { DirectFile } from './direct-io.js';
 export interface BlockDevice {
   readonly sizeBytes: number;
   read(offset: number, length: number): Promise<Buffer>;
-  /** Reads on the calling thread (a delta resync reads and journals a chunk in one step). */
+  /** Reads on the calling thread (a copy whose pool reads a host write kept overtaking). */
   readSync(offset: number, length: number): Buffer;
   /**
    * Reads a range to copy it elsewhere (initial copy, verify, the target's zero check): around the
@@ -47,8 +47,8 @@ export interface BlockDevice {
  * writeForCopySync writes at least this many bytes with O_DIRECT. A direct write waits for the
  * device on the calling thread: for an initial copy's chunks that costs less than the copy into new
  * page-cache pages (its 256 KiB copy records: a populated 1 GiB volume copied in 6.8 and 7.4 s
- * direct, 7.0 and 7.9 s buffered, alternating runs; measured with 1 MiB records before), for a delta resync's 64 KiB chunks it cost more (resync 137 against
- * 160 MB/s in `npm run bench`).
+ * direct, 7.0 and 7.9 s buffered, alternating runs; measured with 1 MiB records before), for a
+ * delta resync's 64 KiB chunks it cost more (resync 137 against 160 MB/s in `npm run bench`).
  */
 export const DIRECT_COPY_WRITE_MIN = 256 * 1024;
 

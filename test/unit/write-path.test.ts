@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { Seq } from '../../src/core/types.js';
-import { compareKeys, keyOf, RecordKind } from '../../src/core/types.js';
+import { compareKeys, keyOf, kindCarriesData, RecordKind } from '../../src/core/types.js';
 import type { BackendError } from '../../src/frontend/backend.js';
 import {
   type ActivityLogPort,
@@ -573,16 +573,12 @@ class PoolReadDevice extends MemBlockDevice {
   }
 }
 
-function payloadOf(r: { header: { kind: number }; payload: Buffer }): Buffer | undefined {
-  return r.header.kind === RecordKind.data || r.header.kind === RecordKind.copy ? r.payload : undefined;
-}
-
-/** The volume the journal's records describe: every retained record replayed in seq order. */
-function replayed(journal: Journal, size: number): Buffer {
+/** The volume the journal's records describe: every retained record from `fromSeq` on, in order. */
+function replayed(journal: Journal, size: number, fromSeq = 0): Buffer {
   const dev = new MemBlockDevice(size);
-  for (const r of journal.retained()) {
-    const h = r.header;
-    applyToDevice(dev, h.kind, Number(h.offset), h.length, payloadOf(r));
+  for (const { header: h, payload } of journal.retained()) {
+    if (h.seq < fromSeq) continue;
+    applyToDevice(dev, h.kind, h.offset, h.length, kindCarriesData(h.kind) ? payload : undefined);
   }
   return dev.bytes;
 }
@@ -679,13 +675,10 @@ test('copies on the pool among random host writes: the journal replayed is the v
     // Only the copies matter at a target that had nothing before them: from the first copy on,
     // the records give the volume as well (the writes before it are inside the copies).
     const first = Math.min(...copied.map((c) => c.seq));
-    const fromCopy = new MemBlockDevice(SIZE);
-    for (const r of journal.retained()) {
-      if (r.header.seq < first) continue;
-      const h = r.header;
-      applyToDevice(fromCopy, h.kind, Number(h.offset), h.length, payloadOf(r));
-    }
-    assert.ok(fromCopy.bytes.equals(dev.bytes), `${why}: the copies and what follows them give the volume`);
+    assert.ok(
+      replayed(journal, SIZE, first).equals(dev.bytes),
+      `${why}: the copies and what follows them give the volume`,
+    );
     retried += wp.stats.copyReadsRetried;
     await journal.close();
   }
