@@ -3,8 +3,10 @@
  * and acknowledges them (DESIGN.md §3.1, §3.2, §6).
  *
  *   front end --submit()--> pending batch --(setImmediate)--> sequencer.next() per record
- *      --> journal.append(batch)   one writev into the page cache
- *      --> apply to the volume     < 64 KiB inline (writeSync); larger on the thread pool
+ *      --> journal.append(batch)   one writev into the page cache (a large run into a new
+ *                                  segment: O_DIRECT on the thread pool, see journal.ts)
+ *      --> apply to the volume     once the batch's bytes are in the journal (whenWritten);
+ *                                  < 64 KiB inline (writeSync); larger on the thread pool
  *      --> resolve                 (FUA writes also wait for journal.sync(): group commit)
  *
  * Ordering contract: a write is acknowledged only after its record is in the journal and its data
@@ -47,6 +49,11 @@ export interface JournalPort {
   release(group: string, uptoSeq: Seq): void;
   /** Grows with every append (see journal.ts). */
   readonly appendGeneration: number;
+  /**
+   * Resolves once the bytes of the batches appended up to generation `gen` are in the journal's
+   * files; undefined when they are already (journal.ts).
+   */
+  whenWritten(gen: number): Promise<void> | undefined;
 }
 
 /**
@@ -663,10 +670,11 @@ export class WritePath {
   private applyAndAck(batch: Pending[]): void {
     this.stats.recordsAppended += batch.length;
     const gen = this.o.journal.appendGeneration;
+    const written = this.o.journal.whenWritten(gen);
     let durable: Promise<void> | undefined;
     for (const p of batch) {
       if (p.fua && durable === undefined) durable = this.o.journal.sync();
-      const applied = this.apply(p, gen);
+      const applied = this.apply(p, gen, written);
       const done = p.fua ? Promise.all([applied, durable]) : applied;
       done.then(
         () => p.resolve(),
@@ -679,16 +687,21 @@ export class WritePath {
    * Small writes go to the page cache right here (a thread-pool round trip costs more than the
    * copy); large ones go to the pool, so their copy runs beside the next batch's journal append.
    * Either way a write waits for an overlapping one in flight, keeping journal order on the volume,
-   * and for the activity log when its extents are new there (`gen`: the journal's when appended).
+   * for the activity log when its extents are new there (`gen`: the journal's when appended), and
+   * for its record's bytes to be in the journal (`written`, when they are not yet): a volume page
+   * never holds a write its journal lacks. It joins the writes in flight at once all the same, so a
+   * copy of its range (copyChunk) waits for it.
    */
-  private apply(p: Pending, gen: number): Promise<void> {
+  private apply(p: Pending, gen: number, written: Promise<void> | undefined): Promise<void> {
     const ranges = this.inflightOf(p.device);
     const end = p.offset + p.length;
     if (this.copyWatches.size > 0) this.wroteUnderCopy(p.device, p.offset, end);
     const logged = this.o.activityLog?.admit(p.volume, p.offset, p.length, gen);
-    if (logged !== undefined) {
+    const before =
+      logged === undefined ? written : written === undefined ? logged : Promise.all([written, logged]);
+    if (before !== undefined) {
       return ranges.run(p.offset, end, () =>
-        logged.then(() => applyToDeviceAsync(p.device, p.kind, p.offset, p.length, p.payload)),
+        before.then(() => applyToDeviceAsync(p.device, p.kind, p.offset, p.length, p.payload)),
       );
     }
     if (p.length < ASYNC_APPLY_BYTES_MIN && !ranges.overlaps(p.offset, end)) {
@@ -711,9 +724,11 @@ export class WritePath {
   }
 
   private failApplied(p: Pending, e: unknown): void {
-    // The record is journalled, so a restart redoes it; the host is told it failed.
+    // The record is placed in the journal, so a restart redoes it if its bytes were written there
+    // (a journal that failed to write them holds none after); the host is told it failed.
     this.o.log('error', 'write failed after journalling', { volume: p.volume, error: String(e) });
-    p.reject(new BackendError('EIO', `write failed: ${String(e)}`));
+    const errno = /ENOSPC/.test(String(e)) ? 'ENOSPC' : 'EIO';
+    p.reject(new BackendError(errno, `write failed: ${String(e)}`));
   }
 
   private inflightOf(device: BlockDevice): InflightRanges {

@@ -6,9 +6,10 @@
  * releases records once their volumes are durable and the target has them; the sender/reader ships
  * records with `readRetained()`.
  *
- *   append(batch) --writevSync--> page cache       (synchronous: in the journal when it returns;
- *                                                   runs of 256 KiB+ into a new segment go to the
- *                                                   device with O_DIRECT instead: direct-io.ts)
+ *   append(batch) --writevSync--> page cache       (placed, indexed and buffered-written when it
+ *                                                   returns; runs of 256 KiB+ into a new segment go
+ *                                                   to the device with O_DIRECT on the thread pool:
+ *                                                   whenWritten() says when their bytes are in)
  *   sync()        --fdatasync---> disk             (group commit: one fdatasync in flight, the next
  *                                                   one covers every caller that arrived meanwhile)
  *   release(g, s) --state.json--> segment deleted  (state persisted before any segment goes)
@@ -129,12 +130,36 @@ const READ_COALESCE_GAP_BYTES = 64 * 1024;
 export interface JournalIo {
   writevSync(fd: number, buffers: readonly NodeJS.ArrayBufferView[], position: number): number;
   fdatasync(fd: number): Promise<void>;
+  /**
+   * One direct write, on the thread pool. A test's io without it has its direct writes done by
+   * writevSync one turn of the event loop later, so that they stay asynchronous.
+   */
+  write?(fd: number, buffer: Buffer, position: number): Promise<number>;
 }
 
 const realIo: JournalIo = {
   writevSync: (fd, buffers, position) => fs.writevSync(fd, buffers, position),
   fdatasync: (fd) => new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve()))),
+  write: (fd, buffer, position) =>
+    new Promise((resolve, reject) =>
+      fs.write(fd, buffer, 0, buffer.length, position, (e, n) => (e ? reject(e) : resolve(n))),
+    ),
 };
+
+/** JournalIo.write, or writevSync a turn of the event loop later where a test's io has none. */
+function asyncWriteOf(io: JournalIo): (fd: number, buffer: Buffer, position: number) => Promise<number> {
+  if (io.write !== undefined) return io.write.bind(io);
+  return (fd, buffer, position) =>
+    new Promise((resolve, reject) =>
+      setImmediate(() => {
+        try {
+          resolve(io.writevSync(fd, [buffer], position));
+        } catch (e) {
+          reject(e as Error);
+        }
+      }),
+    );
+}
 
 export interface JournalOptions {
   readonly dir: string;
@@ -195,6 +220,27 @@ export interface JournalInput {
   readonly encoded?: Buffer | undefined;
 }
 
+/**
+ * The writes of one appended batch, with what they need of the journal as it was when the batch
+ * was placed: a batch queued behind another is written after later batches were placed.
+ */
+interface BatchWrite {
+  readonly planned: PlannedRecord[];
+  /** Every segment the batch writes to (its records, the end mark of the one it leaves). */
+  readonly fds: Map<number, number>;
+  /** The active segment before the batch, and where its records ended. */
+  readonly activeNo: number | undefined;
+  readonly activeEnd: number;
+  /** Segments that are reused files (their stale tail is zeroed when the batch leaves them). */
+  readonly recycled: ReadonlySet<number>;
+  /** Segments created as sparse files: their large runs go direct. */
+  readonly sparse: ReadonlySet<number>;
+  /** A direct write was started: the rest of the batch is written after it, asynchronously. */
+  async: boolean;
+  /** What failed before the batch went asynchronous (it is rolled back then). */
+  syncError: unknown;
+}
+
 interface PlannedRecord {
   readonly header: RecordHeader;
   /** Written first: the encoded header and names, or the whole encoding given (then no payload). */
@@ -215,6 +261,7 @@ export class Journal {
   private readonly directRunBytesMin: number;
   private readonly log: LogFn;
   private readonly io: JournalIo;
+  private readonly writeAsync: (fd: number, buffer: Buffer, position: number) => Promise<number>;
   private readonly bootId: string;
 
   /** Live segments in ascending order; the last one is the active segment. */
@@ -247,6 +294,16 @@ export class Journal {
   private fdatasyncs = 0;
   /** Where every record byte before is durable, on disk for recovery (durable-point.ts). */
   private durablePoint: DurablePointFile | null = null;
+
+  // Writes in order (append): while a batch's direct write runs on the thread pool, the batches
+  // after it wait for it, so the files always hold a prefix of what was appended.
+  /** Settles when the last batch queued is written; null when every batch is. Never rejects. */
+  private writing: Promise<void> | null = null;
+  /** The append generation whose batches are all written. */
+  private writtenGen = 0;
+  /** Per group, the first seq whose bytes may not be written yet (only while `writing`). */
+  private readonly unwrittenFrom = new Map<string, number>();
+  private writtenWaiters: { gen: number; d: Deferred }[] = [];
 
   // State file and segment deletion.
   private persistedReleased = new Map<string, number>();
@@ -290,6 +347,7 @@ export class Journal {
     if (opts.directIo === false) this.staging = null;
     this.log = opts.log ?? (() => {});
     this.io = opts.io ?? realIo;
+    this.writeAsync = asyncWriteOf(this.io);
     this.bootId = opts.bootId ?? currentBootId();
     const recordBytesMax = RECORD_HEADER_AND_NAMES_BYTES_MAX + this.recordPayloadBytesMax;
     assert(
@@ -496,9 +554,73 @@ export class Journal {
     }
     const created = this.placeBatch(planned);
     const recycledNos = new Set<number>();
-    const fds = this.writeBatch(planned, created, recycledNos);
+    const { fds, written } = this.writeBatch(planned, created, recycledNos);
     this.commitBatch(planned, fds, recycledNos);
+    if (written === undefined) this.writtenGen = this.appendGen;
+    else this.trackWriting(planned, written);
     return planned.map((p) => (p.given ? undefined : p.head));
+  }
+
+  /**
+   * Resolves once the bytes of every batch appended up to generation `gen` (default: all so far)
+   * are written to their segment files, as a volume write of their records needs (durable only
+   * after sync()); undefined when they are already. Rejects when a write failed first.
+   */
+  whenWritten(gen = this.appendGen): Promise<void> | undefined {
+    if (gen <= this.writtenGen) return undefined;
+    if (this.failed) return Promise.reject(ioError('journal failed earlier', this.failed));
+    const d = deferred();
+    this.writtenWaiters.push({ gen, d });
+    return d.promise;
+  }
+
+  /** The batch just committed is being written (`written`): track it until it is. */
+  private trackWriting(planned: PlannedRecord[], written: Promise<void>): void {
+    const gen = this.appendGen;
+    const last = new Map<string, number>();
+    for (const p of planned) {
+      if (!this.unwrittenFrom.has(p.header.group)) this.unwrittenFrom.set(p.header.group, p.header.seq);
+      last.set(p.header.group, p.header.seq);
+    }
+    const tail: Promise<void> = written.then(
+      () => {
+        this.writtenGen = gen;
+        for (const [group, s] of last) this.unwrittenFrom.set(group, s + 1);
+        this.writeSettled(tail);
+        this.wakeWritten();
+      },
+      (e: unknown) => {
+        if (this.failed === null) {
+          this.failed = e as Error;
+          this.log('error', 'journal: a write failed; the journal is failed', {
+            dir: this.dir,
+            error: String(e),
+          });
+        }
+        this.writeSettled(tail);
+        this.wakeWritten();
+      },
+    );
+    this.writing = tail;
+  }
+
+  private writeSettled(tail: Promise<void>): void {
+    if (this.writing !== tail) return;
+    this.writing = null;
+    // After a failed write the records from it on are never written: readRetained stays short of them.
+    if (this.failed === null) this.unwrittenFrom.clear();
+    // Segments are not let go while writes may still go to them (deleteReleasedSegmentsSync).
+    if (!this.closed) this.scheduleMaintenance();
+  }
+
+  private wakeWritten(): void {
+    const waiting = this.writtenWaiters;
+    this.writtenWaiters = [];
+    for (const w of waiting) {
+      if (w.gen <= this.writtenGen) w.d.resolve();
+      else if (this.failed) w.d.reject(ioError('journal failed earlier', this.failed));
+      else this.writtenWaiters.push(w);
+    }
   }
 
   /**
@@ -576,28 +698,77 @@ export class Journal {
   }
 
   /**
-   * Writes the planned records, one writev per run of at most 1024 buffers in one segment.
-   * Returns the fds of the segments it created, by segment number.
+   * Writes the planned records, one writev per run of at most 1024 buffers in one segment, a large
+   * run into a new sparse segment with O_DIRECT on the thread pool. `written` is undefined when
+   * every byte is written on return; else it settles when they are. A batch placed while an earlier
+   * one is still being written waits for it, whole: the files always hold a prefix of the appends
+   * (a kill -9 leaves no hole). What fails before the batch goes asynchronous is rolled back and
+   * thrown (nothing appended); what fails after fails the journal (the rejection of `written`).
    */
   private writeBatch(
     planned: PlannedRecord[],
     created: readonly number[],
     recycledNos: Set<number>,
-  ): Map<number, number> {
+  ): { fds: Map<number, number>; written: Promise<void> | undefined } {
     const createdFds = new Map<number, number>();
     const oldSize = this.active?.size ?? 0;
-    const fdOf = (no: number): number => (no === this.active?.no ? this.active.fd! : createdFds.get(no)!);
     try {
       for (const no of created) createdFds.set(no, this.openNewSegment(no, recycledNos));
+    } catch (e) {
+      this.rollback(createdFds, oldSize, e);
+      throw ioError(`append to ${this.dir} failed, nothing appended`, e);
+    }
+    const fds = new Map(createdFds);
+    const recycled = new Set(recycledNos);
+    if (this.active !== null) {
+      fds.set(this.active.no, this.active.fd!);
+      if (this.active.recycled) recycled.add(this.active.no);
+    }
+    const sparse = new Set<number>();
+    for (const no of fds.keys()) if (this.sparseSegments.has(no)) sparse.add(no);
+    const w: BatchWrite = {
+      planned,
+      fds,
+      activeNo: this.active?.no,
+      activeEnd: oldSize,
+      recycled,
+      sparse,
+      async: false,
+      syncError: undefined,
+    };
+    if (this.writing !== null) {
+      return { fds: createdFds, written: this.writing.then(() => this.writeQueued(w)) };
+    }
+    const written = this.writeRuns(w);
+    if (w.async) return { fds: createdFds, written };
+    if (w.syncError !== undefined) {
+      this.rollback(createdFds, oldSize, w.syncError);
+      throw ioError(`append to ${this.dir} failed, nothing appended`, w.syncError);
+    }
+    return { fds: createdFds, written: undefined };
+  }
+
+  /** A batch's turn came after the batches before it were written. */
+  private writeQueued(w: BatchWrite): Promise<void> {
+    if (this.failed) return Promise.reject(ioError('journal failed earlier', this.failed));
+    w.async = true;
+    return this.writeRuns(w);
+  }
+
+  /**
+   * The writes of writeBatch, in order. Synchronous up to the first direct write: an error before
+   * it is left in `w.syncError` (the caller rolls back), one after it rejects.
+   */
+  private async writeRuns(w: BatchWrite): Promise<void> {
+    const { planned } = w;
+    try {
       let i = 0;
-      let previousNo = this.active?.no;
+      let previousNo = w.activeNo;
       while (i < planned.length) {
         const first = planned[i]!;
         if (previousNo !== undefined && first.segNo !== previousNo) {
           // After its records: a direct run writes zeroes past its last record, to the block's end.
-          const recycled =
-            previousNo === this.active?.no ? this.active.recycled : recycledNos.has(previousNo);
-          this.endSegment(previousNo, planned, recycled, fdOf(previousNo));
+          this.endSegment(w, previousNo);
         }
         previousNo = first.segNo;
         const iov: Buffer[] = [];
@@ -608,18 +779,24 @@ export class Journal {
           if (planned[j]!.payload !== undefined) iov.push(planned[j]!.payload!);
         }
         // Only a run into a new sparse segment is summed: the hot path into others skips it.
-        const runBytes = this.sparseSegments.has(first.segNo) ? bytesOf(iov) : 0;
-        const direct = runBytes > 0 && runBytes >= this.directRunBytesMin;
-        if (!direct || !this.writeDirect(first.segNo, fdOf(first.segNo), iov, runBytes, first.offset)) {
-          this.writeFully(fdOf(first.segNo), iov, first.offset);
-        }
+        const runBytes = w.sparse.has(first.segNo) ? bytesOf(iov) : 0;
+        const fd = w.fds.get(first.segNo)!;
+        const direct =
+          runBytes > 0 && runBytes >= this.directRunBytesMin
+            ? this.writeDirect(w, first.segNo, fd, iov, runBytes, first.offset)
+            : false;
+        if (direct === false) this.writeFully(fd, iov, first.offset);
+        else await direct;
         i = j;
       }
+      if (this.directFd !== null && this.directFd.no !== previousNo) this.closeDirectFd();
     } catch (e) {
-      this.rollback(createdFds, oldSize, e);
-      throw ioError(`append to ${this.dir} failed, nothing appended`, e);
+      if (!w.async) {
+        w.syncError = e;
+        return;
+      }
+      throw e;
     }
-    return createdFds;
   }
 
   /**
@@ -649,11 +826,12 @@ export class Journal {
    * that, with the page cache intact, a record in the next segment means the mark is there); a
    * recycled one then ends in zeroes, not in records of its previous life.
    */
-  private endSegment(no: number, planned: PlannedRecord[], recycled: boolean, fd: number): void {
-    let end = no === this.active?.no ? this.active.size : 0;
-    for (const p of planned) if (p.segNo === no) end = p.offset + p.bytes;
+  private endSegment(w: BatchWrite, no: number): void {
+    let end = no === w.activeNo ? w.activeEnd : 0;
+    for (const p of w.planned) if (p.segNo === no) end = p.offset + p.bytes;
+    const fd = w.fds.get(no)!;
     this.writeFully(fd, [encodeSegmentEnd(no, end)], end);
-    if (!recycled) return;
+    if (!w.recycled.has(no)) return;
     for (let at = end + SEGMENT_END_BYTES; at < this.segmentBytes; at += ZERO_WRITE_BYTES) {
       const n = Math.min(ZERO_WRITE_BYTES, this.segmentBytes - at);
       this.writeFully(fd, [ZEROES.subarray(0, n)], at);
@@ -674,24 +852,39 @@ export class Journal {
   }
 
   /**
-   * Writes the run `iov` (`runBytes` long) at `offset` of segment `no` with O_DIRECT: the blocks
-   * from the one holding `offset` (its bytes before `offset` rewritten as they are) to the one
-   * holding the run's end (its bytes after the end written as zeroes: past the records a segment
-   * holds zeroes or stale records, and recovery stops at either). Returns false, having written
-   * nothing, when direct I/O is not available here; the caller writes buffered then.
+   * Writes the run `iov` (`runBytes` long) at `offset` of segment `no` with O_DIRECT, on the thread
+   * pool: the blocks from the one holding `offset` (its bytes before `offset` rewritten as they
+   * are) to the one holding the run's end (its bytes after the end written as zeroes: past the
+   * records a segment holds zeroes or stale records, and recovery stops at either). Returns false,
+   * having written nothing, when direct I/O is not available here (the caller writes buffered
+   * then); else the batch is asynchronous from here on (`w.async`) and the promise settles when the
+   * run is written. The staging buffer is the journal's one: batches are written one at a time.
    */
   private writeDirect(
+    w: BatchWrite,
     no: number,
     fd: number,
     iov: readonly Buffer[],
     runBytes: number,
     offset: number,
-  ): boolean {
+  ): false | Promise<void> {
     const st = this.directStaging();
     if (st === null) return false;
     const dfd = this.directFdOf(no);
     if (dfd === null) return false;
-    const buf = st.buf;
+    w.async = true;
+    return this.writeDirectRun(st.buf, no, dfd, fd, iov, runBytes, offset);
+  }
+
+  private async writeDirectRun(
+    buf: Buffer,
+    no: number,
+    dfd: number,
+    fd: number,
+    iov: readonly Buffer[],
+    runBytes: number,
+    offset: number,
+  ): Promise<void> {
     let at = alignDown(offset);
     let pos = offset - at;
     if (pos > 0) this.loadHead(no, fd, at, pos, buf);
@@ -702,13 +895,13 @@ export class Journal {
         pos += n;
         from += n;
         if (pos < buf.length) continue;
-        this.writeDirectFully(dfd, fd, buf.subarray(0, pos), at);
+        await this.writeDirectFully(dfd, fd, buf.subarray(0, pos), at);
         at += pos;
         pos = 0;
         if (this.staging === null) {
           // Direct I/O was given up on this piece (giveUpDirect): the rest of the run goes buffered.
           this.writeFully(fd, skipBytes(iov, at - offset), at);
-          return true;
+          return;
         }
       }
     }
@@ -716,13 +909,12 @@ export class Journal {
     if (pos > 0) {
       const end = alignUp(pos);
       buf.fill(0, pos, end);
-      this.writeDirectFully(dfd, fd, buf.subarray(0, end), at);
+      await this.writeDirectFully(dfd, fd, buf.subarray(0, end), at);
       if (pos % DIRECT_ALIGN !== 0) {
         this.directTail = { no, end: at + pos, bytes: Buffer.from(buf.subarray(alignDown(pos), pos)) };
       }
     }
     this.directBytes += runBytes;
-    return true;
   }
 
   /** The staging buffer, probed for at the first use; null when direct I/O is not used. */
@@ -777,12 +969,12 @@ export class Journal {
    * buffered, and later runs still go direct; a direct write the kernel calls misaligned (EINVAL)
    * is finished buffered too, and direct I/O is then given up for good.
    */
-  private writeDirectFully(dfd: number, fd: number, piece: Buffer, position: number): void {
+  private async writeDirectFully(dfd: number, fd: number, piece: Buffer, position: number): Promise<void> {
     let done = 0;
     while (done < piece.length) {
       let n: number;
       try {
-        n = this.io.writevSync(dfd, [piece.subarray(done)], position + done);
+        n = await this.writeAsync(dfd, piece.subarray(done), position + done);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
         this.giveUpDirect(e);
@@ -806,10 +998,13 @@ export class Journal {
 
   /** Undo a failed batch: truncate the active segment back, remove the segments it created. */
   private rollback(createdFds: Map<number, number>, oldSize: number, cause: unknown): void {
-    this.directTail = null;
+    // With earlier batches still being written, this one failed before writing anything (it
+    // could not open a segment): their direct fd, tail and bytes stay as they are.
+    const idle = this.writing === null;
+    if (idle) this.directTail = null;
     try {
-      this.closeDirectFd();
-      if (this.active !== null) {
+      if (idle) this.closeDirectFd();
+      if (this.active !== null && idle) {
         // Zero what the failed batch wrote, keeping the segment preallocated.
         fs.ftruncateSync(this.active.fd!, oldSize);
         fs.ftruncateSync(this.active.fd!, this.segmentBytes);
@@ -871,7 +1066,6 @@ export class Journal {
     for (const p of planned) batchBytes += p.bytes;
     this.countAppended(batchBytes);
     if (createdFds.size > 0) this.maybePrepareSpare();
-    if (this.directFd !== null && this.directFd.no !== this.active?.no) this.closeDirectFd();
     for (const no of this.sparseSegments) if (no !== this.active?.no) this.sparseSegments.delete(no);
     if (previousActive !== null && previousActive !== this.active) {
       // Its end mark (endSegment) is durable with the next round, like its records.
@@ -948,6 +1142,8 @@ export class Journal {
     upto: JournalPosition,
   ): Promise<void> {
     try {
+      // The round covers the batches appended so far: their bytes must be in the files first.
+      await this.whenWritten(gen);
       await Promise.all(
         [...segments].map(async (s) => {
           await this.io.fdatasync(s.fd!);
@@ -1117,9 +1313,14 @@ export class Journal {
     };
   }
 
-  /** Deletes every non-active segment whose records are all released in the persisted state. */
+  /**
+   * Deletes every non-active segment whose records are all released in the persisted state. Not
+   * while a batch is being written, which may write to any segment it was placed with (its fds);
+   * the end of the writes schedules this again.
+   */
   private deleteReleasedSegmentsSync(): number {
     let deleted = 0;
+    if (this.writing !== null) return deleted;
     for (const seg of this.segments.values()) {
       if (seg === this.active || !this.releasedOnDisk(seg)) continue;
       if (this.inFlight?.segments.has(seg)) continue; // its fd is in use; retried after the round
@@ -1287,10 +1488,11 @@ export class Journal {
    * Every unreleased record, in append order, read from disk (checksums verified); records
    * appended to a segment after the iteration reached it are not included. Payloads are
    * views of read buffers of up to 4 MiB; copy them to keep many. Throws RC_ERR_JOURNAL_CORRUPT if
-   * a record no longer reads back as written.
+   * a record no longer reads back as written. Not while appends are being written (whenWritten).
    */
   *retained(): Generator<JournalRecord> {
     assert(!this.closed, 'retained on a closed journal');
+    assert(this.writing === null, 'retained() while appends are being written: await whenWritten() first');
     for (const seg of [...this.segments.values()]) {
       if (!this.segments.has(seg.no)) continue;
       yield* this.readSegment(seg);
@@ -1325,7 +1527,8 @@ export class Journal {
   /**
    * Retained records of `group` from seq `fromSeq` on, in seq order, of at most `maxBytes` bytes
    * of records in all (but at least one record when any is available). Empty when fromSeq is past
-   * the last seq. Asserts that fromSeq is not released. Reads from disk (page cache, usually).
+   * the last seq. Asserts that fromSeq is not released. Reads from disk (page cache, usually), so
+   * only records whose bytes are written (whenWritten): a durable one always is.
    */
   readRetained(group: string, fromSeq: Seq, maxBytes: number): JournalRecord[] {
     assert(!this.closed, 'readRetained on a closed journal');
@@ -1334,9 +1537,11 @@ export class Journal {
     assert(fromSeq > g.releasedSeq, `readRetained(${group}, ${fromSeq}): released up to ${g.releasedSeq}`);
     assert(g.firstSeq === g.releasedSeq + 1, 'retained records start right after the released ones');
     const start = g.head + (fromSeq - g.firstSeq);
+    const unwritten = this.unwrittenFrom.get(group);
+    const limit = unwritten === undefined ? g.segNo.length : g.head + (unwritten - g.firstSeq);
     let end = start;
     let total = 0;
-    while (end < g.segNo.length && (end === start || total + g.bytes[end]! <= maxBytes)) {
+    while (end < limit && (end === start || total + g.bytes[end]! <= maxBytes)) {
       total += g.bytes[end]!;
       end++;
     }
@@ -1400,6 +1605,7 @@ export class Journal {
     if (this.closed) return;
     try {
       if (this.failed === null) await this.sync();
+      while (this.writing !== null) await this.writing;
       while (this.inFlight !== null) await this.inFlight.promise.catch(() => {});
       if (this.stateDirty) {
         // A clean restart should not replay what was released.

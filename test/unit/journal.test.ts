@@ -830,6 +830,7 @@ async function sameAfterReopen(
   opts: Partial<JournalOptions>,
   expected: Rec[],
 ): Promise<void> {
+  await j.whenWritten();
   assertSameRecords(collect(j), expected);
   await j.close();
   const again = await open(dir, opts);
@@ -848,6 +849,12 @@ describe('journal: large runs with O_DIRECT', () => {
     limits: { recordPayloadBytesMax: payloadMax(MiB) },
   };
   const EVERY_RUN = { ...DIRECT, limits: { ...DIRECT.limits, directRunBytesMin: 1 } };
+  /** Segments of 4 MiB: runs of 64 KiB or more go direct, smaller ones buffered. */
+  const MIXED = {
+    ...DIRECT,
+    segmentBytes: 4 * MiB,
+    limits: { recordPayloadBytesMax: payloadMax(4 * MiB), directRunBytesMin: 64 * 1024 },
+  };
   /** Record sizes that cross blocks, pieces and segments at odd places. */
   const sizesFrom = (seed: number, n: number, max: number): number[] => {
     const out: number[] = [];
@@ -900,6 +907,7 @@ describe('journal: large runs with O_DIRECT', () => {
       j.append(batch);
       all.push(...batch);
     }
+    await j.whenWritten();
     assert.ok(seen.buffered.length > 0 && seen.direct.length >= 10, `${seen.direct.length} direct writes`);
     assert.ok(seen.endMarks.length >= 2, `${seen.endMarks.length} segments ended with a mark`);
     for (const w of seen.buffered) assert.equal(w.file, SEG1, `buffered write to ${w.file}`);
@@ -929,15 +937,12 @@ describe('journal: large runs with O_DIRECT', () => {
   test('small runs stay buffered and large ones go direct, interleaved in one new segment', async () => {
     const dir = newDir();
     const { io, seen } = watchedIo();
-    const opts = {
-      ...DIRECT,
-      segmentBytes: 4 * MiB,
-      limits: { recordPayloadBytesMax: payloadMax(4 * MiB), directRunBytesMin: 64 * 1024 },
-    };
+    const opts = MIXED;
     const j = await open(dir, { ...opts, io });
     const m = new Maker();
     const sizes = Array.from({ length: 24 }, (_, i) => (i % 2 === 0 ? 500 + i : 100_000 + i));
     const all = fillThenAppend(j, m, opts.segmentBytes, sizes);
+    await j.whenWritten();
     assert.equal(seen.direct.length, 12, 'one direct write per large record');
     const large = all.slice(2).filter((r) => r.header.length >= 100_000);
     const directBytes = large.reduce((n, r) => n + recordBytesOf(r.header, r.header.length), 0);
@@ -974,32 +979,114 @@ describe('journal: large runs with O_DIRECT', () => {
     await sameAfterReopen(j, dir, opts, kept);
   });
 
-  test('an EIO in the second piece of a direct run appends nothing; the journal goes on', async () => {
+  test('an EIO in the second piece of a direct run fails the journal; what it left is a prefix of the appends', async () => {
     const dir = newDir();
     const { io, seen } = watchedIo(throwOn(2, 'EIO'));
+    const logs: string[] = [];
     const opts = {
       segmentBytes: 32 * MiB,
       bytesMax: 128 * MiB,
       limits: { recordPayloadBytesMax: payloadMax(32 * MiB) },
     };
-    const j = await open(dir, { ...opts, io });
+    const j = await open(dir, { ...opts, io, log: (level, msg) => logs.push(`${level} ${msg}`) });
     const m = new Maker();
     const all = fillThenAppend(j, m, opts.segmentBytes, [3 * MiB]); // direct write 0, in segment 2
-    const first = all[all.length - 1]!;
-    const snap = new Maker(j, ['a']);
-    // 3 x 3 MiB: more than the 8 MiB staging buffer, so two pieces (direct writes 1 and 2).
+    await j.whenWritten();
+    // 3 x 3 MiB: more than the 8 MiB staging buffer, so two pieces (direct writes 1 and 2); then a
+    // small record, queued behind them.
     const failed = [
       m.rec('a', Kind.data, 3 * MiB),
       m.rec('a', Kind.data, 3 * MiB),
       m.rec('a', Kind.data, 3 * MiB),
     ];
-    assert.throws(() => j.append(failed), isCode('RC_ERR_JOURNAL_IO'));
-    assert.equal(seen.direct.length, 3);
-    assert.equal(j.lastSeq('a'), first.header.seq);
-    const next = snap.rec('a', Kind.data, 300_000);
-    j.append([next]);
-    all.push(next);
-    await sameAfterReopen(j, dir, opts, all);
+    j.append(failed);
+    const queued = m.rec('a', Kind.data, 100);
+    j.append([queued]);
+    const sync = j.sync();
+    await assert.rejects(j.whenWritten()!, isCode('RC_ERR_JOURNAL_IO'));
+    await assert.rejects(sync, isCode('RC_ERR_JOURNAL_IO'));
+    assert.equal(seen.direct.length, 3, 'the piece after the failed one was not written');
+    assert.equal(outsidePrepared(seen.buffered), 0, 'nor the record queued behind it');
+    assert.ok(logs.some((l) => l.startsWith('error') && l.includes('the journal is failed')));
+    assert.throws(() => j.append([m.rec('a', Kind.data, 10)]), isCode('RC_ERR_JOURNAL_IO'));
+    assert.deepEqual(
+      j.readRetained('a', all[all.length - 1]!.header.seq, 64 * MiB).map((r) => r.header.seq),
+      [all[all.length - 1]!.header.seq],
+      'records not written are not read',
+    );
+    await j.close();
+    // The first piece reached the file: its whole records are recovered, nothing after them.
+    const again = await open(dir, opts);
+    const got = collect(again);
+    const kept = got.length - all.length;
+    assert.ok(kept >= 0 && kept < failed.length, `${kept} records of the failed run recovered`);
+    assertSameRecords(got, all.concat(failed.slice(0, kept)));
+    await again.close();
+  });
+
+  test('batches appended while a direct write runs wait for it: the files hold a prefix of the appends', async () => {
+    const dir = newDir();
+    let open1: () => void = () => {};
+    const gate = new Promise<void>((r) => (open1 = r));
+    const seen: number[] = [];
+    let fdatasyncs = 0;
+    const io: JournalIo = {
+      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+      fdatasync: (fd) => {
+        fdatasyncs++;
+        return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+      },
+      write: async (fd, buf, pos) => {
+        seen.push(pos);
+        await gate;
+        return fs.writeSync(fd, buf, 0, buf.length, pos);
+      },
+    };
+    const opts = MIXED;
+    const j = await open(dir, { ...opts, io });
+    const m = new Maker();
+    const before = [fillPrepared(j, m, opts.segmentBytes)];
+    before.push(...collect(j).slice(1));
+    // Into the second segment: a small record (buffered, written at once), a large one (direct,
+    // held at the gate), then a small one and a marker of another group (queued behind it).
+    const small = m.rec('a', Kind.data, 10);
+    j.append([small]);
+    const large = m.rec('a', Kind.data, 300_000);
+    j.append([large]);
+    const behind = [m.rec('a', Kind.data, 20), m.rec('b', Kind.marker, 0)];
+    j.append(behind);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(seen.length, 1, 'the direct write started');
+    let synced = false;
+    const syncsBefore = fdatasyncs;
+    const sync = j.sync().then(() => (synced = true));
+    const written = j.whenWritten()!;
+    assert.ok(written !== undefined, 'not written yet');
+    // What a kill -9 would leave now: the segment files as they are.
+    const crashDir = newDir();
+    fs.mkdirSync(crashDir, { recursive: true });
+    for (const f of fs.readdirSync(dir)) fs.copyFileSync(join(dir, f), join(crashDir, f));
+    assert.deepEqual(
+      j.readRetained('a', small.header.seq, 64 * MiB).map((r) => r.header.seq),
+      [small.header.seq],
+      'readRetained stops before the records being written',
+    );
+    assert.deepEqual(j.readRetained('b', behind[1]!.header.seq, 64 * MiB), []);
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(synced, false, 'a sync waits for the writes of the batches before it');
+    assert.equal(fdatasyncs, syncsBefore, 'no fdatasync before the bytes are written');
+    open1();
+    await written;
+    await sync;
+    assert.equal(j.whenWritten(), undefined);
+    assertSameRecords(collect(j), [...before, small, large, ...behind]);
+    await j.close();
+    const crashed = await open(crashDir, opts);
+    assertSameRecords(collect(crashed), [...before, small]);
+    await crashed.close();
+    const reopened = await open(dir, opts);
+    assertSameRecords(collect(reopened), [...before, small, large, ...behind]);
+    await reopened.close();
   });
 
   test('a direct write refused as misaligned (EINVAL) is finished buffered, and direct I/O is given up', async () => {
@@ -1008,6 +1095,7 @@ describe('journal: large runs with O_DIRECT', () => {
     const j = await open(dir, { ...EVERY_RUN, io });
     const m = new Maker();
     const all = fillThenAppend(j, m, EVERY_RUN.segmentBytes, [100_000, 90_000, 7]);
+    await j.whenWritten();
     assert.equal(seen.direct.length, 1, 'no direct write after the refusal');
     assert.equal(outsidePrepared(seen.buffered), 3, 'the refused write and the next two, buffered');
     await sameAfterReopen(j, dir, EVERY_RUN, all);
@@ -1030,6 +1118,7 @@ describe('journal: large runs with O_DIRECT', () => {
     const large = m.rec('a', Kind.data, 2 * DIRECT_STAGING_BYTES + 12_345);
     j.append([large]);
     all.push(large);
+    await j.whenWritten();
     assert.equal(seen.direct.length, 1, 'no direct write after the refusal');
     assert.equal(
       outsidePrepared(seen.buffered),
@@ -1055,6 +1144,7 @@ describe('journal: large runs with O_DIRECT', () => {
     const j = await open(dir, { ...EVERY_RUN, io });
     const m = new Maker();
     const all = fillThenAppend(j, m, EVERY_RUN.segmentBytes, [70_000, 150_000, 60_000]);
+    await j.whenWritten();
     assert.equal(seen.direct.length, 3, 'direct I/O goes on after a short write');
     assert.equal(outsidePrepared(seen.buffered), 1, 'the rest of the short write went buffered');
     await sameAfterReopen(j, dir, EVERY_RUN, all);

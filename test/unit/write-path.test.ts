@@ -12,7 +12,7 @@
  *   written the write fails and the volume is unchanged.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -26,12 +26,12 @@ import {
   WritePath,
 } from '../../src/node/write-path.js';
 import { MemBlockDevice } from '../../src/storage/blockdev.js';
-import { Journal } from '../../src/storage/journal.js';
+import { Journal, type JournalIo } from '../../src/storage/journal.js';
 import { mulberry32 } from '../../src/testing/random.js';
 import { testWritePath } from '../../src/testing/write-path-fixture.js';
 
-const root = mkdtempSync(join(tmpdir(), 'rc-wp-'));
-after(() => rmSync(root, { recursive: true, force: true }));
+const root = fs.mkdtempSync(join(tmpdir(), 'rc-wp-'));
+after(() => fs.rmSync(root, { recursive: true, force: true }));
 let n = 0;
 
 const PAYLOAD_MAX = 64 * 1024;
@@ -45,13 +45,17 @@ async function setup(
     onThrottleExpired?: (wp: WritePath, groups: ReadonlySet<string>) => void;
     activityLog?: ActivityLogPort;
     dev?: MemBlockDevice;
+    /** Runs of this many bytes or more into a new segment go direct (journal.ts). */
+    directRunBytesMin?: number;
+    journalIo?: JournalIo;
   } = {},
 ) {
   const journal = await Journal.open({
     dir: join(root, `j${n++}`),
     bytesMax: opts.bytesMax ?? 64 * SEGMENT,
     segmentBytes: SEGMENT,
-    limits: { recordPayloadBytesMax: PAYLOAD_MAX },
+    limits: { recordPayloadBytesMax: PAYLOAD_MAX, directRunBytesMin: opts.directRunBytesMin },
+    io: opts.journalIo,
   });
   const { sequencer, wp } = testWritePath(journal, {
     throttleMaxDelayMs: opts.throttleMaxDelayMs,
@@ -683,4 +687,50 @@ test('copies on the pool among random host writes: the journal replayed is the v
     await journal.close();
   }
   assert.ok(retried > 0, 'some reads were overtaken by a write and read again');
+});
+
+test('a write whose record is still being written to the journal (direct, on the pool) reaches the volume only after it; a copy of its range waits for it', async () => {
+  let openGate: () => void = () => {};
+  const gate = new Promise<void>((r) => (openGate = r));
+  const { journal, wp, dev, write } = await setup({
+    directRunBytesMin: 1,
+    journalIo: {
+      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+      fdatasync: (fd) => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res()))),
+      write: async (fd, buf, pos) => {
+        await gate;
+        return fs.writeSync(fd, buf, 0, buf.length, pos);
+      },
+    },
+  });
+  // The first segment (the spare prepared at open, written buffered) is filled by one record.
+  await write('g1', 4 * PAYLOAD_MAX, 1, PAYLOAD_MAX);
+  const done: string[] = [];
+  const w = write('g1', 0, 0xaa, 32 * 1024).then(() => done.push('write'));
+  await new Promise((r) => setImmediate(r));
+  assert.notEqual(journal.whenWritten(journal.appendGeneration), undefined, 'the record is being written');
+  const copy = wp.copyChunk('g1', 'v1', dev, 0, 64 * 1024).then((c) => {
+    done.push('copy');
+    return c;
+  });
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(dev.bytes[0], 0, 'the volume is not written before its journal');
+  assert.deepEqual(done, [], 'neither the write nor the copy is done');
+  openGate();
+  await w;
+  const c = await copy;
+  assert.equal(dev.bytes[0], 0xaa);
+  assert.equal(c.zero, false);
+  await journal.sync();
+  // The copy record follows the write and holds it: replayed, the journal gives the volume.
+  const recs = [...journal.retained()].filter((r) => r.header.seq >= 2);
+  assert.deepEqual(
+    recs.map((r) => [r.header.seq, r.header.kind]),
+    [
+      [2, RecordKind.data],
+      [3, RecordKind.copy],
+    ],
+  );
+  assert.equal(recs[1]!.payload[0], 0xaa, 'the copy record holds the write');
+  await journal.close();
 });
