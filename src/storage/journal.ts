@@ -303,6 +303,10 @@ export class Journal {
   private writtenGen = 0;
   /** Per group, the first seq whose bytes may not be written yet (only while `writing`). */
   private readonly unwrittenFrom = new Map<string, number>();
+  /** The lowest segment number each batch being written may write to, oldest batch first. */
+  private readonly writingFloors: number[] = [];
+  /** deleteReleasedSegmentsSync kept a segment for a batch being written: run it again after. */
+  private deletionWaits = false;
   private writtenWaiters: { gen: number; d: Deferred }[] = [];
 
   // State file and segment deletion.
@@ -554,10 +558,11 @@ export class Journal {
     }
     const created = this.placeBatch(planned);
     const recycledNos = new Set<number>();
+    const floor = this.active?.no ?? created[0]!;
     const { fds, written } = this.writeBatch(planned, created, recycledNos);
     this.commitBatch(planned, fds, recycledNos);
     if (written === undefined) this.writtenGen = this.appendGen;
-    else this.trackWriting(planned, written);
+    else this.trackWriting(planned, floor, written);
     return planned.map((p) => (p.given ? undefined : p.head));
   }
 
@@ -575,8 +580,9 @@ export class Journal {
   }
 
   /** The batch just committed is being written (`written`): track it until it is. */
-  private trackWriting(planned: PlannedRecord[], written: Promise<void>): void {
+  private trackWriting(planned: PlannedRecord[], floor: number, written: Promise<void>): void {
     const gen = this.appendGen;
+    this.writingFloors.push(floor);
     const last = new Map<string, number>();
     for (const p of planned) {
       if (!this.unwrittenFrom.has(p.header.group)) this.unwrittenFrom.set(p.header.group, p.header.seq);
@@ -586,6 +592,7 @@ export class Journal {
       () => {
         this.writtenGen = gen;
         for (const [group, s] of last) this.unwrittenFrom.set(group, s + 1);
+        this.writingFloors.shift();
         this.writeSettled(tail);
         this.wakeWritten();
       },
@@ -605,12 +612,14 @@ export class Journal {
   }
 
   private writeSettled(tail: Promise<void>): void {
+    if (this.deletionWaits && !this.closed) {
+      this.deletionWaits = false;
+      this.scheduleMaintenance();
+    }
     if (this.writing !== tail) return;
     this.writing = null;
     // After a failed write the records from it on are never written: readRetained stays short of them.
     if (this.failed === null) this.unwrittenFrom.clear();
-    // Segments are not let go while writes may still go to them (deleteReleasedSegmentsSync).
-    if (!this.closed) this.scheduleMaintenance();
   }
 
   private wakeWritten(): void {
@@ -1314,15 +1323,19 @@ export class Journal {
   }
 
   /**
-   * Deletes every non-active segment whose records are all released in the persisted state. Not
-   * while a batch is being written, which may write to any segment it was placed with (its fds);
-   * the end of the writes schedules this again.
+   * Deletes every non-active segment whose records are all released in the persisted state. Not one
+   * that a batch being written may still write to (from the active segment when it was placed on):
+   * the end of that batch's writes runs this again.
    */
   private deleteReleasedSegmentsSync(): number {
     let deleted = 0;
-    if (this.writing !== null) return deleted;
+    const floor = this.writingFloors[0] ?? Number.POSITIVE_INFINITY;
     for (const seg of this.segments.values()) {
       if (seg === this.active || !this.releasedOnDisk(seg)) continue;
+      if (seg.no >= floor) {
+        this.deletionWaits = true;
+        continue;
+      }
       if (this.inFlight?.segments.has(seg)) continue; // its fd is in use; retried after the round
       try {
         if (seg.fd !== null) fs.closeSync(seg.fd);

@@ -1089,6 +1089,53 @@ describe('journal: large runs with O_DIRECT', () => {
     await reopened.close();
   });
 
+  test('released segments are let go while a batch is written, except those it may still write to', async () => {
+    const dir = newDir();
+    let hold = false;
+    let release: () => void = () => {};
+    const gate = new Promise<void>((r) => (release = r));
+    const io: JournalIo = {
+      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+      fdatasync: (fd) =>
+        new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve()))),
+      write: async (fd, buf, pos) => {
+        if (hold) await gate;
+        return fs.writeSync(fd, buf, 0, buf.length, pos);
+      },
+    };
+    const opts = {
+      ...MIXED,
+      segmentBytes: MiB,
+      limits: { ...MIXED.limits, recordPayloadBytesMax: payloadMax(MiB) },
+    };
+    const j = await open(dir, { ...opts, io });
+    const m = new Maker();
+    fillPrepared(j, m, opts.segmentBytes);
+    // Segments 2 and 3: two records of 400 KB each, written direct at once.
+    for (let i = 0; i < 4; i++) j.append([m.rec('a', Kind.data, 400_000)]);
+    await j.whenWritten();
+    const live = () => segFiles(dir).map((f) => Number(f.slice(4, 20)));
+    assert.deepEqual(live(), [1, 2, 3]);
+    // Held: a record into segment 4 (placed while 3 was active), then one into segment 5.
+    hold = true;
+    const held = m.rec('a', Kind.data, 400_000);
+    j.append([held]);
+    const next = m.rec('a', Kind.data, 700_000);
+    j.append([next]);
+    assert.deepEqual(live(), [1, 2, 3, 4, 5]);
+    // Everything but the last record released: 1 and 2 go; 3 and 4 are kept while the held
+    // batch, placed with 3 active, may still write to them.
+    j.release('a', held.header.seq);
+    await j.whenIdle();
+    assert.deepEqual(live(), [3, 4, 5]);
+    release();
+    await j.whenWritten();
+    await j.whenIdle();
+    assert.deepEqual(live(), [5]);
+    assertSameRecords(collect(j), [next]);
+    await j.close();
+  });
+
   test('a direct write refused as misaligned (EINVAL) is finished buffered, and direct I/O is given up', async () => {
     const dir = newDir();
     const { io, seen } = watchedIo(throwOn(0, 'EINVAL'));
