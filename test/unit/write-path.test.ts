@@ -734,3 +734,26 @@ test('a write whose record is still being written to the journal (direct, on the
   assert.equal(recs[1]!.payload[0], 0xaa, 'the copy record holds the write');
   await journal.close();
 });
+
+test('a direct journal write that fails with ENOSPC: the writes get ENOSPC and no volume is written; the journal refuses more', async () => {
+  const { journal, dev, write } = await setup({
+    directRunBytesMin: 1,
+    journalIo: {
+      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+      fdatasync: (fd) => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res()))),
+      write: () => Promise.reject(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })),
+    },
+  });
+  // The first segment (the prepared spare, written buffered) is filled by one record.
+  await write('g1', 4 * PAYLOAD_MAX, 1, PAYLOAD_MAX);
+  const failed = write('g1', 0, 0xaa, 32 * 1024);
+  const behind = write('g1', 32 * 1024, 0xbb, 4096);
+  await assert.rejects(failed, (e: BackendError) => e.errno === 'ENOSPC');
+  // The journal is failed, for want of space: what is queued or comes later gets ENOSPC too.
+  await assert.rejects(behind, (e: BackendError) => e.errno === 'ENOSPC');
+  await assert.rejects(write('g1', 64 * 1024, 0xcc, 4096), (e: BackendError) => e.errno === 'ENOSPC');
+  assert.equal(dev.bytes[0], 0, 'the failed write is not on the volume');
+  assert.equal(dev.bytes[32 * 1024], 0, 'nor the one queued behind it');
+  assert.equal(dev.bytes[64 * 1024], 0, 'nor a later one');
+  await journal.close();
+});
