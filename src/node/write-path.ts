@@ -636,8 +636,7 @@ export class WritePath {
   /** A full journal returns 0 (the caller throttles); any other error fails the writes. */
   private failAppend(batch: Pending[], e: unknown): number {
     if (e instanceof RemcopyError && e.code === 'RC_ERR_JOURNAL_FULL') return 0;
-    const errno =
-      (e as NodeJS.ErrnoException).code === 'ENOSPC' || /ENOSPC/.test(String(e)) ? 'ENOSPC' : 'EIO';
+    const errno = errnoOf(e);
     this.o.log('error', 'journal append failed; writes rejected, nothing changed', { error: String(e) });
     for (const p of batch) p.reject(new BackendError(errno, `journal append failed: ${String(e)}`));
     return batch.length;
@@ -727,8 +726,7 @@ export class WritePath {
     // The record is placed in the journal, so a restart redoes it if its bytes were written there
     // (a journal that failed to write them holds none after); the host is told it failed.
     this.o.log('error', 'write failed after journalling', { volume: p.volume, error: String(e) });
-    const errno = /ENOSPC/.test(String(e)) ? 'ENOSPC' : 'EIO';
-    p.reject(new BackendError(errno, `write failed: ${String(e)}`));
+    p.reject(new BackendError(errnoOf(e), `write failed: ${String(e)}`));
   }
 
   private inflightOf(device: BlockDevice): InflightRanges {
@@ -789,6 +787,13 @@ export class WritePath {
     }
     this.pending = keep;
   }
+}
+
+/** What the host is told of a journal error: ENOSPC when the disk is full (named anywhere), else EIO. */
+function errnoOf(e: unknown): 'ENOSPC' | 'EIO' {
+  return (e as NodeJS.ErrnoException | null)?.code === 'ENOSPC' || /ENOSPC/.test(String(e))
+    ? 'ENOSPC'
+    : 'EIO';
 }
 
 /** Apply one record's effect to a volume on the thread pool (host writes). */

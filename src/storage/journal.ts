@@ -235,10 +235,16 @@ interface BatchWrite {
   readonly recycled: ReadonlySet<number>;
   /** Segments created as sparse files: their large runs go direct. */
   readonly sparse: ReadonlySet<number>;
-  /** A direct write was started: the rest of the batch is written after it, asynchronously. */
-  async: boolean;
-  /** What failed before the batch went asynchronous (it is rolled back then). */
-  syncError: unknown;
+}
+
+/** A batch appended whose bytes are not all written yet (Journal.unwritten). */
+interface UnwrittenBatch {
+  /** Its append generation. */
+  readonly gen: number;
+  /** The lowest segment number it may write to: the active one when it was placed. */
+  readonly floor: number;
+  /** Per group, the seq of its first record of the group. */
+  readonly firstSeq: ReadonlyMap<string, number>;
 }
 
 interface PlannedRecord {
@@ -299,12 +305,11 @@ export class Journal {
   // after it wait for it, so the files always hold a prefix of what was appended.
   /** Settles when the last batch queued is written; null when every batch is. Never rejects. */
   private writing: Promise<void> | null = null;
-  /** The append generation whose batches are all written. */
-  private writtenGen = 0;
-  /** Per group, the first seq whose bytes may not be written yet (only while `writing`). */
-  private readonly unwrittenFrom = new Map<string, number>();
-  /** The lowest segment number each batch being written may write to, oldest batch first. */
-  private readonly writingFloors: number[] = [];
+  /**
+   * The batches not written yet, oldest first. After a failed write they stay: their records are
+   * never written (readRetained stays short of them, whenWritten rejects).
+   */
+  private readonly unwritten: UnwrittenBatch[] = [];
   /** deleteReleasedSegmentsSync kept a segment for a batch being written: run it again after. */
   private deletionWaits = false;
   private writtenWaiters: { gen: number; d: Deferred }[] = [];
@@ -561,8 +566,7 @@ export class Journal {
     const floor = this.active?.no ?? created[0]!;
     const { fds, written } = this.writeBatch(planned, created, recycledNos);
     this.commitBatch(planned, fds, recycledNos);
-    if (written === undefined) this.writtenGen = this.appendGen;
-    else this.trackWriting(planned, floor, written);
+    if (written !== undefined) this.trackWriting(planned, floor, written);
     return planned.map((p) => (p.given ? undefined : p.head));
   }
 
@@ -572,27 +576,39 @@ export class Journal {
    * after sync()); undefined when they are already. Rejects when a write failed first.
    */
   whenWritten(gen = this.appendGen): Promise<void> | undefined {
-    if (gen <= this.writtenGen) return undefined;
+    if (gen <= this.writtenGen()) return undefined;
     if (this.failed) return Promise.reject(ioError('journal failed earlier', this.failed));
     const d = deferred();
     this.writtenWaiters.push({ gen, d });
     return d.promise;
   }
 
+  /** The append generation up to which every batch is written. */
+  private writtenGen(): number {
+    const oldest = this.unwritten[0];
+    return oldest === undefined ? this.appendGen : oldest.gen - 1;
+  }
+
+  /** The first seq of `group` whose bytes are not written yet, if any. */
+  private unwrittenFrom(group: string): number | undefined {
+    for (const b of this.unwritten) {
+      const s = b.firstSeq.get(group);
+      if (s !== undefined) return s;
+    }
+    return undefined;
+  }
+
   /** The batch just committed is being written (`written`): track it until it is. */
   private trackWriting(planned: PlannedRecord[], floor: number, written: Promise<void>): void {
     const gen = this.appendGen;
-    this.writingFloors.push(floor);
-    const last = new Map<string, number>();
-    for (const p of planned) {
-      if (!this.unwrittenFrom.has(p.header.group)) this.unwrittenFrom.set(p.header.group, p.header.seq);
-      last.set(p.header.group, p.header.seq);
-    }
+    const firstSeq = new Map<string, number>();
+    for (const p of planned) if (!firstSeq.has(p.header.group)) firstSeq.set(p.header.group, p.header.seq);
+    this.unwritten.push({ gen, floor, firstSeq });
     const tail: Promise<void> = written.then(
       () => {
-        this.writtenGen = gen;
-        for (const [group, s] of last) this.unwrittenFrom.set(group, s + 1);
-        this.writingFloors.shift();
+        // Batches are written in order, and none after a failed one.
+        assert(this.unwritten[0]?.gen === gen, 'batches are written in append order');
+        this.unwritten.shift();
         this.writeSettled(tail);
         this.wakeWritten();
       },
@@ -616,17 +632,15 @@ export class Journal {
       this.deletionWaits = false;
       this.scheduleMaintenance();
     }
-    if (this.writing !== tail) return;
-    this.writing = null;
-    // After a failed write the records from it on are never written: readRetained stays short of them.
-    if (this.failed === null) this.unwrittenFrom.clear();
+    if (this.writing === tail) this.writing = null;
   }
 
   private wakeWritten(): void {
     const waiting = this.writtenWaiters;
     this.writtenWaiters = [];
+    const writtenGen = this.writtenGen();
     for (const w of waiting) {
-      if (w.gen <= this.writtenGen) w.d.resolve();
+      if (w.gen <= writtenGen) w.d.resolve();
       else if (this.failed) w.d.reject(ioError('journal failed earlier', this.failed));
       else this.writtenWaiters.push(w);
     }
@@ -723,89 +737,64 @@ export class Journal {
     const oldSize = this.active?.size ?? 0;
     try {
       for (const no of created) createdFds.set(no, this.openNewSegment(no, recycledNos));
+      const fds = new Map(createdFds);
+      const recycled = new Set(recycledNos);
+      if (this.active !== null) {
+        fds.set(this.active.no, this.active.fd!);
+        if (this.active.recycled) recycled.add(this.active.no);
+      }
+      const sparse = new Set<number>();
+      for (const no of fds.keys()) if (this.sparseSegments.has(no)) sparse.add(no);
+      const w: BatchWrite = { planned, fds, activeNo: this.active?.no, activeEnd: oldSize, recycled, sparse };
+      const written =
+        this.writing === null
+          ? this.writeRuns(w, 0)
+          : this.writing.then(() => {
+              if (this.failed) throw ioError('journal failed earlier', this.failed);
+              return this.writeRuns(w, 0);
+            });
+      return { fds: createdFds, written };
     } catch (e) {
       this.rollback(createdFds, oldSize, e);
       throw ioError(`append to ${this.dir} failed, nothing appended`, e);
     }
-    const fds = new Map(createdFds);
-    const recycled = new Set(recycledNos);
-    if (this.active !== null) {
-      fds.set(this.active.no, this.active.fd!);
-      if (this.active.recycled) recycled.add(this.active.no);
-    }
-    const sparse = new Set<number>();
-    for (const no of fds.keys()) if (this.sparseSegments.has(no)) sparse.add(no);
-    const w: BatchWrite = {
-      planned,
-      fds,
-      activeNo: this.active?.no,
-      activeEnd: oldSize,
-      recycled,
-      sparse,
-      async: false,
-      syncError: undefined,
-    };
-    if (this.writing !== null) {
-      return { fds: createdFds, written: this.writing.then(() => this.writeQueued(w)) };
-    }
-    const written = this.writeRuns(w);
-    if (w.async) return { fds: createdFds, written };
-    if (w.syncError !== undefined) {
-      this.rollback(createdFds, oldSize, w.syncError);
-      throw ioError(`append to ${this.dir} failed, nothing appended`, w.syncError);
-    }
-    return { fds: createdFds, written: undefined };
-  }
-
-  /** A batch's turn came after the batches before it were written. */
-  private writeQueued(w: BatchWrite): Promise<void> {
-    if (this.failed) return Promise.reject(ioError('journal failed earlier', this.failed));
-    w.async = true;
-    return this.writeRuns(w);
   }
 
   /**
-   * The writes of writeBatch, in order. Synchronous up to the first direct write: an error before
-   * it is left in `w.syncError` (the caller rolls back), one after it rejects.
+   * The writes of a batch from planned[i] on, in order, synchronously until a direct write starts
+   * (it throws what fails before that); the rest then follows that write, and the promise returned
+   * settles when all is written.
    */
-  private async writeRuns(w: BatchWrite): Promise<void> {
+  private writeRuns(w: BatchWrite, i: number): Promise<void> | undefined {
     const { planned } = w;
-    try {
-      let i = 0;
-      let previousNo = w.activeNo;
-      while (i < planned.length) {
-        const first = planned[i]!;
-        if (previousNo !== undefined && first.segNo !== previousNo) {
-          // After its records: a direct run writes zeroes past its last record, to the block's end.
-          this.endSegment(w, previousNo);
-        }
-        previousNo = first.segNo;
-        const iov: Buffer[] = [];
-        let j = i;
-        for (; j < planned.length && planned[j]!.segNo === first.segNo; j++) {
-          if (iov.length + 2 > WRITEV_BUFFERS_MAX) break;
-          iov.push(planned[j]!.head);
-          if (planned[j]!.payload !== undefined) iov.push(planned[j]!.payload!);
-        }
-        // Only a run into a new sparse segment is summed: the hot path into others skips it.
-        const runBytes = w.sparse.has(first.segNo) ? bytesOf(iov) : 0;
-        const fd = w.fds.get(first.segNo)!;
-        const direct =
-          runBytes > 0 && runBytes >= this.directRunBytesMin
-            ? this.writeDirect(w, first.segNo, fd, iov, runBytes, first.offset)
-            : false;
-        if (direct === false) this.writeFully(fd, iov, first.offset);
-        else await direct;
-        i = j;
+    let previousNo = i === 0 ? w.activeNo : planned[i - 1]!.segNo;
+    while (i < planned.length) {
+      const first = planned[i]!;
+      if (previousNo !== undefined && first.segNo !== previousNo) {
+        // After its records: a direct run writes zeroes past its last record, to the block's end.
+        this.endSegment(w, previousNo);
       }
-      if (this.directFd !== null && this.directFd.no !== previousNo) this.closeDirectFd();
-    } catch (e) {
-      if (!w.async) {
-        w.syncError = e;
-        return;
+      previousNo = first.segNo;
+      const iov: Buffer[] = [];
+      let j = i;
+      for (; j < planned.length && planned[j]!.segNo === first.segNo; j++) {
+        if (iov.length + 2 > WRITEV_BUFFERS_MAX) break;
+        iov.push(planned[j]!.head);
+        if (planned[j]!.payload !== undefined) iov.push(planned[j]!.payload!);
       }
-      throw e;
+      // Only a run into a new sparse segment is summed: the hot path into others skips it.
+      const runBytes = w.sparse.has(first.segNo) ? bytesOf(iov) : 0;
+      const fd = w.fds.get(first.segNo)!;
+      const direct =
+        runBytes > 0 && runBytes >= this.directRunBytesMin
+          ? this.writeDirect(first.segNo, fd, iov, runBytes, first.offset)
+          : false;
+      if (direct !== false) return direct.then(() => this.writeRuns(w, j));
+      this.writeFully(fd, iov, first.offset);
+      i = j;
     }
+    if (this.directFd !== null && this.directFd.no !== previousNo) this.closeDirectFd();
+    return undefined;
   }
 
   /**
@@ -866,11 +855,10 @@ export class Journal {
    * are) to the one holding the run's end (its bytes after the end written as zeroes: past the
    * records a segment holds zeroes or stale records, and recovery stops at either). Returns false,
    * having written nothing, when direct I/O is not available here (the caller writes buffered
-   * then); else the batch is asynchronous from here on (`w.async`) and the promise settles when the
-   * run is written. The staging buffer is the journal's one: batches are written one at a time.
+   * then); else the promise settles when the run is written. The staging buffer is the journal's
+   * one: batches are written one at a time.
    */
   private writeDirect(
-    w: BatchWrite,
     no: number,
     fd: number,
     iov: readonly Buffer[],
@@ -881,7 +869,6 @@ export class Journal {
     if (st === null) return false;
     const dfd = this.directFdOf(no);
     if (dfd === null) return false;
-    w.async = true;
     return this.writeDirectRun(st.buf, no, dfd, fd, iov, runBytes, offset);
   }
 
@@ -1329,7 +1316,7 @@ export class Journal {
    */
   private deleteReleasedSegmentsSync(): number {
     let deleted = 0;
-    const floor = this.writingFloors[0] ?? Number.POSITIVE_INFINITY;
+    const floor = this.unwritten[0]?.floor ?? Number.POSITIVE_INFINITY;
     for (const seg of this.segments.values()) {
       if (seg === this.active || !this.releasedOnDisk(seg)) continue;
       if (seg.no >= floor) {
@@ -1550,7 +1537,7 @@ export class Journal {
     assert(fromSeq > g.releasedSeq, `readRetained(${group}, ${fromSeq}): released up to ${g.releasedSeq}`);
     assert(g.firstSeq === g.releasedSeq + 1, 'retained records start right after the released ones');
     const start = g.head + (fromSeq - g.firstSeq);
-    const unwritten = this.unwrittenFrom.get(group);
+    const unwritten = this.unwrittenFrom(group);
     const limit = unwritten === undefined ? g.segNo.length : g.head + (unwritten - g.firstSeq);
     let end = start;
     let total = 0;
