@@ -121,6 +121,14 @@ const ZEROES = Buffer.alloc(ZERO_WRITE_BYTES);
  * Smaller runs stay buffered: a direct write waits for the device, a buffered one does not.
  */
 export const DIRECT_RUN_BYTES_MIN = 256 * 1024;
+/**
+ * A run goes direct (on the thread pool) only while the file system has this much room beyond
+ * it. A write that fails once its batch has gone asynchronous fails the journal until a restart
+ * (the batches behind it are placed and sequenced already), while a synchronous one is rolled back
+ * and only its writes fail: so near a full disk, appends stay synchronous and buffered. The margin
+ * covers what other writers (the volumes, other journals) may take while a direct write runs.
+ */
+export const DIRECT_ROOM_MARGIN_BYTES = 256 * 1024 * 1024;
 /** Bytes read per call when scanning a segment in retained(). */
 const READ_CHUNK_BYTES = 4 * 1024 * 1024;
 /** readRetained reads neighbouring records in one call when it wastes at most this much more. */
@@ -135,6 +143,11 @@ export interface JournalIo {
    * writevSync one turn of the event loop later, so that they stay asynchronous.
    */
   write?(fd: number, buffer: Buffer, position: number): Promise<number>;
+  /**
+   * Bytes free to this process on the file system of `dir` (statfs). A test's io without it has
+   * room for every direct write.
+   */
+  freeBytes?(dir: string): number;
 }
 
 const realIo: JournalIo = {
@@ -144,6 +157,10 @@ const realIo: JournalIo = {
     new Promise((resolve, reject) =>
       fs.write(fd, buffer, 0, buffer.length, position, (e, n) => (e ? reject(e) : resolve(n))),
     ),
+  freeBytes: (dir) => {
+    const st = fs.statfsSync(dir);
+    return st.bavail * st.bsize;
+  },
 };
 
 /** JournalIo.write, or writevSync a turn of the event loop later where a test's io has none. */
@@ -336,6 +353,8 @@ export class Journal {
    */
   private readonly sparseSegments = new Set<number>();
   private directBytes = 0;
+  /** The last roomForDirect said no (logged once until it says yes again). */
+  private nearlyFull = false;
   /** The O_DIRECT fd of the segment the last direct run went to. */
   private directFd: { no: number; fd: number } | null = null;
   /** The partial last block of the last direct run: the next run starts by rewriting it. */
@@ -786,7 +805,7 @@ export class Journal {
       const runBytes = w.sparse.has(first.segNo) ? bytesOf(iov) : 0;
       const fd = w.fds.get(first.segNo)!;
       const direct =
-        runBytes > 0 && runBytes >= this.directRunBytesMin
+        runBytes > 0 && runBytes >= this.directRunBytesMin && this.roomForDirect(runBytes)
           ? this.writeDirect(first.segNo, fd, iov, runBytes, first.offset)
           : false;
       if (direct !== false) return direct.then(() => this.writeRuns(w, j));
@@ -795,6 +814,29 @@ export class Journal {
     }
     if (this.directFd !== null && this.directFd.no !== previousNo) this.closeDirectFd();
     return undefined;
+  }
+
+  /**
+   * Whether the file system has room for a direct run of `runBytes` and DIRECT_ROOM_MARGIN_BYTES
+   * more. A statfs that fails says no: the run is written synchronously, as it can be undone.
+   */
+  private roomForDirect(runBytes: number): boolean {
+    if (this.io.freeBytes === undefined) return true;
+    let free: number;
+    try {
+      free = this.io.freeBytes(this.dir);
+    } catch {
+      return false;
+    }
+    const room = free >= runBytes + DIRECT_ROOM_MARGIN_BYTES;
+    if (!room && !this.nearlyFull) {
+      this.log('warn', 'journal: the file system is nearly full; large appends stay synchronous', {
+        dir: this.dir,
+        freeBytes: free,
+      });
+    }
+    this.nearlyFull = !room;
+    return room;
   }
 
   /**

@@ -26,7 +26,13 @@ import {
 } from '../../src/core/types.js';
 import { DIRECT_STAGING_BYTES } from '../../src/storage/direct-io.js';
 import { DURABLE_POINT_FILE_NAME, readDurablePointSync } from '../../src/storage/durable-point.js';
-import { Journal, type JournalIo, type JournalOptions } from '../../src/storage/journal.js';
+import {
+  DIRECT_ROOM_MARGIN_BYTES,
+  Journal,
+  type JournalIo,
+  type JournalOptions,
+} from '../../src/storage/journal.js';
+import type { LogFn } from '../../src/storage/journal-recovery.js';
 import {
   decodeRecord,
   encodeHeader,
@@ -1022,6 +1028,50 @@ describe('journal: large runs with O_DIRECT', () => {
     assert.ok(kept >= 0 && kept < failed.length, `${kept} records of the failed run recovered`);
     assertSameRecords(got, all.concat(failed.slice(0, kept)));
     await again.close();
+  });
+
+  test('near a full disk large runs are written synchronously and buffered; the journal says so once', async () => {
+    const dir = newDir();
+    const { io: watched, seen } = watchedIo();
+    let free: number | Error = 2 ** 40;
+    const io: JournalIo = {
+      ...watched,
+      freeBytes: () => {
+        if (free instanceof Error) throw free;
+        return free;
+      },
+    };
+    const warnings: string[] = [];
+    const log: LogFn = (level, msg) => {
+      if (level === 'warn') warnings.push(msg);
+    };
+    const opts = MIXED;
+    const j = await open(dir, { ...opts, io, log });
+    const m = new Maker();
+    const all = fillThenAppend(j, m, opts.segmentBytes, [100_000]);
+    await j.whenWritten();
+    assert.equal(seen.direct.length, 1, 'with room: direct');
+    const room = (n: number): number => n + DIRECT_ROOM_MARGIN_BYTES;
+    const large = (): void => {
+      const r = m.rec('a', Kind.data, 100_000);
+      j.append([r]);
+      all.push(r);
+    };
+    free = room(100_000) - 1;
+    large();
+    free = room(0); // still less than the run and the margin
+    large();
+    free = new Error('statfs failed');
+    large();
+    // Each was written before append returned: nothing left for the thread pool.
+    assert.equal(seen.direct.length, 1, 'no direct write without room');
+    assert.equal(outsidePrepared(seen.buffered), 3, 'written buffered');
+    assert.deepEqual(warnings, ['journal: the file system is nearly full; large appends stay synchronous']);
+    free = 2 ** 40;
+    large();
+    await j.whenWritten();
+    assert.equal(seen.direct.length, 2, 'room again: direct');
+    await sameAfterReopen(j, dir, opts, all);
   });
 
   test('batches appended while a direct write runs wait for it: the files hold a prefix of the appends', async () => {

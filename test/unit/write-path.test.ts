@@ -26,7 +26,7 @@ import {
   WritePath,
 } from '../../src/node/write-path.js';
 import { MemBlockDevice } from '../../src/storage/blockdev.js';
-import { Journal, type JournalIo } from '../../src/storage/journal.js';
+import { DIRECT_ROOM_MARGIN_BYTES, Journal, type JournalIo } from '../../src/storage/journal.js';
 import { mulberry32 } from '../../src/testing/random.js';
 import { testWritePath } from '../../src/testing/write-path-fixture.js';
 
@@ -732,6 +732,53 @@ test('a write whose record is still being written to the journal (direct, on the
     ],
   );
   assert.equal(recs[1]!.payload[0], 0xaa, 'the copy record holds the write');
+  await journal.close();
+});
+
+test('near a full disk a large write is journalled synchronously: ENOSPC fails it alone, and the next write goes through', async () => {
+  let full = false;
+  let direct = 0;
+  let free = 2 ** 40;
+  const { journal, dev, write } = await setup({
+    directRunBytesMin: 1,
+    journalIo: {
+      writevSync: (fd, bufs, pos) => {
+        if (full) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+        return fs.writevSync(fd, bufs, pos);
+      },
+      fdatasync: (fd) => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res()))),
+      write: (fd, buf, pos) => {
+        direct++;
+        return Promise.resolve(fs.writeSync(fd, buf, 0, buf.length, pos));
+      },
+      freeBytes: () => free,
+    },
+  });
+  // The first segment (the prepared spare, written buffered) is filled by one record.
+  await write('g1', 4 * PAYLOAD_MAX, 1, PAYLOAD_MAX);
+  // With room, a write into the next segment (a new sparse file) goes direct. The segment holds
+  // three such writes.
+  await write('g1', 0, 0xaa, 20480);
+  assert.equal(direct, 1, 'a direct write with room');
+  // Less than a run and the margin: the next run into that segment is written synchronously.
+  free = DIRECT_ROOM_MARGIN_BYTES;
+  full = true;
+  await assert.rejects(write('g1', 20480, 0xbb, 20480), (e: BackendError) => e.errno === 'ENOSPC');
+  assert.equal(dev.bytes[20480], 0, 'the failed write is not on the volume');
+  full = false;
+  // Space again: the journal was not failed, and the write takes the seq the failed one did not.
+  await write('g1', 40960, 0xcc, 20480);
+  assert.equal(dev.bytes[40960], 0xcc);
+  assert.equal(direct, 1, 'no direct write near a full disk');
+  const recs = [...journal.retained()];
+  assert.deepEqual(
+    recs.map((r) => [r.header.seq, r.payload[0]]),
+    [
+      [1, 1],
+      [2, 0xaa],
+      [3, 0xcc],
+    ],
+  );
   await journal.close();
 });
 
