@@ -5,7 +5,8 @@
  * fio runs for BENCH_SECONDS + 2 s, and over BENCH_SECONDS in its middle the CPU time (user +
  * system, all threads) of each node is divided by the records the group journalled meanwhile.
  *
- * Prints one line per workload: records/s, and CPU microseconds per record on a, on b, in all.
+ * Prints one line per workload: records/s, and CPU microseconds per record on a and on b (each
+ * split into user and system time) and in all.
  * BENCH_ROUNDS repeats each workload (default 1).
  */
 import { readFileSync } from 'node:fs';
@@ -14,16 +15,16 @@ import { startCluster } from './replication.js';
 
 const TICKS_PER_S = 100; // USER_HZ on Linux
 
-/** utime + stime of a process (every thread), in seconds. */
-function cpuSeconds(pid: number): number {
+/** utime and stime of a process (every thread), in seconds. */
+function cpuSeconds(pid: number): { user: number; sys: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_S;
+  return { user: Number(fields[11]) / TICKS_PER_S, sys: Number(fields[12]) / TICKS_PER_S };
 }
 
 interface Sample {
   atMs: number;
-  cpu: number[];
+  cpu: { user: number; sys: number }[];
   seq: number;
 }
 
@@ -45,12 +46,18 @@ async function measure(name: string): Promise<string> {
     load.stop();
     const fio = await load.done;
     const records = s2.seq - s1.seq;
-    const us = s2.cpu.map((v, i) => ((v - s1.cpu[i]!) * 1e6) / records);
+    const perRecord = (v: number, was: number): number => ((v - was) * 1e6) / records;
+    const us = s2.cpu.map((v, i) => ({
+      user: perRecord(v.user, s1.cpu[i]!.user),
+      sys: perRecord(v.sys, s1.cpu[i]!.sys),
+    }));
     const perS = (records * 1000) / (s2.atMs - s1.atMs);
-    const total = us.reduce((x, y) => x + y, 0);
+    const total = us.reduce((x, y) => x + y.user + y.sys, 0);
     const fioFigure =
       w.unit === 'MB/s' ? `${(fio.bwBytes / 1e6).toFixed(0)} MB/s` : `${fio.iops.toFixed(0)} IOPS`;
-    return `${name.padEnd(8)} fio ${fioFigure.padStart(11)} ${perS.toFixed(0).padStart(7)} records/s   CPU us/record: a ${us[0]!.toFixed(1).padStart(7)}  b ${us[1]!.toFixed(1).padStart(7)}  a+b ${total.toFixed(1).padStart(7)}`;
+    const node = (n: string, u: { user: number; sys: number }): string =>
+      `${n} ${(u.user + u.sys).toFixed(1).padStart(7)} (user ${u.user.toFixed(1)}, sys ${u.sys.toFixed(1)})`;
+    return `${name.padEnd(8)} fio ${fioFigure.padStart(11)} ${perS.toFixed(0).padStart(7)} records/s   CPU us/record: ${node('a', us[0]!)}  ${node('b', us[1]!)}  a+b ${total.toFixed(1).padStart(7)}`;
   } finally {
     await c.stop();
   }
