@@ -87,9 +87,6 @@ export function parseFailbackStep(step: string, body: unknown): FailbackStep {
   return r.data;
 }
 
-/** Bytes of records read from the journal per call while collecting the dirty set. */
-const READ_BYTES = 8 * 1024 * 1024;
-
 export class Failback {
   constructor(private readonly node: RemcopyNode) {}
 
@@ -133,7 +130,8 @@ export class Failback {
           [...g.pairs.keys()].map((v) => ({ volume: v, offset: 0, length: volumeSize(node, v) })),
         );
       } else {
-        await bitmaps.markAll(this.unapplied(g.name, takeoverSeqs.get(g.name)!));
+        // The records journalled past the takeover: the target never applied them.
+        await bitmaps.markJournalled(node.journal, g.name, takeoverSeqs.get(g.name)!);
       }
       const lastSeq = node.journal.lastSeq(g.name);
       await node.groupState.update(g.name, {
@@ -360,23 +358,6 @@ export class Failback {
   /** The group's bitmaps on this node's own volumes (open on the source side if it runs here). */
   private bitmapsOf(g: GroupConfig): GroupBitmaps {
     return this.node.source?.bitmapsOf(g.name) ?? bitmapsOn(this.node.cfg, g);
-  }
-
-  /** Ranges of the journalled records of `group` past `takeoverSeq`: the target never applied them. */
-  private *unapplied(
-    group: string,
-    takeoverSeq: number,
-  ): Generator<{ volume: string; offset: number; length: number }> {
-    const j = this.node.journal;
-    let from = Math.max(takeoverSeq, j.releasedSeq(group)) + 1;
-    while (from <= j.lastSeq(group)) {
-      const recs = j.readRetained(group, seq(from), READ_BYTES);
-      if (recs.length === 0) return;
-      for (const { header: h } of recs) {
-        if (h.length > 0) yield { volume: h.volume, offset: h.offset, length: h.length };
-      }
-      from = recs[recs.length - 1]!.header.seq + 1;
-    }
   }
 }
 

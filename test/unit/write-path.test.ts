@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { Seq } from '../../src/core/types.js';
-import { compareKeys, keyOf, kindCarriesData, RecordKind } from '../../src/core/types.js';
+import { compareKeys, keyOf, kindCarriesData, RecordKind, seq } from '../../src/core/types.js';
 import type { BackendError } from '../../src/frontend/backend.js';
 import {
   type ActivityLogPort,
@@ -25,6 +25,7 @@ import {
   COPY_READ_TRIES,
   WritePath,
 } from '../../src/node/write-path.js';
+import { GroupBitmaps } from '../../src/node/replication/bitmaps.js';
 import { MemBlockDevice } from '../../src/storage/blockdev.js';
 import { DIRECT_ROOM_MARGIN_BYTES, Journal, type JournalIo } from '../../src/storage/journal.js';
 import { mulberry32 } from '../../src/testing/random.js';
@@ -85,6 +86,27 @@ async function setupFull(opts: Omit<NonNullable<Parameters<typeof setup>[0]>, 'b
   await s.write('g1', 0, 1, PAYLOAD_MAX);
   await s.write('g1', PAYLOAD_MAX, 2, PAYLOAD_MAX);
   return s;
+}
+
+/** The real journal io with `write` for its direct writes (and `more` over the rest). */
+function journalIoWith(write: JournalIo['write'], more: Partial<JournalIo> = {}): JournalIo {
+  return {
+    writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+    fdatasync: (fd) => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res()))),
+    write,
+    ...more,
+  };
+}
+
+/** Direct journal writes held until open() is called. */
+function gatedDirectWrites(): { io: JournalIo; open: () => void } {
+  let open: () => void = () => {};
+  const gate = new Promise<void>((r) => (open = r));
+  const io = journalIoWith(async (fd, buf, pos) => {
+    await gate;
+    return fs.writeSync(fd, buf, 0, buf.length, pos);
+  });
+  return { io, open: () => open() };
 }
 
 test('acknowledged writes are journalled in order and applied before the ack', async () => {
@@ -690,19 +712,8 @@ test('copies on the pool among random host writes: the journal replayed is the v
 });
 
 test('a write whose record is still being written to the journal (direct, on the pool) reaches the volume only after it; a copy of its range waits for it', async () => {
-  let openGate: () => void = () => {};
-  const gate = new Promise<void>((r) => (openGate = r));
-  const { journal, wp, dev, write } = await setup({
-    directRunBytesMin: 1,
-    journalIo: {
-      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
-      fdatasync: (fd) => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res()))),
-      write: async (fd, buf, pos) => {
-        await gate;
-        return fs.writeSync(fd, buf, 0, buf.length, pos);
-      },
-    },
-  });
+  const gated = gatedDirectWrites();
+  const { journal, wp, dev, write } = await setup({ directRunBytesMin: 1, journalIo: gated.io });
   // The first segment (the spare prepared at open, written buffered) is filled by one record.
   await write('g1', 4 * PAYLOAD_MAX, 1, PAYLOAD_MAX);
   const done: string[] = [];
@@ -716,7 +727,7 @@ test('a write whose record is still being written to the journal (direct, on the
   for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
   assert.equal(dev.bytes[0], 0, 'the volume is not written before its journal');
   assert.deepEqual(done, [], 'neither the write nor the copy is done');
-  openGate();
+  gated.open();
   await w;
   const c = await copy;
   assert.equal(dev.bytes[0], 0xaa);
@@ -735,24 +746,48 @@ test('a write whose record is still being written to the journal (direct, on the
   await journal.close();
 });
 
+test('the dirty ranges of journalled records (takeover, failback) include records still being written', async () => {
+  const gated = gatedDirectWrites();
+  const { journal, write } = await setup({ directRunBytesMin: 1, journalIo: gated.io });
+  // Seq 1 fills the first segment (the prepared spare, written buffered); seq 2 goes direct and
+  // is held, seq 3 waits behind it.
+  await write('g1', 4 * PAYLOAD_MAX, 1, PAYLOAD_MAX);
+  const held = [write('g1', 0, 0xaa, 32 * 1024), write('g1', 128 * 1024, 0xbb, 4096)];
+  await new Promise((r) => setImmediate(r));
+  assert.equal(journal.readRetained('g1', seq(2), 1 << 20).length, 0, 'not readable yet');
+  const bitmaps = new GroupBitmaps(join(root, `bm${n++}`), 'g1', 4096, [{ name: 'v1', sizeBytes: 1 << 20 }]);
+  let marked = false;
+  const marking = bitmaps.markJournalled(journal, 'g1', 1).then(() => (marked = true));
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(marked, false, 'marking waits for the held records');
+  gated.open();
+  await Promise.all([marking, ...held]);
+  const bm = bitmaps.maps.get('v1')!;
+  const dirty = [...Array(bm.chunks).keys()].filter((c) => bm.isDirty(c));
+  // 32 KiB from 0 (chunks 0-7) and 4 KiB at 128 KiB (chunk 32); not seq 1, at or before afterSeq.
+  assert.deepEqual(dirty, [0, 1, 2, 3, 4, 5, 6, 7, 32]);
+  await journal.close();
+});
+
 test('near a full disk a large write is journalled synchronously: ENOSPC fails it alone, and the next write goes through', async () => {
   let full = false;
   let direct = 0;
   let free = 2 ** 40;
   const { journal, dev, write } = await setup({
     directRunBytesMin: 1,
-    journalIo: {
-      writevSync: (fd, bufs, pos) => {
-        if (full) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
-        return fs.writevSync(fd, bufs, pos);
-      },
-      fdatasync: (fd) => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res()))),
-      write: (fd, buf, pos) => {
+    journalIo: journalIoWith(
+      (fd, buf, pos) => {
         direct++;
         return Promise.resolve(fs.writeSync(fd, buf, 0, buf.length, pos));
       },
-      freeBytes: () => free,
-    },
+      {
+        writevSync: (fd, bufs, pos) => {
+          if (full) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+          return fs.writevSync(fd, bufs, pos);
+        },
+        freeBytes: () => free,
+      },
+    ),
   });
   // The first segment (the prepared spare, written buffered) is filled by one record.
   await write('g1', 4 * PAYLOAD_MAX, 1, PAYLOAD_MAX);
@@ -785,11 +820,9 @@ test('near a full disk a large write is journalled synchronously: ENOSPC fails i
 test('a direct journal write that fails with ENOSPC: the writes get ENOSPC and no volume is written; the journal refuses more', async () => {
   const { journal, dev, write } = await setup({
     directRunBytesMin: 1,
-    journalIo: {
-      writevSync: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
-      fdatasync: (fd) => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res()))),
-      write: () => Promise.reject(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })),
-    },
+    journalIo: journalIoWith(() =>
+      Promise.reject(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })),
+    ),
   });
   // The first segment (the prepared spare, written buffered) is filled by one record.
   await write('g1', 4 * PAYLOAD_MAX, 1, PAYLOAD_MAX);

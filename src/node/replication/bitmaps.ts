@@ -10,9 +10,14 @@
 import { join } from 'node:path';
 import type { DirtyBitmap } from '../../core/dirty-bitmap.js';
 import { ResyncTracker } from '../../core/resync.js';
+import { seq } from '../../core/types.js';
 import type { VolumeGeometry } from '../../storage/bitmap-file.js';
 import { readBitmapFile, writeBitmapFile } from '../../storage/bitmap-file.js';
+import type { Journal } from '../../storage/journal.js';
 import type { GroupConfig, NodeConfig } from '../config.js';
+
+/** Bytes of records read at a time by markJournalled. */
+const READ_BYTES = 8 * 1024 * 1024;
 
 export class GroupBitmaps {
   readonly maps: Map<string, DirtyBitmap>;
@@ -56,6 +61,22 @@ export class GroupBitmaps {
     return this.durable();
   }
 
+  /**
+   * Marks the ranges of the records of `group` that `journal` retains past `afterSeq` (volumes
+   * named by `volumeOf`, which skips a record by giving undefined), once every record appended so
+   * far is written: readRetained stops short of the first that is not, and a range left out would
+   * be a chunk that differs from the peer unmarked. Durable on return.
+   */
+  async markJournalled(
+    journal: Journal,
+    group: string,
+    afterSeq: number,
+    volumeOf: (volume: string) => string | undefined = (v) => v,
+  ): Promise<void> {
+    await journal.whenWritten();
+    return this.markAll(journalledRanges(journal, group, afterSeq, volumeOf));
+  }
+
   /** Resolves once the file holds every change made before the call. */
   async durable(): Promise<void> {
     const want = this.generation;
@@ -78,4 +99,22 @@ export function bitmapsOn(node: NodeConfig, g: GroupConfig): GroupBitmaps {
   const mine = g.source === node.name ? [...g.pairs.keys()] : [...g.pairs.values()];
   const volumes = mine.map((name) => ({ name, sizeBytes: node.volumes.get(name)!.sizeBytes }));
   return new GroupBitmaps(node.dataDir, g.name, g.bitmapChunkBytes, volumes);
+}
+
+function* journalledRanges(
+  journal: Journal,
+  group: string,
+  afterSeq: number,
+  volumeOf: (volume: string) => string | undefined,
+): Generator<{ volume: string; offset: number; length: number }> {
+  let from = Math.max(afterSeq, journal.releasedSeq(group)) + 1;
+  while (from <= journal.lastSeq(group)) {
+    const recs = journal.readRetained(group, seq(from), READ_BYTES);
+    if (recs.length === 0) return;
+    for (const { header: h } of recs) {
+      const volume = volumeOf(h.volume);
+      if (volume !== undefined && h.length > 0) yield { volume, offset: h.offset, length: h.length };
+    }
+    from = recs[recs.length - 1]!.header.seq + 1;
+  }
 }

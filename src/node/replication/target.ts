@@ -679,7 +679,7 @@ export class TargetReplicator {
       // DESIGN.md §3.7: the promoted side starts a dirty bitmap. Records that arrived beyond the
       // cut are written at the old source and not here: their chunks differ from the start.
       const bitmaps = bitmapsOn(this.cfg, tg.cfg);
-      await bitmaps.markAll(beyondCut(tg, seqApplied));
+      await bitmaps.markJournalled(tg.journal, tg.name, seqApplied, (v) => tg.cfg.pairs.get(v));
       const epoch = tg.receiver.epoch + 1;
       tg.receiver.setEpoch(epoch);
       await this.state.update(tg.name, {
@@ -763,7 +763,8 @@ export class TargetReplicator {
       );
       // Records applied past the marker were released from the journal: their chunks are among
       // `changed`. The ones still journalled past it were not applied, or applied and kept.
-      await bitmaps.markAll([...changed, ...beyondCut(tg, Math.max(seqAt, tg.journal.releasedSeq(tg.name)))]);
+      await bitmaps.markAll(changed);
+      await bitmaps.markJournalled(tg.journal, tg.name, seqAt, (v) => tg.cfg.pairs.get(v));
       const epoch = tg.receiver.epoch + 1;
       tg.receiver.setEpoch(epoch);
       await this.state.update(tg.name, { rollback: { marker, seq: seqAt, epoch } });
@@ -837,24 +838,6 @@ export interface TakeoverResult {
   readonly bitmaps: GroupBitmaps;
   /** A takeover at a snapshot: its marker number. */
   readonly snapshot?: number;
-}
-
-/** Ranges (in target volume names) of the records a group's journal holds beyond `seqApplied`. */
-function* beyondCut(
-  tg: TargetGroup,
-  seqApplied: number,
-): Generator<{ volume: string; offset: number; length: number }> {
-  let from = seqApplied + 1;
-  for (;;) {
-    if (from > tg.journal.lastSeq(tg.name)) return;
-    const recs = tg.journal.readRetained(tg.name, seq(from), 8 * 1024 * 1024);
-    if (recs.length === 0) return;
-    for (const { header: h } of recs) {
-      const volume = tg.cfg.pairs.get(h.volume);
-      if (volume !== undefined && h.length > 0) yield { volume, offset: h.offset, length: h.length };
-    }
-    from = recs[recs.length - 1]!.header.seq + 1;
-  }
 }
 
 /** The consistency set of a group; a group in no set forms a set of its own, named after it. */
