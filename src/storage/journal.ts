@@ -818,21 +818,24 @@ export class Journal {
 
   /**
    * Whether the file system has room for a direct run of `runBytes` and DIRECT_ROOM_MARGIN_BYTES
-   * more. A statfs that fails says no: the run is written synchronously, as it can be undone.
+   * more. A statfs that fails says no (logged like a nearly full disk, with its error): the run is
+   * written synchronously, as it can be undone.
    */
   private roomForDirect(runBytes: number): boolean {
     if (this.io.freeBytes === undefined) return true;
-    let free: number;
+    let free: number | undefined;
+    let error: string | undefined;
     try {
       free = this.io.freeBytes(this.dir);
-    } catch {
-      return false;
+    } catch (e) {
+      error = String(e);
     }
-    const room = free >= runBytes + DIRECT_ROOM_MARGIN_BYTES;
+    const room = free !== undefined && free >= runBytes + DIRECT_ROOM_MARGIN_BYTES;
     if (!room && !this.nearlyFull) {
       this.log('warn', 'journal: the file system is nearly full; large appends stay synchronous', {
         dir: this.dir,
         freeBytes: free,
+        error,
       });
     }
     this.nearlyFull = !room;
