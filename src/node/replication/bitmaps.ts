@@ -19,6 +19,13 @@ import type { GroupConfig, NodeConfig } from '../config.js';
 /** Bytes of records read at a time by markJournalled. */
 const READ_BYTES = 8 * 1024 * 1024;
 
+/** Bytes of a volume to mark dirty. */
+export interface Range {
+  readonly volume: string;
+  readonly offset: number;
+  readonly length: number;
+}
+
 export class GroupBitmaps {
   readonly maps: Map<string, DirtyBitmap>;
   readonly tracker: ResyncTracker;
@@ -56,24 +63,31 @@ export class GroupBitmaps {
   }
 
   /** Marks whole ranges at once (failback: chunks that differ from the peer); durable on return. */
-  markAll(ranges: Iterable<{ volume: string; offset: number; length: number }>): Promise<void> {
-    for (const r of ranges) if (this.maps.has(r.volume)) this.tracker.markWrite(r.volume, r.offset, r.length);
+  markAll(ranges: Iterable<Range>): Promise<void> {
+    this.track(ranges);
     return this.durable();
+  }
+
+  private track(ranges: Iterable<Range>): void {
+    for (const r of ranges) if (this.maps.has(r.volume)) this.tracker.markWrite(r.volume, r.offset, r.length);
   }
 
   /**
    * Marks the ranges of the records of `group` that `journal` retains past `afterSeq` (volumes
    * named by `volumeOf`, which skips a record by giving undefined), once every record appended so
    * far is written: readRetained stops short of the first that is not, and a range left out would
-   * be a chunk that differs from the peer unmarked. Durable on return.
+   * be a chunk that differs from the peer unmarked. `also`: more ranges, marked with them in the
+   * same bitmap write. Durable on return.
    */
   async markJournalled(
     journal: Journal,
     group: string,
     afterSeq: number,
     volumeOf: (volume: string) => string | undefined = (v) => v,
+    also: Iterable<Range> = [],
   ): Promise<void> {
     await journal.whenWritten();
+    this.track(also);
     return this.markAll(journalledRanges(journal, group, afterSeq, volumeOf));
   }
 
@@ -106,7 +120,7 @@ function* journalledRanges(
   group: string,
   afterSeq: number,
   volumeOf: (volume: string) => string | undefined,
-): Generator<{ volume: string; offset: number; length: number }> {
+): Generator<Range> {
   let from = Math.max(afterSeq, journal.releasedSeq(group)) + 1;
   while (from <= journal.lastSeq(group)) {
     const recs = journal.readRetained(group, seq(from), READ_BYTES);

@@ -763,8 +763,7 @@ export class TargetReplicator {
       );
       // Records applied past the marker were released from the journal: their chunks are among
       // `changed`. The ones still journalled past it were not applied, or applied and kept.
-      await bitmaps.markAll(changed);
-      await bitmaps.markJournalled(tg.journal, tg.name, seqAt, (v) => tg.cfg.pairs.get(v));
+      await bitmaps.markJournalled(tg.journal, tg.name, seqAt, (v) => tg.cfg.pairs.get(v), changed);
       const epoch = tg.receiver.epoch + 1;
       tg.receiver.setEpoch(epoch);
       await this.state.update(tg.name, { rollback: { marker, seq: seqAt, epoch } });
