@@ -116,6 +116,21 @@ const fail = (kind: ArrivalErrorKind, detail: string): { ok: false } & ArrivalEr
   detail,
 });
 
+/**
+ * Whether `h` is the record `known` stands for (a duplicate, not a conflict): the same key, kind
+ * and marker numbers. `known` may be a header or what arrival holds of one.
+ */
+export function sameRecord(known: RecordHeader | HeldRecord, h: RecordHeader): boolean {
+  const knownKey = 'key' in known ? known.key : keyOf(known);
+  const knownPrev = 'markerPrev' in known ? known.markerPrev : markerPrev(known);
+  return (
+    compareKeys(knownKey, keyOf(h)) === 0 &&
+    known.kind === h.kind &&
+    known.markerNo === h.markerNo &&
+    knownPrev === markerPrev(h)
+  );
+}
+
 const fmt = (k: OrderKey): string => `(${k.writeTimeUs},${k.nodeId},${k.ordinal})`;
 
 const isSequencedKind = (k: RecordKind): boolean =>
@@ -275,12 +290,7 @@ export class GroupArrival implements ArrivalView {
   }
 
   private checkDuplicate(known: HeldRecord, h: RecordHeader): ArrivalResult<RecordOutcome> {
-    const same =
-      compareKeys(known.key, keyOf(h)) === 0 &&
-      known.kind === h.kind &&
-      known.markerNo === h.markerNo &&
-      known.markerPrev === markerPrev(h);
-    if (same) return { ok: true, outcome: 'duplicate' };
+    if (sameRecord(known, h)) return { ok: true, outcome: 'duplicate' };
     return fail('conflict', `seq ${h.seq} is held with key ${fmt(known.key)} kind ${known.kind}`);
   }
 

@@ -34,7 +34,8 @@ const root = mkdtempSync(join(tmpdir(), 'remcopy-markers-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
 /** Two sources and two targets: g1 a1 -> b1 (v1), g2 a2 -> b2 (v2), one set over both. */
-async function fourNodes(prefix: string, set: string) {
+/** Two source and two target nodes, one group each way, in set `set`; `targetEnv` for b1 and b2. */
+async function fourNodes(prefix: string, set: string, targetEnv: Record<string, string> = {}) {
   const topo = await writeTopology(
     mkdtempSync(join(root, prefix)),
     {
@@ -47,7 +48,9 @@ async function fourNodes(prefix: string, set: string) {
     { bank: set },
   );
   const procs: NodeProcess[] = [];
-  for (const n of ['b1', 'b2', 'a1', 'a2']) procs.push(await startNodeProcess(topo.file, n));
+  for (const n of ['b1', 'b2', 'a1', 'a2']) {
+    procs.push(await startNodeProcess(topo.file, n, undefined, n.startsWith('b') ? targetEnv : {}));
+  }
   const port = (n: string) => topo.ports.get(n)!;
   for (const [g, src, dst] of [
     ['g1', 'a1', 'b1'],
@@ -240,18 +243,26 @@ test('a freeze past its bound thaws by itself; a marker on one source only is ab
   }
 });
 
+const callOf = (s: { api: (n: string) => ReturnType<typeof apiOf>; topo: { secret: string } }) => {
+  return (n: string, path: string, body: unknown) => apiCall(s.api(n), s.topo.secret, 'POST', path, body);
+};
+
+/** Marker 1 by hand, with no go afterwards (as `remcopy checkpoint` would send): b1 snapshots and waits. */
+async function markerOneByHand(s: Parameters<typeof callOf>[0]): Promise<void> {
+  const call = callOf(s);
+  for (const n of ['a1', 'a2']) await call(n, '/v1/sets/bank/freeze', { id: 'w1', boundMs: 2000 });
+  for (const n of ['a1', 'a2']) await call(n, '/v1/sets/bank/mark', { id: 'w1', marker: 1 });
+  const reached = (await call('b1', '/v1/sets/bank/wait-marker', { marker: 1, timeoutMs: 30_000 })) as {
+    outcome: string;
+  };
+  assert.equal(reached.outcome, 'snapshot');
+}
+
 test('groups waiting at a marker for the go: records keep arriving, no apply cycle runs until the go', async () => {
   const s = await fourNodes('wait-', '{ groups: [g1, g2], resume: coordinator, freezeBound: 2s }');
   try {
-    const call = (n: string, path: string, body: unknown) =>
-      apiCall(s.api(n), s.topo.secret, 'POST', path, body);
-    // Marker 1 by hand (no go afterwards, as `remcopy checkpoint` would send): b1 snapshots and waits.
-    for (const n of ['a1', 'a2']) await call(n, '/v1/sets/bank/freeze', { id: 'w1', boundMs: 2000 });
-    for (const n of ['a1', 'a2']) await call(n, '/v1/sets/bank/mark', { id: 'w1', marker: 1 });
-    const reached = (await call('b1', '/v1/sets/bank/wait-marker', { marker: 1, timeoutMs: 30_000 })) as {
-      outcome: string;
-    };
-    assert.equal(reached.outcome, 'snapshot');
+    const call = callOf(s);
+    await markerOneByHand(s);
     const group = (n: string) => groupStatus(s.api(n), s.topo.secret, 'g1');
     const cycles = async () => {
       const n = await metricValue(s.api('b1'), s.topo.secret, 'remcopy_apply_cycles{set="bank"}');
@@ -286,6 +297,45 @@ test('groups waiting at a marker for the go: records keep arriving, no apply cyc
       v1.subarray(31 * 65536, 31 * 65536 + 4096).equals(pattern(0x43, 4096)),
       'the last write is there',
     );
+  } finally {
+    await s.stop();
+  }
+});
+
+test('a group held at a marker with its arrival window nearly full: the link pauses, nothing is refused, the go lets all through', async () => {
+  const window = 1024;
+  const s = await fourNodes('window-', '{ groups: [g1, g2], resume: coordinator, freezeBound: 2s }', {
+    REMCOPY_ARRIVAL_WINDOW: String(window),
+  });
+  try {
+    const b1 = s.procs[0]!;
+    await markerOneByHand(s);
+    const group = (n: string) => groupStatus(s.api(n), s.topo.secret, 'g1');
+    const atMarker = (await group('b1')).seqApplied;
+    const mark = b1.stderr.length;
+    // More 4 KiB writes after the marker than b1's window holds (v1 has 1024 blocks: some twice).
+    const writes = 1200;
+    await qemuIo(
+      s.uri('a1', 'v1'),
+      Array.from({ length: writes }, (_, k) => `write -P ${k % 251} ${(k % 1024) * 4096} 4k`),
+    );
+    const written = (await group('a1')).seqWritten;
+    assert.ok(written - atMarker >= writes);
+    await waitFor('b1 to pause the link near the arrival window', async () =>
+      b1.stderr.slice(mark).find((l) => /near the arrival window: pausing the link/.test(l)),
+    );
+    const held = await group('b1');
+    assert.ok(held.seqArrived - atMarker <= window, `b1 holds ${held.seqArrived - atMarker} past the marker`);
+    assert.ok(held.seqArrived < written, 'b1 stopped reading before the last records');
+    assert.equal(held.seqApplied, atMarker, 'g1 waits at the marker');
+    // The go: applied, released, the link resumes, and every record is applied.
+    for (const n of ['b1', 'b2']) await callOf(s)(n, '/v1/sets/bank/go', { marker: 1 });
+    await waitFor('b1 to apply every write', async () =>
+      (await group('b1')).seqApplied === written ? true : undefined,
+    );
+    assert.ok((await readExport(s.uri('b1', 'v1'))).equals(await readExport(s.uri('a1', 'v1'))));
+    const refused = b1.stderr.slice(mark).filter((l) => /refused|past the arrival window/.test(l));
+    assert.deepEqual(refused, [], 'b1 refused nothing');
   } finally {
     await s.stop();
   }

@@ -64,6 +64,8 @@ export interface ApplyGroup {
   readonly snapshots?: ReadonlyMap<string, VolumeSnapshots>;
   /** Called after a cycle raised the group's applied seq. */
   onApplied(seqApplied: Seq): void;
+  /** Called after a checkpoint released the group's records up to `seqReleased` (arrival, journal). */
+  onReleased(seqReleased: Seq): void;
 }
 
 /** Readers wait while a cycle writes the volumes; a cycle waits for readers in progress. */
@@ -364,6 +366,7 @@ export class ApplyCoordinator {
       if (upTo > g.arrival.seqReleased) {
         g.arrival.release(upTo);
         g.journal.release(g.name, upTo);
+        g.onReleased(upTo);
       }
     }
     this.stats.checkpoints++;

@@ -14,11 +14,12 @@
  * journalled; the session is closed and the source resends after RESUME.
  */
 import { join } from 'node:path';
-import { GroupArrival } from '../../core/arrival.js';
+import type { ArrivalError } from '../../core/arrival.js';
+import { GroupArrival, sameRecord } from '../../core/arrival.js';
 import { RemcopyError } from '../../core/errors.js';
 import { GroupReceiver } from '../../core/receiver.js';
 import type { OrderKey, RecordHeader, Seq } from '../../core/types.js';
-import { keyOf, RecordKind, seq } from '../../core/types.js';
+import { compareKeys, keyOf, RecordKind, seq } from '../../core/types.js';
 import type { PairStateFrame, RecordsFrame, TickFrame } from '../../link/frames.js';
 import { FrameType } from '../../link/frames.js';
 import type { LinkSession } from '../../link/session.js';
@@ -39,14 +40,19 @@ import type { GroupStateStore } from './group-state.js';
 import { RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
 
-/** Records held unapplied per group, at most (the arrival window). */
-const ARRIVAL_HELD_MAX = 1 << 20;
+/**
+ * Records held unapplied per group, at most (the arrival window). REMCOPY_ARRIVAL_WINDOW sets
+ * another, for tests: they reach a window of a thousand records, not of a million.
+ */
+const ARRIVAL_HELD_MAX = positiveInteger(process.env.REMCOPY_ARRIVAL_WINDOW) ?? 1 << 20;
 /** Bytes of received records per group kept in memory until applied (see recent.ts). */
 const APPLY_CACHE_BYTES = 64 * 1024 * 1024;
 /** Journal syncs of an incoming group start at most this often (see makeDurable). */
 const TARGET_SYNC_INTERVAL_MS = 5;
 /** Stop reading a session while a target journal is fuller than this fraction. */
 const JOURNAL_PAUSE_FRACTION = 0.75;
+/** Stop reading a session while more than this fraction of the arrival window waits to be applied. */
+const ARRIVAL_PAUSE_FRACTION = 0.75;
 
 export interface TargetGroupStatus {
   readonly name: string;
@@ -104,8 +110,57 @@ class TargetGroup implements ApplyGroup {
     this.sendAck(this);
   }
 
+  /** Room in the journal and the arrival window: a link paused for it may go on (sendAck resumes it). */
+  onReleased(): void {
+    this.sendAck(this);
+  }
+
   queue(headers: readonly RecordHeader[]): void {
     this.unfed.push(...headers);
+  }
+
+  /**
+   * Why arrival would refuse the records of a frame once they are durable, asked before any is
+   * journalled (core/arrival.ts: check, then append): a record past the arrival window, a key at
+   * or below what a tick promised, a duplicate (`headers` before `from`) that differs from the
+   * record received under its seq. Records appended and not yet durable are unknown to arrival
+   * until fed: a duplicate of one is compared with it here. Undefined when nothing is wrong.
+   */
+  problem(headers: readonly RecordHeader[], from: number): ArrivalError | undefined {
+    for (let i = 0; i < headers.length; i++) {
+      const h = headers[i]!;
+      const pending = i < from ? this.unfedAt(h.seq) : undefined;
+      if (pending !== undefined) {
+        if (!sameRecord(pending, h)) {
+          return { kind: 'conflict', detail: `seq ${h.seq} was received before as another record` };
+        }
+        continue;
+      }
+      const c = this.arrival.check(h);
+      if (!c.ok) return c;
+    }
+    return undefined;
+  }
+
+  /**
+   * Why a tick (every record after `afterSeq` has a key above `key`) contradicts a record received
+   * and not yet durable, which arrival does not know yet; undefined when it does not.
+   */
+  tickProblem(afterSeq: number, key: OrderKey): string | undefined {
+    const first = this.unfed[0];
+    if (first === undefined) return undefined;
+    // Keys rise with seq (the receiver checks): the first record after afterSeq has the lowest.
+    const next = this.unfed[Math.max(0, afterSeq + 1 - first.seq)];
+    if (next !== undefined && compareKeys(keyOf(next), key) <= 0) {
+      return `tick after seq ${afterSeq} promises keys above one that seq ${next.seq} has`;
+    }
+    return undefined;
+  }
+
+  private unfedAt(s: number): RecordHeader | undefined {
+    const first = this.unfed[0];
+    const h = first === undefined ? undefined : this.unfed[s - first.seq];
+    return h?.seq === s ? h : undefined;
   }
 
   /** Feeds arrival every queued record up to `durable` (in seq order). */
@@ -241,9 +296,15 @@ export class TargetReplicator {
       );
     }
     if (journal.releasedSeq(g.name) < seqApplied) journal.release(g.name, seqApplied);
+    // The window covers whatever the journal holds: records are checked against it before they
+    // are journalled, but a journal written before that check may hold more.
     const arrival = new GroupArrival(
       g.name,
-      { recordsHeldMax: ARRIVAL_HELD_MAX, recordsPastGapMax: 1, ticksPendingMax: 16 },
+      {
+        recordsHeldMax: Math.max(ARRIVAL_HELD_MAX, journal.lastSeq(g.name) - seqApplied),
+        recordsPastGapMax: 1,
+        ticksPendingMax: 16,
+      },
       { seqReleased: seqApplied, keyReleased: keyApplied },
     );
     let keyLast = keyApplied;
@@ -368,18 +429,29 @@ export class TargetReplicator {
     const bad = headers.map((h) => this.recordProblem(tg, h)).find((p) => p !== undefined);
     if (bad !== undefined) return this.refuse(session, tg, `${f.group}: ${bad}`);
     const r = tg.receiver.accept(f.epoch, headers);
-    switch (r.kind) {
-      case 'stale-epoch':
-        session.send({ type: FrameType.epoch, group: f.group, epoch: r.epoch });
-        return;
-      case 'error':
-        return this.refuse(session, tg, `${f.group}: ${r.detail}`);
-      case 'duplicates':
-        tg.sessionSeq = Math.max(tg.sessionSeq, headers[headers.length - 1]!.seq);
-        this.ack(tg);
-        return;
-      case 'append':
-        break;
+    if (r.kind === 'stale-epoch') {
+      session.send({ type: FrameType.epoch, group: f.group, epoch: r.epoch });
+      return;
+    }
+    if (r.kind === 'error') return this.refuse(session, tg, `${f.group}: ${r.detail}`);
+    // Checked before anything is journalled: a record journalled that arrival then refuses
+    // would stop the group for good, and stop the node at its next start.
+    const p = tg.problem(headers, r.kind === 'append' ? r.from : headers.length);
+    if (p?.kind === 'backpressure') {
+      // Reading pauses well before the window is full (maybePause): a frame reaches it only if
+      // it alone is larger than the margin. The source sends it again after reconnecting.
+      this.log('warn', 'records past the arrival window: the source resends them later', {
+        group: f.group,
+        detail: p.detail,
+      });
+      session.close(`${f.group}: ${p.detail}`, true, 'RC_ERR_STATE');
+      return;
+    }
+    if (p !== undefined) return this.refuse(session, tg, `${f.group}: ${p.detail}`);
+    if (r.kind === 'duplicates') {
+      tg.sessionSeq = Math.max(tg.sessionSeq, headers[headers.length - 1]!.seq);
+      this.ack(tg);
+      return;
     }
     const recs = f.records.slice(r.from);
     try {
@@ -482,6 +554,8 @@ export class TargetReplicator {
         `${f.group}: tick after seq ${f.seq}, only ${tg.receiver.seqAppended} received`,
       );
     }
+    const contradiction = tg.tickProblem(f.seq, f.key);
+    if (contradiction !== undefined) return this.refuse(session, tg, `${f.group}: ${contradiction}`);
     const r = tg.arrival.onTick(f.seq, f.key);
     if (!r.ok) {
       if (r.kind === 'backpressure') return;
@@ -528,22 +602,35 @@ export class TargetReplicator {
   }
 
   private maybePause(session: LinkSession, tg: TargetGroup): void {
-    const u = tg.journal.usage();
-    if (u.usedBytes > JOURNAL_PAUSE_FRACTION * u.bytesMax && !this.paused.has(session)) {
+    const why = this.tooFarAhead(tg);
+    if (why !== undefined && !this.paused.has(session)) {
       this.paused.add(session);
       session.pause();
-      this.log('info', 'target journal filling up: pausing the link until apply catches up', {
-        group: tg.name,
-      });
+      this.log('info', `${why}: pausing the link until apply catches up`, { group: tg.name });
     }
+  }
+
+  /**
+   * Why the group's source should wait for apply: its target journal is filling up, or the records
+   * not yet applied near the arrival window (arrival refuses records past it). Undefined if neither.
+   */
+  private tooFarAhead(tg: TargetGroup): string | undefined {
+    const u = tg.journal.usage();
+    if (u.usedBytes > JOURNAL_PAUSE_FRACTION * u.bytesMax) return 'target journal filling up';
+    if (
+      tg.receiver.seqAppended - tg.arrival.seqReleased >
+      ARRIVAL_PAUSE_FRACTION * tg.arrival.limits.recordsHeldMax
+    ) {
+      return 'records waiting to be applied near the arrival window';
+    }
+    return undefined;
   }
 
   private maybeResume(): void {
     for (const session of this.paused) {
-      const full = [...this.groups.values()].some((tg) => {
-        const u = tg.journal.usage();
-        return tg.session === session && u.usedBytes > JOURNAL_PAUSE_FRACTION * u.bytesMax;
-      });
+      const full = [...this.groups.values()].some(
+        (tg) => tg.session === session && this.tooFarAhead(tg) !== undefined,
+      );
       if (!full) {
         this.paused.delete(session);
         session.resume();
@@ -842,4 +929,9 @@ export interface TakeoverResult {
 /** The consistency set of a group; a group in no set forms a set of its own, named after it. */
 export function setOf(topo: Topology, group: string): string {
   return consistencySetOf(topo, group) ?? group;
+}
+
+function positiveInteger(raw: string | undefined): number | undefined {
+  const n = Number(raw);
+  return raw !== undefined && Number.isSafeInteger(n) && n > 0 ? n : undefined;
 }
