@@ -4,7 +4,8 @@
  * session going on to GO, LIST and INFO reply contents, malformed and oversized input (errors
  * where the protocol has one, a logged disconnect where it has none), unknown flags and commands
  * answered with EINVAL, structured replies and BLOCK_STATUS with REQ_ONE, out-of-order replies,
- * the in-flight bound, and DISC / close() answering every request in flight before closing.
+ * the in-flight bound, and DISC / close() answering every request in flight before closing, also
+ * when the client half-closes (FIN) after DISC or without it, or in the handshake.
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -220,6 +221,12 @@ let port: number;
 function startServer(catalog: ExportCatalog): Promise<{ server: NbdServer; port: number }> {
   const s = new NbdServer({ catalog, log: (level, msg, fields) => logs.push({ level, msg, fields }) });
   return s.listen('127.0.0.1', 0).then(({ port }) => ({ server: s, port }));
+}
+
+/** The server has seen every connection close (its 'close' may come a little after the client's). */
+async function noConnections(s: NbdServer): Promise<void> {
+  for (let i = 0; i < 200 && s.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(s.connectionCount, 0, 'the server closed every connection');
 }
 
 before(async () => {
@@ -538,6 +545,71 @@ describe('concurrency and shutdown', () => {
       );
       await c.closedP;
       for (let i = 0; i < 8; i++) assert.equal(slow.data[i * 4096], i + 1);
+    } finally {
+      await s.server.close();
+    }
+  });
+
+  test(
+    'DISC then a half-close (FIN): every request in flight is answered, then the server closes',
+    T,
+    async () => {
+      // What qemu and python clients do: requests, DISC, shutdown(SHUT_WR), then read the replies.
+      // The writes take 50 ms each in the backend, so all of them are in flight when the FIN comes.
+      const n = 64;
+      const slow = new MemExport({ name: 'slow', sizeBytes: 8 * MiB, latencyMs: 50 });
+      const s = await startServer(new MemCatalog([slow]));
+      try {
+        const c = await open(s.port, 'slow');
+        const parts = [];
+        for (let i = 0; i < n; i++)
+          parts.push(request(CMD.WRITE, i, i * 65536, 65536, 1 /* FUA */), Buffer.alloc(65536, i + 1));
+        c.send(...parts, request(CMD.DISC, 999, 0, 0));
+        c.sock.end();
+        const handles = new Set<number>();
+        for (let i = 0; i < n; i++) {
+          const r = await simpleReply(c);
+          assert.equal(r.error, 0);
+          handles.add(r.handle);
+        }
+        assert.equal(handles.size, n, 'every write answered once');
+        await c.closedP;
+        for (let i = 0; i < n; i++) assert.equal(slow.data[i * 65536 + 65535], i + 1, `write ${i} is there`);
+        assert.equal(slow.counts.fuaWrite, n);
+      } finally {
+        await s.server.close();
+      }
+    },
+  );
+
+  test('a FIN without DISC: requests in flight are answered, then the server closes', T, async () => {
+    const slow = new MemExport({ name: 'slow', sizeBytes: MiB, latencyMs: 50 });
+    const s = await startServer(new MemCatalog([slow]));
+    try {
+      const c = await open(s.port, 'slow', { structured: true });
+      c.send(request(CMD.WRITE, 1, 0, 4096), Buffer.alloc(4096, 9), request(CMD.READ, 2, 8192, 4096));
+      c.sock.end();
+      const replies = [await simpleReply(c)];
+      const read = await chunk(c);
+      assert.deepEqual(replies, [{ error: 0, handle: 1 }]);
+      assert.equal(read.handle, 2);
+      await c.closedP;
+      assert.equal(slow.data[4095], 9);
+      await noConnections(s.server);
+    } finally {
+      await s.server.close();
+    }
+  });
+
+  test('a FIN in the handshake closes the connection at once', T, async () => {
+    const s = await startServer(new MemCatalog([new MemExport({ name: 'v', sizeBytes: MiB })]));
+    try {
+      const c = await Raw.connect(s.port);
+      await greet(c);
+      c.sock.end();
+      // Half-open sockets: without handling the FIN this would wait for the handshake timeout.
+      await c.closedP;
+      await noConnections(s.server);
     } finally {
       await s.server.close();
     }

@@ -9,6 +9,9 @@
  *
  * close() stops accepting, lets every request in flight finish and be answered, then closes the
  * connections; connections still in the handshake are closed at once.
+ *
+ * Connections are half-open (allowHalfOpen): a client may send its last requests and DISC, then
+ * its FIN, and still read the replies (session.ts).
  */
 import net from 'node:net';
 import type tls from 'node:tls';
@@ -51,7 +54,9 @@ export class NbdServer {
   listen(host: string, port: number): Promise<{ port: number }> {
     if (this.listener) return Promise.reject(new Error('NbdServer is already listening'));
     if (this.closing) return Promise.reject(new Error('NbdServer is closed'));
-    const listener = net.createServer({ noDelay: true }, (socket) => this.handleSocket(socket));
+    const listener = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) =>
+      this.handleSocket(socket),
+    );
     this.listener = listener;
     return new Promise((resolve, reject) => {
       listener.once('error', reject);

@@ -9,6 +9,14 @@
  *
  * Closing is always clean from our side: replies queued so far are flushed, the socket is ended
  * (TLS close_notify first), and destroyed after CLOSE_LINGER_MS if the client never closes.
+ *
+ * The client closing its side (FIN, or TLS close_notify) ends only its input: the socket is
+ * half-open, so requests in flight are still answered. proto.md on NBD_CMD_DISC: "The server MUST
+ * handle all outstanding requests ... and close the TCP session", and clients send DISC, then
+ * shut down their write side, then read. Without half-open sockets Node ended ours on their FIN
+ * and every reply still to come was dropped. In the handshake nothing is in flight: a FIN closes
+ * the connection at once. In transmission it stops reading, and the connection closes once every
+ * request in flight is answered, DISC or not (a FIN never leaves the socket half-open).
  */
 import type net from 'node:net';
 import type tls from 'node:tls';
@@ -50,6 +58,11 @@ export class NbdSession {
     if (this.tx) this.tx.onData(chunk);
     else this.onHandshakeData(chunk);
   };
+  private readonly onEnd = (): void => {
+    if (this.ending) return;
+    if (this.tx) this.tx.onInputEnd();
+    else this.end('client closed its side during the handshake', 'debug');
+  };
   private readonly onDrain = (): void => this.tx?.resume();
   private readonly onError = (e: Error): void => {
     this.log('debug', 'socket error', { error: e.message });
@@ -90,6 +103,9 @@ export class NbdSession {
 
   start(): void {
     const s = this.sock;
+    // Sockets a caller hands over may not come from our listener: the client's FIN must not end
+    // our side while replies are due (see the header). Settable until 'end' is emitted.
+    s.allowHalfOpen = true;
     s.setNoDelay(true);
     this.attach(s);
     if (s.destroyed) {
@@ -113,6 +129,7 @@ export class NbdSession {
 
   private attach(s: net.Socket): void {
     s.on('data', this.onData);
+    s.on('end', this.onEnd);
     s.on('error', this.onError);
     s.on('close', this.onClose);
   }
@@ -155,6 +172,8 @@ export class NbdSession {
       return;
     }
     plain.removeListener('data', this.onData);
+    // The client's FIN now reaches the TLS socket, which is half-open like the plain one (tls.ts).
+    plain.removeListener('end', this.onEnd);
     const secure = upgradeToTls(plain, leftover, context);
     this.sock = secure;
     this.attach(secure);

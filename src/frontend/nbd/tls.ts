@@ -5,9 +5,14 @@
  * The upgrade stops reading the plain socket, puts back any bytes already read past the option
  * (the start of the client's TLS handshake, if it was quick), and wraps the same socket in a
  * server-side TLSSocket; Node feeds the put-back bytes to TLS before reading the socket again.
+ *
+ * The TLSSocket is half-open like the socket it wraps (Node copies allowHalfOpen from it): the
+ * client's close_notify or FIN ends its input only, and replies still due go out encrypted; our
+ * end() then sends close_notify and FIN (session.ts).
  */
 import type net from 'node:net';
 import tls from 'node:tls';
+import { assert } from '../../core/assert.js';
 
 export interface NbdTlsOptions {
   readonly key: Buffer | string;
@@ -37,5 +42,7 @@ export function upgradeToTls(
 ): tls.TLSSocket {
   socket.pause();
   if (leftover.length > 0) socket.unshift(leftover);
-  return new tls.TLSSocket(socket, { isServer: true, secureContext: context });
+  const secure = new tls.TLSSocket(socket, { isServer: true, secureContext: context });
+  assert(secure.allowHalfOpen === socket.allowHalfOpen, 'the TLS socket is half-open like the plain one');
+  return secure;
 }

@@ -15,6 +15,9 @@
  *
  * Client input never throws: a bad request gets its NBD error; a request we cannot skip (bad
  * magic, an absurd WRITE length) ends the connection with a logged reason.
+ *
+ * The end of input (the client's FIN: onInputEnd) stops reading like DISC does: every request in
+ * flight is answered, then the connection finishes. A request cut off by it is dropped, logged.
  */
 import { assert } from '../../core/assert.js';
 import type { Extent, VolumeExport, WriteOptions, ZeroOptions } from '../backend.js';
@@ -125,6 +128,8 @@ export class Transmission {
   private inFlightBytes = 0;
   /** No more input is read: DISC, shutdown, or a protocol error. */
   private stopped = false;
+  /** The client closed its side; held input is still parsed first. */
+  private inputEnded = false;
   private finishing: { reason: string; level: NbdLogLevel } | undefined;
 
   constructor(
@@ -158,7 +163,21 @@ export class Transmission {
     const held = this.held;
     this.held = undefined;
     this.consume(held);
-    if (!this.held && !this.stopped) this.host.resumeInput();
+    if (this.held || this.stopped) return;
+    if (this.inputEnded) this.onInputEnd();
+    else this.host.resumeInput();
+  }
+
+  /** The client closed its side: nothing more will come. Answer what is in flight, then finish. */
+  onInputEnd(): void {
+    this.inputEnded = true;
+    // A paused socket emits no 'end' before its data, but held input would still come first.
+    if (this.stopped || this.held) return;
+    if (this.headerFill > 0 || this.parse !== PARSE_HEADER) {
+      this.stop({ reason: 'client closed its side in the middle of a request', level: 'warn' });
+    } else {
+      this.stop({ reason: 'client closed its side without NBD_CMD_DISC', level: 'debug' });
+    }
   }
 
   /** Server shutdown: read nothing more, answer what is in flight, then finish. */
