@@ -1,7 +1,17 @@
 /**
  * A node's volume as the front ends see it (VolumeExport): bounds and permission checks, then
  * either the journalled write path (a volume that is the source of a group) or the device alone
- * (a volume in no group). A volume that is the target of a group is exported read-only.
+ * (a volume in no group, a promoted one). A volume that is the target of a group is exported
+ * read-only.
+ *
+ * Direct writes (writeDirect) keep the write path's ordering: one that overlaps a direct write in
+ * flight starts after it (InflightRanges), so the later of two overlapping writes wins, however
+ * long the earlier one takes. Zeroing a range is the long one: TRIM and WRITE_ZEROES are not
+ * bounded by the request size limit (requests.ts), and one may cover the whole volume. It runs on
+ * the thread pool, a piece at a time (BlockDevice.zero), so the node answers other requests, other
+ * connections and its API meanwhile; written synchronously it held the event loop for seconds
+ * (4 GiB: about 4 s). Node's fs has no fallocate, so a TRIM writes zeroes like WRITE_ZEROES,
+ * allocating the range, instead of punching a hole.
  */
 import { RecordKind } from '../core/types.js';
 import type { Extent, VolumeExport, WriteOptions, ZeroOptions } from '../frontend/backend.js';
@@ -9,7 +19,7 @@ import { appendExtent, BackendError } from '../frontend/backend.js';
 import type { BlockDevice } from '../storage/blockdev.js';
 import type { VolumeSnapshots } from '../storage/snapshots.js';
 import { isZero } from '../storage/zeroes.js';
-import type { TrackPort, WritePath } from './write-path.js';
+import { ASYNC_APPLY_BYTES_MIN, InflightRanges, type TrackPort, type WritePath } from './write-path.js';
 
 /**
  * none: in no group, written directly. source: journalled. target: read-only, shows the last
@@ -67,6 +77,8 @@ export class NodeVolume implements VolumeExport {
   /** Set by the node on a target volume: its snapshots, preserved before a direct write (promoted). */
   snapshots: VolumeSnapshots | undefined;
   private readonly direct = new Set<Promise<void>>();
+  /** Direct writes in flight, so that overlapping ones land in the order they were submitted. */
+  private readonly directRanges = new InflightRanges();
 
   constructor(
     readonly name: string,
@@ -149,21 +161,16 @@ export class NodeVolume implements VolumeExport {
     payload: Buffer | undefined,
     opts: WriteOptions,
   ): Promise<void> {
+    const end = offset + length;
     if (this.roleNow.kind === 'source') {
-      return this.writePath.submit({
-        group: this.roleNow.group,
-        kind,
-        volume: this.name,
-        device: this.device,
-        offset,
-        length,
-        payload,
-        hostTimeUs: opts.hostTimeUs,
-        fua: opts.fua === true,
-        payloadStable: opts.payloadStable === true,
-      });
+      // Just turned source (failback) while a direct write of the range still runs: after it.
+      if (this.directRanges.overlaps(offset, end))
+        return this.directRanges.run(offset, end, () => this.journalled(kind, offset, length, payload, opts));
+      return this.journalled(kind, offset, length, payload, opts);
     }
-    const done = this.writeDirect(kind, offset, length, payload, opts);
+    const done = this.directRanges.run(offset, end, () =>
+      this.writeDirect(kind, offset, length, payload, opts),
+    );
     this.direct.add(done);
     try {
       await done;
@@ -172,7 +179,36 @@ export class NodeVolume implements VolumeExport {
     }
   }
 
-  /** A write that does not go through the write path (a promoted volume's, tracked in its bitmap). */
+  private journalled(
+    kind: RecordKind,
+    offset: number,
+    length: number,
+    payload: Buffer | undefined,
+    opts: WriteOptions,
+  ): Promise<void> {
+    const role = this.roleNow;
+    // A write that waited (see submit) may find the volume fenced meanwhile: read-only.
+    if (role.kind !== 'source')
+      return Promise.reject(new BackendError('EPERM', `${this.name} is read-only now`));
+    return this.writePath.submit({
+      group: role.group,
+      kind,
+      volume: this.name,
+      device: this.device,
+      offset,
+      length,
+      payload,
+      hostTimeUs: opts.hostTimeUs,
+      fua: opts.fua === true,
+      payloadStable: opts.payloadStable === true,
+    });
+  }
+
+  /**
+   * A write that does not go through the write path (a promoted volume's, tracked in its bitmap).
+   * Its range is marked and preserved before it is changed. Zeroes of ASYNC_APPLY_BYTES_MIN and
+   * more go to the thread pool in pieces (see the header); other writes go to the page cache here.
+   */
   private async writeDirect(
     kind: RecordKind,
     offset: number,
@@ -186,7 +222,8 @@ export class NodeVolume implements VolumeExport {
       // Snapshots taken while this was a target keep their image (copy-on-write).
       if (this.snapshots?.needsPreserve(offset, length)) await this.snapshots.preserve([{ offset, length }]);
       if (payload) this.device.writeSync(offset, payload);
-      else this.device.zeroSync(offset, length);
+      else if (length < ASYNC_APPLY_BYTES_MIN) this.device.zeroSync(offset, length);
+      else await this.device.zero(offset, length);
       if (opts.fua) await this.device.sync();
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code === 'ENOSPC' ? 'ENOSPC' : 'EIO';
