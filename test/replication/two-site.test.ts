@@ -78,6 +78,9 @@ test('qemu-io and fio writes replicate; verify passes, then names a range change
       'write -P 0x5a 0 1M',
       '-c',
       'write -z 2M 1M',
+      // Zeroes over data: the target zeroes them on the thread pool (apply.ts, zeroWhereNeeded).
+      '-c',
+      'write -z 512k 512k',
       `nbd://127.0.0.1:${pa.nbd}/d`,
     ]);
     await run('fio', [
