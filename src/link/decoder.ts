@@ -15,9 +15,12 @@
  *   +-------+-------+------+--------+---------------+---------------+-----------------+
  *
  * Bounded buffering: the header is checked as soon as its bytes arrive, in push() as well as in
- * next(), so a bad magic or a declared length above LINK_FRAME_PAYLOAD_BYTES_MAX is refused before
- * any payload is buffered. A caller that drains next() after every push holds at most one frame
- * plus one chunk. After an error the stream is dead (it cannot be resynchronised): the buffer is
+ * next(), so a bad magic or a declared length above the decoder's current limit is refused before
+ * any payload is buffered. The limit (`payloadBytesMax`) is LINK_FRAME_PAYLOAD_BYTES_MAX unless
+ * the owner lowers it: a session keeps it at LINK_HANDSHAKE_PAYLOAD_BYTES_MAX until the peer is
+ * authenticated, then raises it. A frame's header is judged by the limit in force when next()
+ * reaches it, so frames behind the one that raises it are read with the new limit. A caller that
+ * drains next() after every push holds at most one frame plus one chunk. After an error the stream is dead (it cannot be resynchronised): the buffer is
  * released, further chunks are dropped, and next() repeats the error. Frames are views of the
  * pushed chunks (a frame that spans chunks is copied once): do not reuse a chunk after pushing it.
  */
@@ -25,6 +28,7 @@ import { assert } from '../core/assert.js';
 import type { Frame, FrameError } from './frames.js';
 import {
   decodeFrame,
+  isPayloadLimit,
   LINK_FRAME_HEADER_BYTES,
   LINK_FRAME_PAYLOAD_BYTES_MAX,
   peekFrameHeader,
@@ -47,6 +51,24 @@ export class FrameDecoder {
   private head = 0;
   private buffered = 0;
   private dead: FrameError | null = null;
+  private limit: number;
+
+  /** `payloadBytesMax`: the largest payload a frame may declare, at first (see the setter). */
+  constructor(payloadBytesMax: number = LINK_FRAME_PAYLOAD_BYTES_MAX) {
+    assert(isPayloadLimit(payloadBytesMax), `payload limit ${payloadBytesMax}`);
+    this.limit = payloadBytesMax;
+  }
+
+  /** The largest payload a frame may declare now; a header declaring more ends the stream ('length'). */
+  get payloadBytesMax(): number {
+    return this.limit;
+  }
+
+  /** Applies from the frame next() reaches next on (the frames already returned are not rejudged). */
+  set payloadBytesMax(n: number) {
+    assert(isPayloadLimit(n), `payload limit ${n}`);
+    this.limit = n;
+  }
 
   /** Bytes held, not yet returned as frames. */
   get bufferedBytes(): number {
@@ -63,14 +85,14 @@ export class FrameDecoder {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     assert(this.buffered <= LINK_DECODER_BUFFERED_BYTES_MAX, 'FrameDecoder.push without draining next()');
-    const h = peekFrameHeader(this.peek(Math.min(this.buffered, LINK_FRAME_HEADER_BYTES)));
+    const h = peekFrameHeader(this.peek(Math.min(this.buffered, LINK_FRAME_HEADER_BYTES)), this.limit);
     if (!h.ok && h.error.code !== 'short') this.die(h.error);
   }
 
   /** The next whole frame, 'need-more' when the buffer ends inside one, or the error that ended the stream. */
   next(): DecoderStep {
     if (this.dead !== null) return { ok: false, error: this.dead };
-    const h = peekFrameHeader(this.peek(Math.min(this.buffered, LINK_FRAME_HEADER_BYTES)));
+    const h = peekFrameHeader(this.peek(Math.min(this.buffered, LINK_FRAME_HEADER_BYTES)), this.limit);
     if (!h.ok) return h.error.code === 'short' ? 'need-more' : this.die(h.error);
     const bytes = LINK_FRAME_HEADER_BYTES + h.payloadBytes;
     if (this.buffered < bytes) return 'need-more';

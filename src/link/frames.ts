@@ -18,7 +18,8 @@
  *    4 +--------+--------+--------+--------+
  *      |version | type   | flags (u16, 0)  |   version = 1; type = FrameType
  *    8 +--------+--------+--------+--------+
- *      |      payloadLen (u32)             |   <= LINK_FRAME_PAYLOAD_BYTES_MAX (64 MiB)
+ *      |      payloadLen (u32)             |   <= LINK_FRAME_PAYLOAD_BYTES_MAX (64 MiB); before
+ *      |                                   |      authentication <= LINK_HANDSHAKE_PAYLOAD_BYTES_MAX
  *   12 +--------+--------+--------+--------+
  *      |      crc32c (u32)                 |   over the 16 header bytes (crc field zeroed) + payload
  *   16 +-----------------------------------+
@@ -113,6 +114,24 @@ const HELLO_BYTES_MAX =
   2 * (1 + LINK_NAME_BYTES_MAX) +
   2 +
   LINK_HELLO_GROUPS_MAX * (1 + LINK_NAME_BYTES_MAX);
+/** CHALLENGE_RESPONSE, AUTH_OK, AUTH_FAIL and ERROR payloads, at most. */
+const CHALLENGE_RESPONSE_BYTES_MAX = LINK_PROOF_BYTES;
+const AUTH_OK_BYTES_MAX = 0;
+const AUTH_FAIL_BYTES_MAX = 2 + LINK_TEXT_BYTES_MAX;
+const ERROR_BYTES_MAX = 1 + LINK_NAME_BYTES_MAX + 2 + LINK_TEXT_BYTES_MAX;
+/**
+ * Payload bytes of one frame before a session is authenticated, at most: the largest frame the
+ * handshake can carry (HELLO with every field at its limit, CHALLENGE_RESPONSE, AUTH_OK, AUTH_FAIL,
+ * ERROR). A session decodes with this limit until it is ready, so a peer that has proved nothing
+ * makes a node buffer at most one such frame, not LINK_FRAME_PAYLOAD_BYTES_MAX.
+ */
+export const LINK_HANDSHAKE_PAYLOAD_BYTES_MAX = Math.max(
+  HELLO_BYTES_MAX,
+  CHALLENGE_RESPONSE_BYTES_MAX,
+  AUTH_OK_BYTES_MAX,
+  AUTH_FAIL_BYTES_MAX,
+  ERROR_BYTES_MAX,
+);
 
 assert(LINK_MAGIC.length === 4, 'magic is 4 bytes');
 assert(OFF_CRC + 4 === LINK_FRAME_HEADER_BYTES, 'header layout covers the header exactly');
@@ -126,6 +145,10 @@ assert(
   'a full batch of the smallest records fits in a RECORDS frame',
 );
 assert(HELLO_BYTES_MAX <= LINK_FRAME_PAYLOAD_BYTES_MAX, 'the largest HELLO fits in a frame');
+assert(
+  LINK_HANDSHAKE_PAYLOAD_BYTES_MAX <= LINK_FRAME_PAYLOAD_BYTES_MAX,
+  'the handshake limit is below the frame limit',
+);
 assert(LINK_NAME_BYTES_MAX <= 255, 'name lengths fit in a u8');
 assert(LINK_HELLO_GROUPS_MAX <= U16_MAX, 'group count fits in a u16');
 assert(LINK_TEXT_BYTES_MAX <= U16_MAX, 'text lengths fit in a u16');
@@ -1093,9 +1116,15 @@ export type HeaderPeek =
 /**
  * Checks the header fields present in `buf` (which may hold fewer than 16 bytes), so that garbage
  * and oversized lengths are refused as soon as the bytes that show them arrive. 'short' when every
- * byte present is fine but the header is not complete. Never throws.
+ * byte present is fine but the header is not complete. A declared payload above `payloadBytesMax`
+ * (the frame limit, or a lower one such as LINK_HANDSHAKE_PAYLOAD_BYTES_MAX) is a 'length' error.
+ * Never throws on peer bytes.
  */
-export function peekFrameHeader(buf: Buffer): HeaderPeek {
+export function peekFrameHeader(
+  buf: Buffer,
+  payloadBytesMax: number = LINK_FRAME_PAYLOAD_BYTES_MAX,
+): HeaderPeek {
+  assert(isPayloadLimit(payloadBytesMax), `payload limit ${payloadBytesMax}`);
   const n = buf.length;
   for (let i = 0; i < 4 && i < n; i++) {
     if (buf[i] !== LINK_MAGIC[i]) return fail('magic', `bad magic byte ${i}: 0x${buf[i]!.toString(16)}`);
@@ -1110,14 +1139,16 @@ export function peekFrameHeader(buf: Buffer): HeaderPeek {
   }
   if (n < OFF_LENGTH + 4) return fail('short', `${n} of ${LINK_FRAME_HEADER_BYTES} header bytes`);
   const payloadBytes = buf.readUInt32LE(OFF_LENGTH);
-  if (payloadBytes > LINK_FRAME_PAYLOAD_BYTES_MAX) {
-    return fail(
-      'length',
-      `declared payload of ${payloadBytes} bytes exceeds ${LINK_FRAME_PAYLOAD_BYTES_MAX}`,
-    );
+  if (payloadBytes > payloadBytesMax) {
+    return fail('length', `declared payload of ${payloadBytes} bytes exceeds ${payloadBytesMax}`);
   }
   if (n < LINK_FRAME_HEADER_BYTES) return fail('short', `${n} of ${LINK_FRAME_HEADER_BYTES} header bytes`);
   return { ok: true, type: buf[OFF_TYPE] as FrameType, payloadBytes };
+}
+
+/** Whether `n` may serve as a decoding limit: a whole number of bytes up to the frame limit. */
+export function isPayloadLimit(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= LINK_FRAME_PAYLOAD_BYTES_MAX;
 }
 
 const ZERO_CRC_FIELD = Buffer.alloc(4);

@@ -9,6 +9,9 @@
  *   another group, a seq gap, a repeated seq, a tick, an epoch above the frame's, a bad count;
  * - every header fault has its code (magic, version, type, flags, length, checksum), and the
  *   streaming decoder is dead after one;
+ * - the handshake limit is the largest handshake frame (a HELLO with every field at its limit), and
+ *   a streaming decoder held to it refuses a larger header before its payload, and reads larger
+ *   frames once the limit is raised;
  * - encoders assert on values this node must never send.
  *
  * Wire format under test (frames.ts has the payloads):
@@ -38,6 +41,8 @@ import {
   authProof,
   decodeFrame,
   encodeAck,
+  encodeAuthFail,
+  encodeChallengeResponse,
   encodeError,
   encodeFrame,
   encodeHello,
@@ -47,6 +52,7 @@ import {
   LINK_BATCH_RECORDS_MAX,
   LINK_FRAME_HEADER_BYTES,
   LINK_FRAME_PAYLOAD_BYTES_MAX,
+  LINK_HANDSHAKE_PAYLOAD_BYTES_MAX,
   LINK_HELLO_GROUPS_MAX,
   LINK_NONCE_BYTES,
   LINK_TEXT_BYTES_MAX,
@@ -462,6 +468,55 @@ describe('link frames: header faults', () => {
     assert.equal(d.bufferedBytes, 0, 'chunks after the error are dropped');
     assert.deepEqual(d.next(), step);
     assert.equal(d.error?.code, 'length');
+  });
+
+  test('the handshake limit is exactly the largest handshake frame', () => {
+    const payloadBytes = (f: Buffer): number => f.length - LINK_FRAME_HEADER_BYTES;
+    const largestHello = encodeHello({
+      versionMin: 1,
+      versionMax: 0xffff,
+      nonce: newNonce(),
+      nodeName: NAME64,
+      clusterId: NAME_UTF8,
+      groups: Array.from({ length: LINK_HELLO_GROUPS_MAX }, (_, i) => `${i}`.padStart(64, 'g')),
+    });
+    assert.equal(payloadBytes(largestHello), LINK_HANDSHAKE_PAYLOAD_BYTES_MAX);
+    const text = 'x'.repeat(2 * LINK_TEXT_BYTES_MAX);
+    for (const f of [
+      encodeChallengeResponse({ proof: Buffer.alloc(32) }),
+      encodeFrame({ type: FrameType.authOk }),
+      encodeAuthFail({ reason: text }),
+      encodeError({ code: 'RC_ERR_' + 'X'.repeat(57), message: text }),
+    ]) {
+      assert.ok(
+        payloadBytes(f) <= LINK_HANDSHAKE_PAYLOAD_BYTES_MAX,
+        `a handshake frame of ${payloadBytes(f)} bytes`,
+      );
+    }
+  });
+
+  test('a decoder held to the handshake limit refuses a larger header at once; raised, it reads on', () => {
+    const limited = new FrameDecoder(LINK_HANDSHAKE_PAYLOAD_BYTES_MAX);
+    const head = Buffer.from(frame.subarray(0, LINK_FRAME_HEADER_BYTES));
+    head.writeUInt32LE(LINK_HANDSHAKE_PAYLOAD_BYTES_MAX + 1, 8);
+    limited.push(head);
+    assert.equal(limited.bufferedBytes, 0, 'nothing held once the length is known to be too large');
+    const step = limited.next();
+    assert.ok(step !== 'need-more' && !step.ok && step.error.code === 'length');
+    assert.match(step.error.reason, new RegExp(`exceeds ${LINK_HANDSHAKE_PAYLOAD_BYTES_MAX}$`));
+
+    // A small frame, then one above the handshake limit, in one chunk: the limit is raised after
+    // the first (as a session does once authenticated) and the second is read.
+    const small = encodeError({ code: 'RC_ERR_PROTOCOL', message: 'x' });
+    const above = sealFrame(FrameType.error, Buffer.alloc(LINK_HANDSHAKE_PAYLOAD_BYTES_MAX + 1));
+    const d = new FrameDecoder(LINK_HANDSHAKE_PAYLOAD_BYTES_MAX);
+    d.push(Buffer.concat([small, above]));
+    const first = d.next();
+    assert.ok(first !== 'need-more' && first.ok, 'the small frame');
+    d.payloadBytesMax = LINK_FRAME_PAYLOAD_BYTES_MAX;
+    const second = d.next();
+    assert.ok(second !== 'need-more' && !second.ok, 'the large frame is read (and fails on its payload)');
+    assert.equal(second.error.code, 'payload', 'not refused for its length');
   });
 
   test('a bad checksum in the middle of a stream: the frames before it, then the error', () => {
