@@ -5,14 +5,24 @@
  * (src/node/replication/*); this file only knows who is at the other end and whether it is alive.
  *
  *   socket --> HELLO both ways --> CHALLENGE_RESPONSE both ways --> AUTH_OK both ways --> ready
- *          \--> bad frame / wrong secret / unknown peer / silence ----> closed(reason), logged
+ *          \--> bad frame / wrong secret / unknown peer / silence / slow handshake --> closed(reason)
  *
  * Peer input never throws out of here: a frame that does not decode, a frame out of place, a
- * wrong proof, all end the session with a logged reason (and, where it helps the peer's operator,
- * an ERROR or AUTH_FAIL frame first). A silent peer is noticed after `timeoutMs` without any frame
- * (heartbeats flow every `heartbeatMs` both ways), not after TCP's minutes.
+ * wrong proof, all end the session with a reason (and, where it helps the peer's operator, an
+ * ERROR or AUTH_FAIL frame first); the owner logs it from the `closed` event, with `closeCode`
+ * telling refusals, protocol errors and timeouts apart. A silent peer is noticed after `timeoutMs`
+ * without any frame (heartbeats flow every `heartbeatMs` both ways), not after TCP's minutes.
+ *
+ * Until the session is ready the peer has proved nothing, so what it can cost is bounded:
+ * - frames: the decoder refuses a header declaring more than LINK_HANDSHAKE_PAYLOAD_BYTES_MAX
+ *   (the largest handshake frame) before buffering its payload; the frame limit applies once ready;
+ * - time: the whole handshake must be done within handshakeDeadlineMs(timeoutMs) of the session's
+ *   start, however the peer paces its bytes (the silence timeout alone would let a byte a second
+ *   keep it open forever).
+ * The number of unauthenticated sessions is the listener's to bound (link-server.ts).
  */
 import type * as net from 'node:net';
+import type { ErrorCode } from '../core/errors.js';
 import { FrameDecoder } from './decoder.js';
 import type { Frame, HelloFrame, OutFrame } from './frames.js';
 import {
@@ -21,6 +31,8 @@ import {
   encodeFrameParts,
   FrameType,
   frameTypeName,
+  LINK_FRAME_PAYLOAD_BYTES_MAX,
+  LINK_HANDSHAKE_PAYLOAD_BYTES_MAX,
   LINK_VERSION_MAX,
   LINK_VERSION_MIN,
   negotiateVersion,
@@ -38,9 +50,8 @@ export interface SessionOptions {
   /** When set, the peer must be this node (the dialling side knows whom it called). */
   readonly expectPeer?: string;
   readonly heartbeatMs: number;
-  /** No frame for this long: the peer is dead. */
+  /** No frame for this long: the peer is dead. Also sets the handshake's deadline (below). */
   readonly timeoutMs: number;
-  readonly log: (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
   /** Current time in microseconds (heartbeats). */
   readonly nowUs: () => number;
 }
@@ -56,25 +67,49 @@ type Phase = 'hello' | 'proof' | 'auth-ok' | 'ready' | 'closed';
 /** Bytes queued on the socket beyond which a sender should wait for `drain`. */
 export const LINK_SEND_QUEUE_BYTES_MAX = 8 * 1024 * 1024;
 
+/**
+ * The handshake (HELLO to both AUTH_OKs) must be done within this many link timeouts of the
+ * session's start: 6 s with the default 3 s. It takes two round trips and two HMACs, so an honest
+ * peer is done in milliseconds on a LAN and well within one timeout across continents; a peer
+ * past the deadline is closed (RC_ERR_TIMEOUT) even if it keeps sending bytes.
+ */
+export const LINK_HANDSHAKE_TIMEOUTS = 2;
+
+/** How long after its start a session must have finished its handshake, for a link timeout. */
+export function handshakeDeadlineMs(timeoutMs: number): number {
+  return LINK_HANDSHAKE_TIMEOUTS * timeoutMs;
+}
+
 export class LinkSession {
   private phase: Phase = 'hello';
-  private readonly decoder = new FrameDecoder();
+  /** Reads at most handshake-sized frames until the peer is authenticated (maybeReady raises it). */
+  private readonly decoder = new FrameDecoder(LINK_HANDSHAKE_PAYLOAD_BYTES_MAX);
   private readonly nonce = newNonce();
   private peer: HelloFrame | undefined;
   private sentAuthOk = false;
   private gotAuthOk = false;
-  private lastRecvMs = performance.now();
+  private readonly startMs = performance.now();
+  private lastRecvMs = this.startMs;
   private lastPeerSentUs = 0;
   private timer: NodeJS.Timeout | undefined;
   /** Round trip of the latest heartbeat echo, in ms (NaN before the first). */
   rttMs = Number.NaN;
   closeReason = '';
+  /**
+   * The code of the close (RC_ERR_AUTH: refused; RC_ERR_TIMEOUT: silence or a slow handshake;
+   * RC_ERR_PROTOCOL: bad or misplaced frames, and the peer's own close or error), for owners that
+   * count or rate-limit closes by kind. Set with closeReason.
+   */
+  closeCode: ErrorCode | undefined;
+  /** The peer's address and port, taken at the start (a closed socket no longer knows them). */
+  readonly remote: string;
 
   constructor(
     private readonly socket: net.Socket,
     private readonly opts: SessionOptions,
     private readonly events: SessionEvents,
   ) {
+    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (e) => this.close(`socket error: ${e.message}`, false));
@@ -119,9 +154,6 @@ export class LinkSession {
   get isClosed(): boolean {
     return this.phase === 'closed';
   }
-  get remote(): string {
-    return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
-  }
   /** True when the socket's queue is long: wait for whenWritable() before sending more. */
   get congested(): boolean {
     return this.socket.writableLength > LINK_SEND_QUEUE_BYTES_MAX;
@@ -151,7 +183,7 @@ export class LinkSession {
   }
 
   /** Ends the session; `tellPeer` sends an ERROR frame with the reason first. */
-  close(reason: string, tellPeer = true, code = 'RC_ERR_PROTOCOL'): void {
+  close(reason: string, tellPeer = true, code: ErrorCode = 'RC_ERR_PROTOCOL'): void {
     if (this.phase === 'closed') return;
     if (tellPeer && !this.socket.destroyed) {
       try {
@@ -162,6 +194,7 @@ export class LinkSession {
     }
     this.phase = 'closed';
     this.closeReason = reason;
+    this.closeCode = code;
     clearInterval(this.timer);
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref();
@@ -195,6 +228,15 @@ export class LinkSession {
   private onTimer(): void {
     if (this.phase === 'closed') return;
     const now = performance.now();
+    const deadlineMs = handshakeDeadlineMs(this.opts.timeoutMs);
+    if (this.phase !== 'ready' && now - this.startMs > deadlineMs) {
+      this.close(
+        `handshake not done ${deadlineMs} ms after connecting (phase ${this.phase}): too slow, or not a peer`,
+        true,
+        'RC_ERR_TIMEOUT',
+      );
+      return;
+    }
     if (!this.readPaused && now - this.lastRecvMs > this.opts.timeoutMs) {
       const what = this.phase === 'ready' ? 'no frame' : 'handshake not finished';
       this.close(
@@ -223,7 +265,8 @@ export class LinkSession {
       const step = this.decoder.next();
       if (step === 'need-more') return;
       if (!step.ok) {
-        this.close(`bad frame from ${this.remote}: ${step.error.code}: ${step.error.reason}`);
+        const when = this.phase === 'ready' ? '' : ` before authentication (phase ${this.phase})`;
+        this.close(`bad frame from ${this.remote}${when}: ${step.error.code}: ${step.error.reason}`);
         return;
       }
       this.onFrame(step.frame);
@@ -307,13 +350,14 @@ export class LinkSession {
   private maybeReady(): void {
     if (!this.sentAuthOk || !this.gotAuthOk || this.phase !== 'auth-ok') return;
     this.phase = 'ready';
+    this.decoder.payloadBytesMax = LINK_FRAME_PAYLOAD_BYTES_MAX;
     this.authenticatedPeer = this.peer!.nodeName;
     this.lastHeartbeatMs = 0;
     this.events.ready(this);
   }
 
+  /** Refuses the peer: AUTH_FAIL with the reason, then close (the owner logs it, RC_ERR_AUTH). */
   private refuse(reason: string): void {
-    this.opts.log('warn', 'link peer refused', { remote: this.remote, reason });
     if (!this.socket.destroyed) this.socket.write(encodeFrame({ type: FrameType.authFail, reason }));
     this.close(reason, false, 'RC_ERR_AUTH');
   }

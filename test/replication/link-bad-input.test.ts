@@ -28,6 +28,9 @@ import {
   FrameType,
   frameTypeName,
   LINK_FRAME_HEADER_BYTES,
+  LINK_FRAME_PAYLOAD_BYTES_MAX,
+  LINK_HANDSHAKE_PAYLOAD_BYTES_MAX,
+  LINK_MAGIC,
   LINK_VERSION_MAX,
   LINK_VERSION_MIN,
   newNonce,
@@ -403,6 +406,30 @@ test('garbage bytes instead of a HELLO close the session with a logged reason', 
   assert.ok(err && err.code === 'RC_ERR_PROTOCOL', 'ERROR RC_ERR_PROTOCOL before the close');
   await logLine(mark, /link session closed/, /bad frame from .*: magic: bad magic byte 0/);
   await assertNothingChanged('garbage before HELLO');
+});
+
+test('a HELLO header declaring a huge payload before authentication is refused at once', async () => {
+  const mark = B.stderr.length;
+  const peer = await RawPeer.connect(linkPort);
+  // The header alone, declaring the frame limit (64 MiB): b must refuse it from the declared
+  // length, before any payload. Had it waited for the payload, silence would end the session.
+  const header = Buffer.alloc(LINK_FRAME_HEADER_BYTES);
+  LINK_MAGIC.copy(header, 0);
+  header[4] = 1;
+  header[5] = FrameType.hello;
+  header.writeUInt32LE(LINK_FRAME_PAYLOAD_BYTES_MAX, 8);
+  peer.write(header);
+  const frames = await peer.untilClosed();
+  const err = frames.find((f) => f.type === FrameType.error);
+  assert.ok(err && err.code === 'RC_ERR_PROTOCOL', `b answered ${JSON.stringify(err)}, not RC_ERR_PROTOCOL`);
+  await logLine(
+    mark,
+    /link session closed/,
+    new RegExp(
+      `bad frame from .* before authentication \\(phase hello\\): length: declared payload of ${LINK_FRAME_PAYLOAD_BYTES_MAX} bytes exceeds ${LINK_HANDSHAKE_PAYLOAD_BYTES_MAX}`,
+    ),
+  );
+  await assertNothingChanged('huge HELLO before authentication');
 });
 
 test('garbage bytes on an authenticated session close it with a logged reason', async () => {

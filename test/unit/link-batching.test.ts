@@ -123,7 +123,6 @@ function options(self: string, peer: string): SessionOptions {
     knownPeer: (n) => n === peer,
     heartbeatMs: 1000,
     timeoutMs: 30_000,
-    log: () => {},
     nowUs: () => Math.round(performance.now() * 1000),
   };
 }

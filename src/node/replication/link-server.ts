@@ -74,7 +74,6 @@ export class LinkServer {
         knownPeer: (n) => this.topo.nodes.has(n) && n !== this.cfg.name,
         heartbeatMs: this.timing.heartbeatMs,
         timeoutMs: this.timing.timeoutMs,
-        log: this.log,
         nowUs,
       },
       {
@@ -94,7 +93,8 @@ export class LinkServer {
           const level =
             reason === 'connection closed by peer' || reason === 'node stopping' ? 'info' : 'warn';
           if (level === 'warn') this.refused++;
-          this.log(level, 'link session closed', { peer: s.peerName || undefined, remote: s.remote, reason });
+          const msg = s.closeCode === 'RC_ERR_AUTH' ? 'link peer refused' : 'link session closed';
+          this.log(level, msg, { peer: s.peerName || undefined, remote: s.remote, reason });
         },
       },
     );

@@ -257,7 +257,6 @@ class TargetPeer {
           expectPeer: this.target.name,
           heartbeatMs: o.timing.heartbeatMs,
           timeoutMs: o.timing.timeoutMs,
-          log: o.log,
           nowUs,
         },
         {
