@@ -7,8 +7,10 @@
  * socket speaking the link protocol with the real codec (src/link/frames.ts, decoder.ts). Every bad
  * input is sent on a session of its own; after each one b must have logged why it refused, still
  * run and answer its API, and show no change: nothing arrived or journalled, the target volume
- * still all zeroes. Last, a correct session proves the node still replicates: a record is ACKed
- * durable, a TICK lets it apply, and the target reads it back at a cut.
+ * still all zeroes. Then a correct session proves the node still replicates: a record is ACKed
+ * durable, a TICK lets it apply, and the target reads it back at a cut. Last, a flood of
+ * unauthenticated connections past the cap is turned away at once while an authenticated peer
+ * goes on replicating, and the cap frees up when the flood ends.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -37,6 +39,10 @@ import {
   verifyAuthProof,
 } from '../../src/link/frames.js';
 import { apiCall } from '../../src/node/api.js';
+import {
+  LINK_REFUSAL_LOG_BURST,
+  LINK_UNAUTHENTICATED_CONNECTIONS_MAX,
+} from '../../src/node/replication/link-server.js';
 import type { Api } from '../../src/testing/cluster.js';
 import { apiOf, waitFor } from '../../src/testing/cluster.js';
 import type { NodeProcess, TestTopology } from '../../src/testing/proc.js';
@@ -626,6 +632,117 @@ test('after all that, a correct session replicates: ACK, TICK, applied, read bac
     peer.end();
     await peer.closed;
   }
+});
+
+/**
+ * A connection that has proved nothing and holds one of b's unauthenticated slots: it sends a byte
+ * of a HELLO every 500 ms, so neither silence nor a whole HELLO ends it before the handshake
+ * deadline.
+ */
+class SlotHolder {
+  bytesIn = 0;
+  isClosed = false;
+  readonly greeted: Promise<void>;
+  private sent = 0;
+  private readonly trickle: NodeJS.Timeout;
+
+  constructor(readonly socket: net.Socket) {
+    const hello = encodeFrame({
+      type: FrameType.hello,
+      versionMin: LINK_VERSION_MIN,
+      versionMax: LINK_VERSION_MAX,
+      nonce: newNonce(),
+      nodeName: 'a',
+      clusterId: '',
+      groups: ['g'],
+    });
+    this.greeted = new Promise((resolve) => socket.once('data', () => resolve()));
+    socket.on('data', (chunk: Buffer) => (this.bytesIn += chunk.length));
+    socket.on('close', () => (this.isClosed = true));
+    this.trickle = setInterval(() => {
+      if (this.sent < hello.length && !socket.destroyed) socket.write(hello.subarray(this.sent, ++this.sent));
+    }, 500);
+  }
+
+  static async open(port: number): Promise<SlotHolder> {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => {});
+    await new Promise((resolve) => s.once('connect', resolve));
+    return new SlotHolder(s);
+  }
+
+  /** What b did first: greeted the connection with its HELLO (let it in), or closed it. */
+  firstAnswer(): Promise<'greeted' | 'closed'> {
+    if (this.isClosed) return Promise.resolve(this.bytesIn > 0 ? 'greeted' : 'closed');
+    const closed = new Promise<'closed'>((resolve) => this.socket.once('close', () => resolve('closed')));
+    return Promise.race([this.greeted.then(() => 'greeted' as const), closed]);
+  }
+
+  drop(): void {
+    clearInterval(this.trickle);
+    this.socket.destroy();
+  }
+}
+
+test('connections past the cap of unauthenticated ones are closed at once; an authenticated peer goes on', async () => {
+  const first = await authenticated();
+  const peer = first.peer;
+  const nextSeq = first.nextSeq;
+  peer.startHeartbeats();
+  const mark = B.stderr.length;
+  const flood: SlotHolder[] = [];
+  const extra: SlotHolder[] = [];
+  try {
+    for (let i = 0; i < LINK_UNAUTHENTICATED_CONNECTIONS_MAX; i++)
+      flood.push(await SlotHolder.open(linkPort));
+    // b has taken every one in: each got b's HELLO.
+    await Promise.all(flood.map((h) => h.greeted));
+    for (let i = 0; i < 3; i++) extra.push(await SlotHolder.open(linkPort));
+    for (const [i, h] of extra.entries()) {
+      assert.equal(await h.firstAnswer(), 'closed', `connection ${i} past the cap was let in`);
+      assert.equal(h.bytesIn, 0, `connection ${i} past the cap got bytes from b`);
+    }
+    await logLine(mark, /link connection refused: too many unauthenticated connections/);
+    // The authenticated peer replicates meanwhile: ready sessions are not counted against the cap.
+    // (The previous test's TICK took the key after its record: this record's key must be above it.)
+    nextOrdinal++;
+    peer.write(recordsFrame(dataRecord(nextSeq, pattern(0xd1), { offset: byteOffset(DATA_OFFSET + BLOCK) })));
+    const ack = await peer.next(
+      `ACK of seq ${nextSeq}`,
+      (f) => f.type === FrameType.ack && f.durableSeq >= nextSeq,
+    );
+    assert.ok(ack.type === FrameType.ack && ack.durableSeq === nextSeq);
+    assert.ok(
+      flood.every((h) => !h.isClosed),
+      'the flood held its slots throughout (else the refusals above prove nothing)',
+    );
+  } finally {
+    for (const h of [...flood, ...extra]) h.drop();
+    peer.end();
+    await peer.closed;
+  }
+  // The flood gone, a new peer is let in (retrying while b still counts the flood's sockets).
+  const again = await waitFor(
+    'a new peer to be let in after the flood',
+    () => authenticated().catch(() => undefined),
+    10_000,
+  );
+  assert.equal(again.nextSeq, nextSeq + 1, 'the record sent during the flood is durable at b');
+  again.peer.end();
+  await again.peer.closed;
+  // The cap was logged once, however many it turned away (the extras, and the retries above).
+  const capLines = logSince(mark).filter((l) => /link connection refused: too many unauthenticated/.test(l));
+  assert.equal(capLines.length, 1, `the cap's refusals logged:\n${capLines.join('\n')}`);
+  // 64 unauthenticated sessions ended together: their closes are logged within the rate limit
+  // (per kind: the peer's close, or a reset).
+  const floodCloses = logSince(mark).filter((l) => /link session closed/.test(l) && !/"peer":/.test(l));
+  assert.ok(
+    floodCloses.length <= 2 * LINK_REFUSAL_LOG_BURST,
+    `${floodCloses.length} lines for the flood's closes:\n${floodCloses.join('\n')}`,
+  );
+});
+
+test('b stops cleanly after all that', async () => {
   assert.equal(B.child.exitCode, null, 'b still runs');
   assert.equal(await B.stop(), 0, 'b stops cleanly');
 });
