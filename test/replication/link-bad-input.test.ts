@@ -21,9 +21,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { crc32c } from '@node-rs/crc32';
 import type { OrderKey, RecordHeader } from '../../src/core/types.js';
-import { byteOffset, nodeIdOf, ordinal, RecordKind, seq, timeUs } from '../../src/core/types.js';
-import { FrameDecoder } from '../../src/link/decoder.js';
-import type { Frame, FrameError, OutFrame } from '../../src/link/frames.js';
+import { byteOffset, ordinal, seq, timeUs } from '../../src/core/types.js';
 import {
   authProof,
   encodeFrame,
@@ -36,7 +34,6 @@ import {
   LINK_VERSION_MAX,
   LINK_VERSION_MIN,
   newNonce,
-  verifyAuthProof,
 } from '../../src/link/frames.js';
 import { apiCall } from '../../src/node/api.js';
 import {
@@ -47,6 +44,13 @@ import type { Api } from '../../src/testing/cluster.js';
 import { apiOf, waitFor } from '../../src/testing/cluster.js';
 import type { NodeProcess, TestTopology } from '../../src/testing/proc.js';
 import { startNodeProcess, writeTopology } from '../../src/testing/proc.js';
+import {
+  authenticate,
+  RawPeer,
+  RecordMaker,
+  recordsFrame as recordsFrameOf,
+  sleep,
+} from '../../src/testing/link-peer.js';
 
 const VOLUME_BYTES = 8 * 1024 * 1024;
 const BLOCK = 4096;
@@ -81,156 +85,13 @@ after(async () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// A hand-driven peer: node "a" as far as b can tell, when it behaves.
-
-class RawPeer {
-  readonly nonce = newNonce();
-  private readonly decoder = new FrameDecoder();
-  private readonly queue: Frame[] = [];
-  private wake: (() => void) | undefined;
-  decodeError: FrameError | undefined;
-  isClosed = false;
-  readonly closed: Promise<void>;
-  private heartbeat: NodeJS.Timeout | undefined;
-
-  private constructor(readonly socket: net.Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.decoder.push(chunk);
-      for (;;) {
-        const step = this.decoder.next();
-        if (step === 'need-more') break;
-        if (!step.ok) {
-          this.decodeError = step.error;
-          break;
-        }
-        this.queue.push(step.frame);
-      }
-      this.wake?.();
-    });
-    socket.on('error', () => {});
-    this.closed = new Promise((resolve) =>
-      socket.on('close', () => {
-        this.isClosed = true;
-        clearInterval(this.heartbeat);
-        this.wake?.();
-        resolve();
-      }),
-    );
-  }
-
-  static connect(port: number): Promise<RawPeer> {
-    return new Promise((resolve, reject) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.off('error', reject);
-        resolve(new RawPeer(s));
-      });
-      s.once('error', reject);
-    });
-  }
-
-  send(f: OutFrame): void {
-    this.socket.write(encodeFrame(f));
-  }
-
-  write(bytes: Buffer): void {
-    this.socket.write(bytes);
-  }
-
-  hello(nodeName = 'a'): void {
-    this.send({
-      type: FrameType.hello,
-      versionMin: LINK_VERSION_MIN,
-      versionMax: LINK_VERSION_MAX,
-      nonce: this.nonce,
-      nodeName,
-      clusterId: '',
-      groups: ['g'],
-    });
-  }
-
-  /** Heartbeats every 500 ms, as a live source sends them (b times out a silent peer). */
-  startHeartbeats(): void {
-    this.heartbeat = setInterval(() => {
-      if (!this.socket.destroyed) {
-        const now = Math.floor((performance.timeOrigin + performance.now()) * 1000);
-        this.send({ type: FrameType.heartbeat, sentTimeUs: timeUs(now), echoTimeUs: timeUs(0) });
-      }
-    }, 500);
-  }
-
-  /**
-   * The next frame that is not a HEARTBEAT (and that `accept` takes, skipping others); throws when
-   * the connection closes first or nothing comes within `timeoutMs`.
-   */
-  async next(what: string, accept: (f: Frame) => boolean = () => true, timeoutMs = 5000): Promise<Frame> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      while (this.queue.length > 0) {
-        const f = this.queue.shift()!;
-        if (f.type !== FrameType.heartbeat && accept(f)) return f;
-      }
-      if (this.isClosed) throw new Error(`connection closed while waiting for ${what}`);
-      const left = deadline - performance.now();
-      if (left <= 0) throw new Error(`no ${what} within ${timeoutMs} ms`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-      this.wake = undefined;
-    }
-  }
-
-  /** Frames received (heartbeats left out) until b closed the connection; fails if it stays open. */
-  async untilClosed(timeoutMs = 5000): Promise<Frame[]> {
-    const closed = await Promise.race([this.closed.then(() => true), sleep(timeoutMs).then(() => false)]);
-    if (!closed) {
-      this.socket.destroy();
-      assert.fail(`b did not close the connection within ${timeoutMs} ms`);
-    }
-    return this.queue.splice(0).filter((f) => f.type !== FrameType.heartbeat);
-  }
-
-  end(): void {
-    clearInterval(this.heartbeat);
-    this.socket.end();
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
+// A hand-driven peer (src/testing/link-peer.ts): node "a" as far as b can tell, when it behaves.
 
 /** A full, correct handshake as node a; returns the RESUME b sends for group g. */
-async function authenticated(secret = topo.secret): Promise<{ peer: RawPeer; nextSeq: number }> {
-  const peer = await RawPeer.connect(linkPort);
-  peer.hello('a');
-  const hello = await peer.next('HELLO from b');
-  assert.equal(hello.type, FrameType.hello, `b sent ${frameTypeName(hello.type)} first`);
-  assert.equal(hello.nodeName, 'b');
-  peer.send({
-    type: FrameType.challengeResponse,
-    proof: authProof(secret, { nonce: hello.nonce, prover: 'a', verifier: 'b' }),
-  });
-  const proof = await peer.next('CHALLENGE_RESPONSE from b');
-  assert.equal(proof.type, FrameType.challengeResponse);
-  assert.ok(
-    verifyAuthProof(topo.secret, { nonce: peer.nonce, prover: 'b', verifier: 'a' }, proof.proof),
-    "b's own proof checks out",
-  );
-  const ok = await peer.next('AUTH_OK from b');
-  assert.equal(ok.type, FrameType.authOk, `b answered ${frameTypeName(ok.type)}`);
-  peer.send({ type: FrameType.authOk });
-  const resume = await peer.next('RESUME from b', (f) => f.type === FrameType.resume);
-  assert.ok(resume.type === FrameType.resume && resume.group === 'g' && resume.epoch === 1);
-  return { peer, nextSeq: resume.nextSeq };
-}
+const authenticated = (secret = topo.secret) => authenticate(linkPort, secret, 'g');
 
-const nodeA = nodeIdOf('a');
-let nextOrdinal = 1;
-const baseTimeUs = 1_700_000_000_000_000;
+const maker = new RecordMaker('a');
+const nodeA = maker.nodeId;
 
 /** A data record of group g (epoch 1) with its payload; each call takes a new, larger key. */
 function dataRecord(
@@ -238,26 +99,14 @@ function dataRecord(
   payload: Buffer,
   over: Partial<Pick<RecordHeader, 'volume' | 'offset'>> = {},
 ): { header: RecordHeader; payload: Buffer } {
-  const o = nextOrdinal++;
-  const header: RecordHeader = {
-    kind: RecordKind.data,
-    group: 'g',
-    seq: seq(s),
-    writeTimeUs: timeUs(baseTimeUs + o),
-    hostTimeUs: timeUs(0),
-    nodeId: nodeA,
-    ordinal: ordinal(o),
-    epoch: 1,
+  return maker.data('g', s, payload, {
     volume: over.volume ?? 'v',
     offset: over.offset ?? byteOffset(DATA_OFFSET),
-    length: payload.length,
-    markerNo: 0,
-  };
-  return { header, payload };
+  });
 }
 
 function recordsFrame(rec: { header: RecordHeader; payload: Buffer }, group = 'g'): Buffer {
-  return encodeFrame({ type: FrameType.records, group, epoch: 1, records: [rec] });
+  return recordsFrameOf(group, [rec]);
 }
 
 const pattern = (byte: number): Buffer => Buffer.alloc(BLOCK, byte);
@@ -575,7 +424,7 @@ test('records for a group that a does not replicate to b are refused', async () 
 test('a TICK after a seq that never arrived is refused', async () => {
   const { peer, nextSeq } = await authenticated();
   const mark = B.stderr.length;
-  const key: OrderKey = { writeTimeUs: timeUs(baseTimeUs + 1e6), nodeId: nodeA, ordinal: ordinal(1e6) };
+  const key: OrderKey = maker.keyAt(1e6);
   peer.send({ type: FrameType.tick, group: 'g', epoch: 1, seq: seq(nextSeq + 5), key });
   await peer.untilClosed();
   await logLine(
@@ -705,7 +554,7 @@ test('connections past the cap of unauthenticated ones are closed at once; an au
     await logLine(mark, /link connection refused: too many unauthenticated connections/);
     // The authenticated peer replicates meanwhile: ready sessions are not counted against the cap.
     // (The previous test's TICK took the key after its record: this record's key must be above it.)
-    nextOrdinal++;
+    maker.key();
     peer.write(recordsFrame(dataRecord(nextSeq, pattern(0xd1), { offset: byteOffset(DATA_OFFSET + BLOCK) })));
     const ack = await peer.next(
       `ACK of seq ${nextSeq}`,
