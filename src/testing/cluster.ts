@@ -23,6 +23,8 @@ export interface GroupStatus {
   seqApplied: number;
   lagRecords: number;
   lagMs: number;
+  /** At a target: the completed cut readers see. */
+  cut?: { writeTimeUs: number; nodeId: number; ordinal: number } | null;
   copy?: { bytesDone: number; bytesTotal: number; copyEndSeq: number };
   reason?: string;
   dirtyBytes?: number;

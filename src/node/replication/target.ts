@@ -265,6 +265,8 @@ export class TargetReplicator {
         t.markers_.set(set, markers);
         for (const c of segments) {
           c.markers = markers;
+          // Before the volumes are served: they show no cut until an interrupted cycle is redone.
+          await c.redoInterrupted();
           c.kick();
         }
       }
