@@ -162,7 +162,9 @@ test('a TICK that contradicts a record received and not yet durable is refused; 
   );
   await afterClose('tick against an unsynced record');
   assertNoDurableRefusal(mark);
-  // Seq 2 was a good record: it is kept, and applies once a true tick covers it.
+  // Seq 2 was a good record: it is kept (durable once b's sync after it completes), and applies
+  // once a true tick covers it.
+  await waitFor('seq 2 durable at b', async () => ((await status()).seqArrived >= 2 ? true : undefined));
   const again = await session();
   assert.equal(again.nextSeq, 3, 'seq 2 is durable at b');
   again.peer.startHeartbeats();
