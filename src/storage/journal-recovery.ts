@@ -54,7 +54,14 @@ import * as path from 'node:path';
 import { RemcopyError } from '../core/errors.js';
 import type { RecordHeader } from '../core/types.js';
 import { type JournalPosition, positionBefore, type RecoveryPoint } from './durable-point.js';
-import { decodeRecord, isSegmentEnd, RECORD_MAGIC_BYTES, SEGMENT_END_BYTES } from './record.js';
+import {
+  decodeRecord,
+  isSegmentEnd,
+  peekOrdinal,
+  peekRecordBytes,
+  RECORD_MAGIC_BYTES,
+  SEGMENT_END_BYTES,
+} from './record.js';
 import { isZero } from './zeroes.js';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
@@ -163,7 +170,13 @@ export function recoverSegments(
     }
     reason ||= 'no end mark';
     if (durable !== null) refuseBelowDurable(file, { segNo: no, offset: pos }, reason, durable.point);
-    const follows = findValidAfter(dir, nos.slice(i), buf, pos, lastOrdinal);
+    // A whole older record where the next one would be, past the durable point: the records end
+    // here and the segment's previous life follows. Nothing written later can lie beyond it (a
+    // record lost to a power loss past the durable point is dropped, with those after it, either
+    // way), and what does lie beyond is old payloads, whose bytes are the hosts': one holding an
+    // image of a record from some other journal made a clean journal look corrupt.
+    const endsAtOldRecord = reason === 'stale' && durable !== null;
+    const follows = endsAtOldRecord ? null : findValidAfter(dir, nos.slice(i), buf, pos, lastOrdinal);
     if (follows !== null && (durable === null || durable.sameBoot)) {
       const why = durable === null ? '' : ' (the machine has not restarted since: no power loss made it)';
       throw new RemcopyError(
@@ -237,12 +250,19 @@ function findValidAfter(
   return null;
 }
 
-/** Offset of the first valid record at or after `from` with ordinal > `ordinalAbove`, or -1. */
+/**
+ * Offset of the first valid record at or after `from` with ordinal > `ordinalAbove`, or -1. The
+ * ordinal is read before the checksum is computed: the rest of a recycled segment holds old records
+ * (lower ordinals), and checksumming each over its claimed length cost minutes (hours when payloads
+ * were full of record-like bytes) at open.
+ */
 export function findValidRecord(buf: Buffer, from: number, ordinalAbove: number): number {
   let at = buf.indexOf(RECORD_MAGIC_BYTES, from);
   while (at >= 0) {
-    const r = decodeRecord(buf, at);
-    if (r.ok && r.header.ordinal > ordinalAbove) return at;
+    if (peekRecordBytes(buf, at) > 0 && peekOrdinal(buf, at) > ordinalAbove) {
+      const r = decodeRecord(buf, at);
+      if (r.ok && r.header.ordinal > ordinalAbove) return at;
+    }
     at = buf.indexOf(RECORD_MAGIC_BYTES, at + 1);
   }
   return -1;

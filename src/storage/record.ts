@@ -313,6 +313,15 @@ function decodeChecked(
 }
 
 /**
+ * The ordinal in the fixed header at `offset`, read without checking anything (the caller has
+ * found the magic there and the header is all there); lets a scan skip old records before paying
+ * for their checksum.
+ */
+export function peekOrdinal(buf: Buffer, offset: number): number {
+  return readU64(buf, offset + OFF_ORDINAL);
+}
+
+/**
  * Bytes of the record whose fixed header starts at `offset`, read from its length fields without
  * checking the checksum; -1 when the fixed header is not all there or is not a record header.
  * Lets a reader size its next read; decodeRecord still decides whether the record is valid.

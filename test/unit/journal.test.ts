@@ -640,6 +640,37 @@ describe('journal', () => {
     await j.close();
   });
 
+  test('a recycled segment whose old payloads hold an image of a record of another journal reopens cleanly', async () => {
+    // Host data that is a record of another journal (a VM disk holding one, a backup), with an
+    // ordinal far above this journal's: once its segment is recycled, the new records end where
+    // an older record of the file's previous life begins, and the image lies beyond.
+    const f = new Maker().rec('db', Kind.data, 512);
+    const image = { ...f.header, ordinal: ordinal(5_000_000) };
+    const payload = Buffer.alloc(3000);
+    Buffer.concat([encodeHeader(image, f.payload), f.payload!]).copy(payload, 1000);
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const write = (): Rec => ({ header: m.rec('a', Kind.data, 3000).header, payload });
+    let live: Rec[] = [];
+    for (let i = 0; i < 6; i++) live.push(write());
+    for (const r of live) j.append([r]);
+    await j.sync();
+    j.release('a', live[4]!.header.seq);
+    live = live.slice(5);
+    await j.whenIdle();
+    for (let i = 0; i < 5; i++) {
+      const r = write();
+      j.append([r]);
+      live.push(r);
+    }
+    await j.sync();
+    await j.close();
+    const again = await open(dir);
+    assertSame(collect(again), live, 'after a clean close');
+    await again.close();
+  });
+
   test('a fresh journal prepares a zero-filled spare; the first segment is that file', async () => {
     const dir = newDir();
     const j = await open(dir);
