@@ -46,6 +46,25 @@
  * written from a half-updated state. Reads are not queued (an export's reads must not wait behind
  * fsyncs); a delete waits for reads in flight before it closes the deleted snapshot's data file.
  *
+ * Reads while the live volume is written. A read plans each chunk's source at once, then reads its
+ * runs one after another; a promoted volume's host writes go on meanwhile (no apply gate), so a
+ * chunk planned "from the live volume" may be preserved and overwritten before its run is read (a
+ * 32 MiB NBD read of a promoted volume's db@1 returned a chunk written after snapshot 1). So once
+ * its runs are read, a read checks again, for the chunks it took from the live volume, which
+ * snapshot now holds them, and reads those again from there. That is enough: a writer overwrites a
+ * live chunk only after its preserve has put the chunk's bit in a map (or when the newest snapshot
+ * held it already, and then no read plans it from the live volume; restore rewrites only chunks
+ * snapshots hold, after deleting those newer than its own), and a bit never goes away while a
+ * snapshot at least as new as the one read remains (a delete moves it into the next older one). So
+ * bytes read from the live volume are the snapshot's unless a bit for their chunk is set by the
+ * time the check runs; preserved bytes never change, so one check suffices. The check looks from
+ * the oldest snapshot of the plan still listed (the one read, or one newer if it was deleted
+ * meanwhile); none left: the read fails (RC_ERR_UNKNOWN_SNAPSHOT), as nothing then records whether
+ * the live chunks were written. Why not a range lock shared by reads and preserve: a write would
+ * wait for a whole long read (an NBD read is up to 32 MiB); the check costs a read only map lookups
+ * for its live chunks, and a second read only of chunks preserved meanwhile. Writes never wait for
+ * reads.
+ *
  * usedBytes counts preserved chunks' bytes (a short last chunk at its length), not the blocks the
  * filesystem allocated. A map write costs the bitmap's size (volume / chunkBytes / 8 bytes: 2 MiB
  * for 1 TiB at 64 KiB chunks) per preserve call.
@@ -344,8 +363,10 @@ export class VolumeSnapshots {
   }
 
   /**
-   * The volume's content as it was when snapshot n was created. The caller keeps live writes to
-   * the range away meanwhile. Unknown n: RC_ERR_UNKNOWN_SNAPSHOT; a bad range: RC_ERR_OUT_OF_RANGE.
+   * The volume's content as it was when snapshot n was created, even while the live volume is
+   * written (each write preserved first; see "Reads while the live volume is written"). Unknown n,
+   * or n deleted during the read with no newer snapshot left: RC_ERR_UNKNOWN_SNAPSHOT; a bad range:
+   * RC_ERR_OUT_OF_RANGE.
    */
   read(n: number, offset: number, length: number): Promise<Buffer> {
     assert(!this.closed, 'snapshots closed');
@@ -571,13 +592,30 @@ export class VolumeSnapshots {
   /**
    * Snapshot at index i over [offset, offset + length). The plan (each chunk's source, neighbours
    * with one source merged) is made before the first await: a delete may reorder `snaps` meanwhile,
-   * and waits for this read before it closes a data file the plan uses.
+   * and waits for this read before it closes a data file the plan uses. Runs read from the live
+   * volume are checked again after (see "Reads while the live volume is written").
    */
   private async readNow(i: number, offset: number, length: number): Promise<Buffer> {
     const out = Buffer.alloc(length);
     if (length === 0) return out;
+    const planned = this.snaps.slice(i);
     const plan = this.planRead(i, offset, offset + length);
     for (const r of plan) out.set(await r.source.read(r.offset, r.length), r.offset - offset);
+    const fromLive = plan.filter((r) => r.source === this.live);
+    if (fromLive.length === 0) return out;
+    // No await between finding k and planning from it: `snaps` cannot change in between.
+    const k = this.snaps.findIndex((s) => planned.includes(s));
+    if (k < 0) {
+      const n = planned[0]!.header.number;
+      throw new RemcopyError(
+        'RC_ERR_UNKNOWN_SNAPSHOT',
+        `snapshot ${n} in ${this.dir} was deleted during a read`,
+      );
+    }
+    const again = fromLive.flatMap((r) => this.planRead(k, r.offset, r.offset + r.length));
+    for (const r of again) {
+      if (r.source !== this.live) out.set(await r.source.read(r.offset, r.length), r.offset - offset);
+    }
     return out;
   }
 

@@ -4,7 +4,10 @@
  * (seeded model test); a crash at every step of create, preserve and delete, a leftover tmp file
  * and orphan data files all reopen to snapshots that read correctly; a corrupt or mismatched map is
  * refused naming its file; bad numbers, ranges and unknown snapshots are refused and change nothing;
- * concurrent calls do not tear the state.
+ * concurrent calls do not tear the state; a read whose chunk from the live volume is preserved and
+ * overwritten while the read is in flight still returns the snapshot's bytes, and one whose
+ * snapshot is deleted meanwhile fails rather than return bytes written after it (a held device
+ * read orders the steps, no timing).
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -107,6 +110,31 @@ function isCode(code: string, text?: RegExp): (e: unknown) => boolean {
 }
 
 class SimulatedCrash extends Error {}
+
+/**
+ * Holds the next read of `dev` that starts at `offset` (one of a snapshot read's runs) until
+ * `open()`; `reached` resolves once it is issued. Other reads, a preserve's copy among them, pass.
+ */
+function holdRead(dev: FileBlockDevice, offset: number): { reached: Promise<void>; open: () => void } {
+  const read = dev.read.bind(dev);
+  let open!: () => void;
+  let reach!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const reached = new Promise<void>((resolve) => (reach = resolve));
+  dev.read = async (o, l) => {
+    if (o !== offset) return read(o, l);
+    dev.read = read;
+    reach();
+    await gate;
+    return read(o, l);
+  };
+  return { reached, open };
+}
+
+/** Until `done()`, a turn of the event loop at a time (a step of an operation in flight). */
+async function until(done: () => boolean): Promise<void> {
+  while (!done()) await new Promise((resolve) => setImmediate(resolve));
+}
 
 describe('VolumeSnapshots', () => {
   test('seeded model: random writes, creates, deletes and reopens keep every snapshot exact', async () => {
@@ -237,6 +265,69 @@ describe('VolumeSnapshots', () => {
     await checkAll(r, 'after the concurrent calls');
     await reopen(r, chunk);
     await checkAll(r, 'after a reopen');
+    await r.vs.close();
+    await r.live.close();
+  });
+});
+
+describe('VolumeSnapshots reads while the live volume is written', () => {
+  test('a chunk preserved and overwritten while a read of it is in flight reads as the snapshot', async () => {
+    const chunk = 4 * K;
+    const r = rig(16 * chunk, chunk);
+    await write(r, 0, Buffer.alloc(16 * chunk, 0x11));
+    await create(r, 1);
+    await write(r, 0, Buffer.alloc(4 * chunk, 0x22)); // chunks 0-3 and 8 preserved: runs alternate
+    await write(r, 8 * chunk, Buffer.alloc(chunk, 0x22));
+    // The read plans chunks 4-7 and 9-15 from the live volume; its read of 4-7 is held.
+    const held = holdRead(r.live, 4 * chunk);
+    const reading = r.vs.read(1, 0, 16 * chunk);
+    await held.reached;
+    // A promoted volume's host writes meanwhile: preserved into 1, then the live volume written.
+    await write(r, 5 * chunk + 100, Buffer.alloc(chunk, 0x33)); // chunks 5 and 6, in the held run
+    await write(r, 12 * chunk, Buffer.alloc(chunk, 0x44)); // chunk 12, in a run not read yet
+    held.open();
+    sameBytes(await reading, r.snaps.get(1)!, 'the read in flight during the writes');
+    assert.equal(r.vs.list()[0]!.preservedChunks, 8, 'chunks 0-3, 5, 6, 8 and 12 preserved');
+    await checkAll(r, 'after the writes'); // the writes landed; snapshot 1 unchanged
+    await r.vs.close();
+    await r.live.close();
+  });
+
+  test('a snapshot deleted during a read: read through a newer one, or refused when none is left', async () => {
+    const chunk = 4 * K;
+    const r = rig(8 * chunk, chunk);
+    await write(r, 0, Buffer.alloc(8 * chunk, 0x11));
+    await create(r, 1);
+    await write(r, 0, Buffer.alloc(chunk, 0x22)); // chunk 0 held by 1
+    await create(r, 2);
+    await create(r, 3);
+    // A newer snapshot remains: no write reaches the chunks read from the live volume meanwhile
+    // (their preserve waits for the delete, which waits for the read), and the read is exact.
+    let held = holdRead(r.live, 0);
+    let reading = r.vs.read(2, 0, 8 * chunk);
+    await held.reached;
+    const deleting2 = r.vs.delete(2);
+    await until(() => !r.vs.has(2));
+    held.open();
+    sameBytes(await reading, r.snaps.get(2)!, 'a read of 2 while 2 was deleted');
+    await deleting2;
+    r.snaps.delete(2);
+    // None left: snapshot 1, newest again, holds chunk 0, so a write to it goes straight to the
+    // live volume; nothing records that the read of 3 took chunk 0 from there meanwhile.
+    held = holdRead(r.live, 0);
+    reading = r.vs.read(3, 0, 8 * chunk);
+    await held.reached;
+    const deleting3 = r.vs.delete(3);
+    await until(() => !r.vs.has(3));
+    r.snaps.delete(3);
+    await write(r, 0, Buffer.alloc(chunk, 0x33));
+    held.open();
+    await assert.rejects(
+      reading,
+      isCode('RC_ERR_UNKNOWN_SNAPSHOT', /snapshot 3 .* was deleted during a read/),
+    );
+    await deleting3;
+    await checkAll(r, 'after the deletes');
     await r.vs.close();
     await r.live.close();
   });
