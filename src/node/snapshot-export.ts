@@ -1,7 +1,11 @@
 /**
  * A snapshot of a target volume as the front ends see it: `VOLUME@N`, read-only, the volume's
- * image at marker N (DESIGN.md §3.4, §5 exports). Reads go through the volume's apply gate, so a
- * chunk read from the live volume is never one a cycle is overwriting at that moment.
+ * image at marker N (DESIGN.md §3.4, §5 exports), kept after a takeover. A read is that image even
+ * while the live volume is written: VolumeSnapshots.read checks again the chunks it took from the
+ * live volume and reads those preserved meanwhile from the snapshot (snapshots.ts, "Reads while the
+ * live volume is written"). That is what protects a promoted volume's exports, whose host writes
+ * go on during a read. A target volume's reads also wait for its apply cycle (the gate), as the
+ * volume's own reads do; correctness does not rest on it.
  */
 import type { Extent, VolumeExport } from '../frontend/backend.js';
 import { BackendError } from '../frontend/backend.js';

@@ -219,7 +219,8 @@ export class NodeVolume implements VolumeExport {
     try {
       if (this.roleNow.kind === 'promoted' && this.tracked)
         await this.tracked.mark(this.name, offset, length);
-      // Snapshots taken while this was a target keep their image (copy-on-write).
+      // Snapshots taken while this was a target keep their image (copy-on-write). A read of one in
+      // flight does not hold this write back: it checks the chunks it read from the volume again.
       if (this.snapshots?.needsPreserve(offset, length)) await this.snapshots.preserve([{ offset, length }]);
       if (payload) this.device.writeSync(offset, payload);
       else if (length < ASYNC_APPLY_BYTES_MIN) this.device.zeroSync(offset, length);
