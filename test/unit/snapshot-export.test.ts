@@ -16,31 +16,12 @@ import { NodeVolume } from '../../src/node/volume-export.js';
 import type { WritePath } from '../../src/node/write-path.js';
 import { FileBlockDevice } from '../../src/storage/blockdev.js';
 import { SNAPSHOT_CHUNK_BYTES_DEFAULT, VolumeSnapshots } from '../../src/storage/snapshots.js';
+import { holdRead } from '../../src/testing/hold-read.js';
 
 const CHUNK = SNAPSHOT_CHUNK_BYTES_DEFAULT;
 const SIZE = 16 * CHUNK;
 const root = fs.mkdtempSync(join(tmpdir(), 'rc-snap-export-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
-
-/**
- * Holds the next read of `dev` that starts at `offset` until `open()`; `reached` resolves once it
- * is issued. Other reads, a preserve's copy among them, pass.
- */
-function holdRead(dev: FileBlockDevice, offset: number): { reached: Promise<void>; open: () => void } {
-  const read = dev.read.bind(dev);
-  let open!: () => void;
-  let reach!: () => void;
-  const gate = new Promise<void>((resolve) => (open = resolve));
-  const reached = new Promise<void>((resolve) => (reach = resolve));
-  dev.read = async (o, l) => {
-    if (o !== offset) return read(o, l);
-    dev.read = read;
-    reach();
-    await gate;
-    return read(o, l);
-  };
-  return { reached, open };
-}
 
 test('a promoted volume written during a read of its snapshot export: the read is the snapshot, the writes land in order', async () => {
   const live = FileBlockDevice.open(join(root, 'db.img'), SIZE);

@@ -23,6 +23,7 @@ import {
   VolumeSnapshots,
 } from '../../src/storage/snapshots.js';
 import { mulberry32 } from '../../src/testing/random.js';
+import { holdRead } from '../../src/testing/hold-read.js';
 
 const K = 1024;
 const root = fs.mkdtempSync(join(tmpdir(), 'rc-snap-'));
@@ -110,26 +111,6 @@ function isCode(code: string, text?: RegExp): (e: unknown) => boolean {
 }
 
 class SimulatedCrash extends Error {}
-
-/**
- * Holds the next read of `dev` that starts at `offset` (one of a snapshot read's runs) until
- * `open()`; `reached` resolves once it is issued. Other reads, a preserve's copy among them, pass.
- */
-function holdRead(dev: FileBlockDevice, offset: number): { reached: Promise<void>; open: () => void } {
-  const read = dev.read.bind(dev);
-  let open!: () => void;
-  let reach!: () => void;
-  const gate = new Promise<void>((resolve) => (open = resolve));
-  const reached = new Promise<void>((resolve) => (reach = resolve));
-  dev.read = async (o, l) => {
-    if (o !== offset) return read(o, l);
-    dev.read = read;
-    reach();
-    await gate;
-    return read(o, l);
-  };
-  return { reached, open };
-}
 
 /** Until `done()`, a turn of the event loop at a time (a step of an operation in flight). */
 async function until(done: () => boolean): Promise<void> {
