@@ -8,7 +8,6 @@
  *   a stream far above the send queue bound (no deadlock, nothing lost).
  */
 import assert from 'node:assert/strict';
-import * as net from 'node:net';
 import { test } from 'node:test';
 import { crc32c } from '@node-rs/crc32';
 import type { RecordHeader } from '../../src/core/types.js';
@@ -24,7 +23,8 @@ import {
   FrameType,
   LINK_PAYLOAD_BY_REFERENCE_BYTES_MIN,
 } from '../../src/link/frames.js';
-import { LINK_SEND_QUEUE_BYTES_MAX, LinkSession, type SessionOptions } from '../../src/link/session.js';
+import { LINK_SEND_QUEUE_BYTES_MAX } from '../../src/link/session.js';
+import { readyPair } from '../../src/testing/link-pair.js';
 
 const BIG = LINK_PAYLOAD_BY_REFERENCE_BYTES_MIN;
 
@@ -115,60 +115,12 @@ test('RECORDS as parts is the same frame, large payloads by reference', () => {
   }
 });
 
-function options(self: string, peer: string): SessionOptions {
-  return {
-    selfName: self,
-    secret: 'test-secret-0123456789',
-    groups: ['g'],
-    knownPeer: (n) => n === peer,
-    heartbeatMs: 1000,
-    timeoutMs: 30_000,
-    nowUs: () => Math.round(performance.now() * 1000),
-  };
-}
-
-/** Two ready sessions over a loopback connection; `onFrame` gets b's received frames. */
-async function pair(onFrame: (f: Frame) => void): Promise<{ a: LinkSession; b: LinkSession; end(): void }> {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
-  const client = net.connect(port, '127.0.0.1');
-  const serverSide = await accepted;
-  let readyCount = 0;
-  let ready!: () => void;
-  const bothReady = new Promise<void>((r) => (ready = r));
-  const events = (frame: (f: Frame) => void) => ({
-    ready: () => {
-      if (++readyCount === 2) ready();
-    },
-    frame,
-    closed: () => {},
-  });
-  const a = new LinkSession(
-    client,
-    options('a', 'b'),
-    events(() => {}),
-  );
-  const b = new LinkSession(serverSide, options('b', 'a'), events(onFrame));
-  await bothReady;
-  return {
-    a,
-    b,
-    end() {
-      a.close('test done', false);
-      b.close('test done', false);
-      server.close();
-    },
-  };
-}
-
 test('frames sent in one go arrive whole and in order', async () => {
   const got: Frame[] = [];
   let arrived!: () => void;
   const all = new Promise<void>((r) => (arrived = r));
   const sent: RecordsFrame<LinkRecord>[] = [];
-  const { a, end } = await pair((f) => {
+  const { a, end } = await readyPair((f) => {
     got.push(f);
     if (got.length === 40) arrived();
   });
@@ -195,7 +147,7 @@ test('a sender waiting on congestion gets a long stream through a corked socket'
   let bytesIn = 0;
   let arrived!: () => void;
   const all = new Promise<void>((r) => (arrived = r));
-  const { a, end } = await pair((f) => {
+  const { a, end } = await readyPair((f) => {
     const r = f as RecordsFrame;
     assert.equal(r.records[0]!.header.seq, received + 1, 'in order');
     bytesIn += r.records[0]!.payload.length;

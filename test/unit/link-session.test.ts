@@ -27,24 +27,16 @@ import {
   LINK_VERSION_MIN,
   newNonce,
 } from '../../src/link/frames.js';
-import { handshakeDeadlineMs, LinkSession, type SessionOptions } from '../../src/link/session.js';
+import { handshakeDeadlineMs, LinkSession } from '../../src/link/session.js';
+import { readyPair, sessionOptions } from '../../src/testing/link-pair.js';
 
 /** Short enough to keep the tests fast, long enough that a loaded machine never sees silence. */
 const TIMEOUT_MS = 1000;
 /** The trickling peer's pace: a byte every this many ms, far below TIMEOUT_MS. */
 const TRICKLE_MS = 50;
 
-function options(self: string, peer: string): SessionOptions {
-  return {
-    selfName: self,
-    secret: 'test-secret-0123456789',
-    groups: ['g'],
-    knownPeer: (n) => n === peer,
-    heartbeatMs: 200,
-    timeoutMs: TIMEOUT_MS,
-    nowUs: () => Math.round(performance.now() * 1000),
-  };
-}
+const options = (self: string, peer: string) =>
+  sessionOptions(self, peer, { heartbeatMs: 200, timeoutMs: TIMEOUT_MS });
 
 interface Closed {
   readonly reason: string;
@@ -136,35 +128,19 @@ test('before authentication, a header declaring more than a handshake frame clos
 });
 
 test('once authenticated, frames far above the handshake limit go through', async () => {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
-  const client = net.connect(port, '127.0.0.1');
-  const serverSide = await accepted;
-  let readyCount = 0;
-  let bothReady!: () => void;
-  const ready = new Promise<void>((r) => (bothReady = r));
   let received!: (f: Frame) => void;
   const got = new Promise<Frame>((r) => (received = r));
   let closedEarly!: (e: Error) => void;
   const failed = new Promise<never>((_, reject) => (closedEarly = reject));
   failed.catch(() => {});
-  const events = (frame: (f: Frame) => void) => ({
-    ready: () => {
-      if (++readyCount === 2) bothReady();
-    },
-    frame,
-    closed: (reason: string) => closedEarly(new Error(`a session closed: ${reason}`)),
-  });
-  const a = new LinkSession(
-    client,
-    options('a', 'b'),
-    events(() => {}),
-  );
-  const b = new LinkSession(serverSide, options('b', 'a'), events(received));
+  const { a, end } = await Promise.race([
+    readyPair(received, {
+      timing: { heartbeatMs: 200, timeoutMs: TIMEOUT_MS },
+      onClosed: (reason) => closedEarly(new Error(`a session closed: ${reason}`)),
+    }),
+    failed,
+  ]);
   try {
-    await Promise.race([ready, failed]);
     const payload = Buffer.alloc(4 * LINK_HANDSHAKE_PAYLOAD_BYTES_MAX, 0x5a);
     const header = {
       kind: RecordKind.data,
@@ -185,9 +161,7 @@ test('once authenticated, frames far above the handshake limit go through', asyn
     assert.equal(f.type, FrameType.records);
     assert.ok((f as RecordsFrame).records[0]!.payload.equals(payload));
   } finally {
-    a.close('test done', false);
-    b.close('test done', false);
-    server.close();
+    end();
   }
 });
 
