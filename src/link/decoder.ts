@@ -20,9 +20,10 @@
  * the owner lowers it: a session keeps it at LINK_HANDSHAKE_PAYLOAD_BYTES_MAX until the peer is
  * authenticated, then raises it. A frame's header is judged by the limit in force when next()
  * reaches it, so frames behind the one that raises it are read with the new limit. A caller that
- * drains next() after every push holds at most one frame plus one chunk. After an error the stream is dead (it cannot be resynchronised): the buffer is
- * released, further chunks are dropped, and next() repeats the error. Frames are views of the
- * pushed chunks (a frame that spans chunks is copied once): do not reuse a chunk after pushing it.
+ * drains next() after every push holds at most one frame plus one chunk. After an error the
+ * stream is dead (it cannot be resynchronised): the buffer is released, further chunks are
+ * dropped, and next() repeats the error. Frames are views of the pushed chunks (a frame that
+ * spans chunks is copied once): do not reuse a chunk after pushing it.
  */
 import { assert } from '../core/assert.js';
 import type { Frame, FrameError } from './frames.js';
