@@ -62,6 +62,7 @@ import {
   RECORD_MAGIC_BYTES,
   SEGMENT_END_BYTES,
 } from './record.js';
+import type { LiveSegments } from './journal-state.js';
 import { isZero } from './zeroes.js';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
@@ -97,6 +98,37 @@ export function listSegments(dir: string): number[] {
     if (Number.isSafeInteger(no) && no >= 0) nos.push(no);
   }
   return nos.sort((a, b) => a - b);
+}
+
+/**
+ * Refuses a journal one of whose segment files is gone while it may hold records not released:
+ * listed as live by the state file, or made after it, at or below the durable point's segment
+ * (journal-state.ts). Such a file is deleted only behind the journal's back, and going on would
+ * lose its records and reuse their sequence numbers. A segment past the durable point may be
+ * missing after a power loss (its directory entry was never synced): not judged.
+ */
+export function checkSegmentsPresent(
+  dir: string,
+  nos: readonly number[],
+  segments: LiveSegments | null,
+  durableSegNo: number,
+): void {
+  if (segments === null) return;
+  const present = new Set(nos);
+  const missing: number[] = [];
+  for (const no of segments.live) if (no <= durableSegNo && !present.has(no)) missing.push(no);
+  for (let no = segments.next; no <= durableSegNo; no++) if (!present.has(no)) missing.push(no);
+  if (missing.length === 0) return;
+  const names = missing.slice(0, 4).map(segmentFileName).join(', ');
+  const more = missing.length > 4 ? ` and ${missing.length - 4} more` : '';
+  throw new RemcopyError(
+    'RC_ERR_JOURNAL_CORRUPT',
+    `${dir}: journal segment ${missing.length === 1 ? 'file' : 'files'} ${names}${more} ` +
+      `${missing.length === 1 ? 'is' : 'are'} missing but may hold records not released (listed ` +
+      `by the state file, or at or below the durable point); refusing to open ` +
+      `the journal, which would lose them and reuse their sequence numbers (restore the file, or ` +
+      `remove the journal directory and resync the groups it held)`,
+  );
 }
 
 export interface RecoveredSegment {
@@ -191,7 +223,7 @@ export function recoverSegments(
     return { segments, droppedBytes };
   }
   // Records ending early in the segment of the durable point were lost. (A segment missing as a whole
-  // is not judged here: the state file says where each group goes on, and the seq rules hold.)
+  // is judged before: checkSegmentsPresent.)
   const last = segments[segments.length - 1];
   if (durable !== null && last !== undefined && last.no === durable.point.segNo) {
     const end = { segNo: last.no, offset: last.size };

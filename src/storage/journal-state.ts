@@ -16,11 +16,20 @@
  *     "ordinalMax": 1234,          highest ordinal appended when the file was written
  *     "writeTimeUsMax": 1700...,   highest effective write time appended when the file was written
  *     "groups": { "g-db": { "releasedSeq": 17,     per group: every seq <= releasedSeq is released
- *                           "lastMarker": 3 } } }  the highest marker number ever appended to it
+ *                           "lastMarker": 3 } },   the highest marker number ever appended to it
  *                                                  (written when not 0; DESIGN.md §3.4)
+ *     "segments": { "live": [4, 6, 7],  segments that may hold records not released under this file:
+ *                                       those with unreleased records and the active one
+ *                   "next": 8 } }       every segment numbered from here on was made after the file
  *
  * ordinalMax / writeTimeUsMax are taken over everything appended so far, which includes every
  * released record: a restart resumes above them even when no record is left on disk.
+ *
+ * `segments` lets open notice a segment file lost behind the journal's back (journal.ts): no listed
+ * segment, and none numbered from `next` on, is ever deleted before a later state file stops
+ * listing it, so one of them missing (at or below the durable point) lost records. A file without
+ * `segments` (written before it existed) says nothing about them; no file at all means no segment
+ * was ever deleted.
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -43,13 +52,25 @@ export interface JournalState {
    * holding a marker is deleted only after a state file covering it is written, so this survives.
    */
   readonly lastMarker: ReadonlyMap<string, number>;
+  /** The segments that must still exist; null for a file from before it was written. */
+  readonly segments: LiveSegments | null;
 }
 
+/** Segments that may hold records the state file does not release. */
+export interface LiveSegments {
+  /** Made before the file: these (ascending). */
+  readonly live: readonly number[];
+  /** Every segment numbered from here on was made after the file. */
+  readonly next: number;
+}
+
+/** No state file: no segment was ever deleted (that happens only after a state file is written). */
 export const EMPTY_STATE: JournalState = {
   ordinalMax: 0,
   writeTimeUsMax: 0,
   releasedSeq: new Map(),
   lastMarker: new Map(),
+  segments: { live: [], next: 1 },
 };
 
 function isCount(v: unknown): v is number {
@@ -85,7 +106,27 @@ export function parseState(text: string): JournalState | string {
     }
     if (m !== undefined && m > 0) lastMarker.set(name, m);
   }
-  return { ordinalMax: d['ordinalMax'], writeTimeUsMax: d['writeTimeUsMax'], releasedSeq, lastMarker };
+  const segments = parseSegments(d['segments']);
+  if (typeof segments === 'string') return segments;
+  return {
+    ordinalMax: d['ordinalMax'],
+    writeTimeUsMax: d['writeTimeUsMax'],
+    releasedSeq,
+    lastMarker,
+    segments,
+  };
+}
+
+function parseSegments(v: unknown): LiveSegments | null | string {
+  if (v === undefined) return null;
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'segments is not an object';
+  const { live, next } = v as Record<string, unknown>;
+  if (!isCount(next) || next < 1) return 'segments.next is not a positive integer';
+  if (!Array.isArray(live) || !live.every((n) => isCount(n) && n >= 1 && n < next)) {
+    return 'segments.live is not a list of segment numbers below segments.next';
+  }
+  const sorted = [...(live as number[])].sort((a, b) => a - b);
+  return { live: sorted, next };
 }
 
 export function formatState(s: JournalState): string {
@@ -98,7 +139,14 @@ export function formatState(s: JournalState): string {
       ...(m === undefined ? {} : { lastMarker: m }),
     };
   }
-  return `${JSON.stringify({ version: STATE_VERSION, ordinalMax: s.ordinalMax, writeTimeUsMax: s.writeTimeUsMax, groups }, null, 2)}\n`;
+  const doc = {
+    version: STATE_VERSION,
+    ordinalMax: s.ordinalMax,
+    writeTimeUsMax: s.writeTimeUsMax,
+    groups,
+    ...(s.segments === null ? {} : { segments: s.segments }),
+  };
+  return `${JSON.stringify(doc, null, 2)}\n`;
 }
 
 /** Reads the state file of `dir` (EMPTY_STATE when there is none); refuses an invalid one. */

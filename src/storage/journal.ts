@@ -58,6 +58,7 @@ import {
   listFreeSegments,
   listSegments,
   type RecoveredSegment,
+  checkSegmentsPresent,
   recoverSegments,
   segmentFileName,
 } from './journal-recovery.js';
@@ -333,6 +334,10 @@ export class Journal {
 
   // State file and segment deletion.
   private persistedReleased = new Map<string, number>();
+  /** The segments the state file on disk lists as live (null: a file from before the list). */
+  private persistedLive: ReadonlySet<number> | null = null;
+  /** deleteReleasedSegmentsSync kept a released segment the state file lists: write it again. */
+  private listedKept = false;
   private stateDirty = false;
   /** Write the state file even if no segment can go (resumeGroup, close). */
   private stateForced = false;
@@ -340,6 +345,8 @@ export class Journal {
   private maintainAgain = false;
 
   private failed: Error | null = null;
+  /** close() has begun: no append follows (the last state file need not list the active segment). */
+  private closing = false;
   private closed = false;
 
   // Direct I/O (direct-io.ts): probed at the first large run; null when not used.
@@ -413,20 +420,23 @@ export class Journal {
     // block allocation in an fdatasync. Failing to make one is not fatal: appends allocate instead.
     j.maybePrepareSpare();
     await j.preparing;
+    await j.whenIdle();
     return j;
   }
 
   private openSync(): void {
     const created = fs.mkdirSync(this.dir, { recursive: true });
     if (created !== undefined) fsyncDirSync(path.dirname(path.resolve(created)));
-    fs.rmSync(path.join(this.dir, STATE_TMP_FILE_NAME), { force: true });
     const state = readStateSync(this.dir);
-    this.loadState(state);
     const nos = listSegments(this.dir);
+    const point = readDurablePointSync(this.dir);
+    // Before anything in the directory changes.
+    checkSegmentsPresent(this.dir, nos, state.segments, point.state === 'ok' ? point.point.segNo : 0);
+    fs.rmSync(path.join(this.dir, STATE_TMP_FILE_NAME), { force: true });
+    this.loadState(state);
     this.removePreparationLeftovers();
     this.free.push(...listFreeSegments(this.dir));
     for (const n of this.free) this.nextPrepNo = Math.max(this.nextPrepNo, n + 1);
-    const point = readDurablePointSync(this.dir);
     if (point.state === 'unreadable') {
       this.log('warn', 'journal: the durable point file is unreadable; recovery refuses any hole', {
         dir: this.dir,
@@ -443,10 +453,12 @@ export class Journal {
           ? { point: POSITION_ZERO, markedFromSegNo: 0, sameBoot: false }
           : null,
     );
-    // Segment numbers only grow, even when every segment file is gone: the durable point names one.
+    // Segment numbers only grow, even when every segment file is gone: the durable point and the
+    // state file name one.
     const lastNo = Math.max(
       nos.length > 0 ? nos[nos.length - 1]! : 0,
       point.state === 'ok' ? point.point.segNo : 0,
+      (state.segments?.next ?? 1) - 1,
     );
     this.nextSegNo = lastNo + 1;
     // A journal from before the durable point: its segments left behind have no end mark; the one
@@ -461,6 +473,15 @@ export class Journal {
     this.adoptSegments(result.segments);
     const deleted = this.deleteReleasedSegmentsSync();
     if (result.droppedBytes > 0 || deleted > 0) fsyncDirSync(this.dir);
+    // A state file listing what is there now before any append: the durable point may pass a
+    // segment recovery dropped, appends go on into an active segment a close did not list, and a
+    // file from before the list, or listing a segment that can go, is replaced.
+    const activeListed = this.active === null || this.persistedLive?.has(this.active.no) === true;
+    if (result.segments.length < nos.length || !activeListed || this.listedKept) {
+      this.stateDirty = true;
+      this.stateForced = true;
+      this.scheduleMaintenance();
+    }
     this.log('info', 'journal opened', {
       dir: this.dir,
       segments: this.segments.size,
@@ -480,6 +501,7 @@ export class Journal {
       this.persistedReleased.set(name, released);
     }
     for (const [name, m] of state.lastMarker) this.group(name).lastMarker = m;
+    this.persistedLive = state.segments === null ? null : new Set(state.segments.live);
   }
 
   private group(name: string): GroupIndex {
@@ -1319,13 +1341,16 @@ export class Journal {
       this.maintainAgain = false;
       // The state file is written only when it lets a segment go (or is asked for): releases
       // alone need no fsync, since replaying an already released record is harmless.
+      let wrote = false;
       if (this.stateDirty && this.failed === null && (this.stateForced || this.anySegmentReleasable())) {
         this.stateDirty = false;
         this.stateForced = false;
         const snapshot = this.stateSnapshot();
         try {
           await writeState(this.dir, snapshot);
+          wrote = true;
           this.persistedReleased = new Map(snapshot.releasedSeq);
+          this.persistedLive = new Set(snapshot.segments?.live);
         } catch (e) {
           this.stateDirty = true;
           this.log('error', 'journal: cannot write the state file; segments are kept', {
@@ -1336,6 +1361,12 @@ export class Journal {
         }
       }
       this.deleteReleasedSegmentsSync();
+      // A released segment the file on disk still lists goes after one more state file (a new one
+      // does not list it: it is neither active nor holding unreleased records).
+      if (this.listedKept && !wrote && this.failed === null) {
+        this.stateDirty = true;
+        this.maintainAgain = true;
+      }
     } while (this.maintainAgain);
   }
 
@@ -1346,11 +1377,19 @@ export class Journal {
       if (g.releasedSeq > 0) releasedSeq.set(name, g.releasedSeq);
       if (g.lastMarker > 0) lastMarker.set(name, g.lastMarker);
     }
+    // The active segment is listed even when released, as appends after this file go on into it;
+    // not at close (open lists it again before any append: openSync).
+    const live: number[] = [];
+    for (const seg of this.segments.values()) {
+      const appendable = seg === this.active && !this.closing;
+      if (appendable || !this.releasedUnder(seg, releasedSeq)) live.push(seg.no);
+    }
     return {
       ordinalMax: this.lastOrdinalValue,
       writeTimeUsMax: this.lastWriteTimeUsValue,
       releasedSeq,
       lastMarker,
+      segments: { live: live.sort((a, b) => a - b), next: this.nextSegNo },
     };
   }
 
@@ -1361,6 +1400,7 @@ export class Journal {
    */
   private deleteReleasedSegmentsSync(): number {
     let deleted = 0;
+    this.listedKept = false;
     const floor = this.unwritten[0]?.floor ?? Number.POSITIVE_INFINITY;
     for (const seg of this.segments.values()) {
       if (seg === this.active || !this.releasedOnDisk(seg)) continue;
@@ -1369,6 +1409,11 @@ export class Journal {
         continue;
       }
       if (this.inFlight?.segments.has(seg)) continue; // its fd is in use; retried after the round
+      if (this.persistedLive?.has(seg.no)) {
+        // Open would miss it (checkSegmentsPresent): kept until a state file stops listing it.
+        this.listedKept = true;
+        continue;
+      }
       try {
         if (seg.fd !== null) fs.closeSync(seg.fd);
         seg.fd = null;
@@ -1458,8 +1503,12 @@ export class Journal {
   }
 
   private releasedOnDisk(seg: Segment): boolean {
+    return this.releasedUnder(seg, this.persistedReleased);
+  }
+
+  private releasedUnder(seg: Segment, releasedSeq: ReadonlyMap<string, number>): boolean {
     for (const [group, maxSeq] of seg.maxSeq) {
-      if (maxSeq > (this.persistedReleased.get(group) ?? 0)) return false;
+      if (maxSeq > (releasedSeq.get(group) ?? 0)) return false;
     }
     return true;
   }
@@ -1648,12 +1697,17 @@ export class Journal {
   /** Syncs, finishes background work, closes every fd. */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.closing = true;
     try {
       if (this.failed === null) await this.sync();
       while (this.writing !== null) await this.writing;
       while (this.inFlight !== null) await this.inFlight.promise.catch(() => {});
-      if (this.stateDirty) {
-        // A clean restart should not replay what was released.
+      // A clean restart should not replay what was released, nor need an active segment whose
+      // records are all released.
+      const a = this.active;
+      const activeListed = a !== null && this.persistedLive?.has(a.no) === true && this.releasedOnDisk(a);
+      if (this.stateDirty || activeListed) {
+        this.stateDirty = true;
         this.stateForced = true;
         this.scheduleMaintenance();
       }

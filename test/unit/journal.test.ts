@@ -6,7 +6,9 @@
  * segments rotate and are deleted once released; readRetained serves one group from a seq; a write
  * error (ENOSPC, short write) leaves nothing recovery would load and the journal usable; a failed
  * fdatasync fails the journal; recovery truncates a torn tail and refuses a corrupt middle record,
- * a seq gap and an invalid state file; sequence rules and limits are asserted.
+ * a seq gap, an invalid state file and a segment file lost behind the journal's back (while the
+ * state file on disk never asks for a segment the journal let go); sequence rules and limits are
+ * asserted.
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -32,7 +34,8 @@ import {
   type JournalIo,
   type JournalOptions,
 } from '../../src/storage/journal.js';
-import type { LogFn } from '../../src/storage/journal-recovery.js';
+import { checkSegmentsPresent, type LogFn, listSegments } from '../../src/storage/journal-recovery.js';
+import { readStateSync } from '../../src/storage/journal-state.js';
 import {
   decodeRecord,
   encodeHeader,
@@ -1477,5 +1480,202 @@ describe('journal: the durable point and segment end marks (power loss)', () => 
     const r = readDurablePointSync(dir);
     assert.ok(r.state === 'ok');
     assert.deepEqual({ ...r.point, counter: r.counter }, points[1]);
+  });
+});
+
+describe('journal: a segment file lost behind its back', () => {
+  /** Whether the state file and durable point on disk ask for a segment that is not there. */
+  function requiredMissing(dir: string): string | null {
+    const p = readDurablePointSync(dir);
+    try {
+      checkSegmentsPresent(
+        dir,
+        listSegments(dir),
+        readStateSync(dir).segments,
+        p.state === 'ok' ? p.point.segNo : 0,
+      );
+      return null;
+    } catch (e) {
+      return String(e);
+    }
+  }
+
+  /** Per segment file, the groups of its records. */
+  function groupsBySegment(dir: string): Map<string, Set<string>> {
+    const out = new Map<string, Set<string>>();
+    for (const f of segFiles(dir)) {
+      const buf = fs.readFileSync(join(dir, f));
+      const groups = new Set<string>();
+      for (let off = 0; ;) {
+        const r = decodeRecord(buf, off);
+        if (!r.ok) break;
+        groups.add(r.header.group);
+        off += r.bytes;
+      }
+      out.set(f, groups);
+    }
+    return out;
+  }
+
+  /** Every file of `dir`, with its bytes: what a refused open must leave as it was. */
+  function snapshot(dir: string): Map<string, Buffer> {
+    return new Map(fs.readdirSync(dir).map((f) => [f, fs.readFileSync(join(dir, f))]));
+  }
+
+  async function refusedNaming(dir: string, file: string): Promise<void> {
+    const before = snapshot(dir);
+    await assert.rejects(
+      () => open(dir),
+      (e: unknown) =>
+        e instanceof RemcopyError &&
+        e.code === 'RC_ERR_JOURNAL_CORRUPT' &&
+        e.message.includes(`${file} is missing`),
+    );
+    assert.deepEqual(snapshot(dir), before, 'a refused open changes no file');
+  }
+
+  test("refused at open: the segment holding a group's only records, the durable point's own, with and without a state file", async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const recs = [
+      ...Array.from({ length: 8 }, () => m.rec('a', Kind.data, 3000)),
+      ...Array.from({ length: 12 }, () => m.rec('b', Kind.data, 3000)),
+      ...Array.from({ length: 8 }, () => m.rec('a', Kind.data, 3000)),
+    ];
+    for (const r of recs) j.append([r]);
+    await j.sync();
+    // A crash image (no state file yet: nothing was ever deleted, so every segment up to the
+    // durable point must be there).
+    const crashDir = newDir();
+    fs.mkdirSync(crashDir);
+    for (const f of fs.readdirSync(dir)) fs.copyFileSync(join(dir, f), join(crashDir, f));
+    assert.ok(!fs.existsSync(join(crashDir, 'state.json')));
+    await j.close();
+    const onlyB = [...groupsBySegment(dir)].find(([, g]) => g.size === 1 && g.has('b'))?.[0];
+    assert.ok(onlyB !== undefined, 'a segment holds only b records');
+    const last = segFiles(dir).at(-1)!;
+    for (const [d, file] of [
+      [dir, onlyB],
+      [dir, last],
+      [crashDir, onlyB],
+      [crashDir, last],
+    ] as const) {
+      const saved = fs.readFileSync(join(d, file));
+      fs.rmSync(join(d, file));
+      await refusedNaming(d, file);
+      // Put back, the journal opens with every record.
+      fs.writeFileSync(join(d, file), saved);
+      const again = await open(d);
+      assertSame(collect(again), recs);
+      await again.close();
+    }
+  });
+
+  test('released segments go, but never one the state file on disk still asks for; reopen keeps the rest', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker(j, ['a', 'b', 'c']);
+    const live: Rec[] = [];
+    let seed = 7;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const check = async (what: string): Promise<void> => {
+      await j.whenIdle();
+      assert.equal(requiredMissing(dir), null, what);
+    };
+    for (let step = 0; step < 120; step++) {
+      const group = ['a', 'b', 'c'][rand(3)]!;
+      const op = rand(4);
+      if (op < 2) {
+        const recs = Array.from({ length: 1 + rand(4) }, () => m.rec(group, Kind.data, 1000 + rand(2000)));
+        j.append(recs);
+        live.push(...recs);
+      } else if (op === 2 && j.lastSeq(group) > 0) {
+        const upto = j.lastSeq(group) - rand(3);
+        if (upto > 0) j.release(group, seq(upto));
+      } else await j.sync();
+      await check(`step ${step}`);
+    }
+    // Everything released, then appends move on from the active segment without a release: the
+    // state file lists that segment (it was active), so it must stay until a new file does not.
+    for (const g of ['a', 'b', 'c']) if (j.lastSeq(g) > 0) j.release(g, seq(j.lastSeq(g)));
+    await j.sync();
+    await check('all released');
+    const segsBefore = segFiles(dir).length;
+    const more = Array.from({ length: 8 }, () => m.rec('a', Kind.data, 3000));
+    for (const r of more) j.append([r]);
+    await j.sync();
+    await check('moved on from a released active segment');
+    await j.sync();
+    await check('after another round');
+    assert.ok(segFiles(dir).length <= segsBefore + 2, `${segFiles(dir).length} segments: released ones go`);
+    await j.close();
+    assert.equal(requiredMissing(dir), null, 'after close');
+    const j2 = await open(dir);
+    assertSame(collect(j2), more);
+    await j2.close();
+  });
+
+  test('a segment recovery dropped past the durable point is not asked for once the journal moves past its number', async () => {
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    const first = Array.from({ length: 8 }, () => m.rec('a', Kind.data, 3000));
+    for (const r of first) j.append([r]);
+    // A release: the state file written at close lists the active segment (it holds unreleased
+    // records), so only the dropped segment makes the next open write a new one.
+    j.release('a', seq(1));
+    await j.close();
+    assert.ok(JSON.parse(fs.readFileSync(join(dir, 'state.json'), 'utf8')).segments.live.length > 0);
+    // A power loss left a segment after the last one that holds no record: recovery drops it.
+    const nextNo = Number(segFiles(dir).at(-1)!.slice(4, 20)) + 1;
+    const stray = `seg-${String(nextNo).padStart(16, '0')}.log`;
+    fs.writeFileSync(join(dir, stray), Buffer.alloc(4096, 0xa5));
+    const j2 = await open(dir, { bootId: '00000000-0000-4000-8000-000000000001' });
+    assert.ok(!fs.existsSync(join(dir, stray)), 'dropped');
+    const m2 = new Maker(j2, ['a']);
+    const second = Array.from({ length: 12 }, () => m2.rec('a', Kind.data, 3000));
+    for (const r of second) j2.append([r]);
+    await j2.sync();
+    assert.ok(Number(segFiles(dir).at(-1)!.slice(4, 20)) > nextNo, 'the durable point passed the number');
+    assert.equal(requiredMissing(dir), null);
+    await j2.close();
+    const j3 = await open(dir);
+    assertSame(collect(j3), [...first.slice(1), ...second]);
+    await j3.close();
+  });
+
+  test('refused at open: the segment that was active and released when the state file was written, after appends into it', async () => {
+    /** What a kill -9 now leaves, with `file` lost from it. */
+    const crashImageWithout = (dir: string, file: string): string => {
+      const crashDir = newDir();
+      fs.mkdirSync(crashDir);
+      for (const f of fs.readdirSync(dir)) if (f !== file) fs.copyFileSync(join(dir, f), join(crashDir, f));
+      return crashDir;
+    };
+    // While open: everything released and the state file written (the first segment goes), then
+    // a record appended into the segment that file saw active.
+    const dir = newDir();
+    const j = await open(dir);
+    const m = new Maker();
+    for (let i = 0; i < 6; i++) j.append([m.rec('a', Kind.data, 3000)]);
+    j.release('a', seq(6));
+    await j.whenIdle();
+    assert.equal(segFiles(dir).length, 1);
+    j.append([m.rec('a', Kind.data, 3000)]);
+    await j.sync();
+    await refusedNaming(crashImageWithout(dir, segFiles(dir)[0]!), segFiles(dir)[0]!);
+    // After a clean close that released everything, a reopen and an append into the same segment.
+    j.release('a', seq(7));
+    await j.close();
+    const j2 = await open(dir);
+    const m2 = new Maker(j2, ['a']);
+    j2.append([m2.rec('a', Kind.data, 3000)]);
+    await j2.sync();
+    await refusedNaming(crashImageWithout(dir, segFiles(dir)[0]!), segFiles(dir)[0]!);
+    await j2.close();
   });
 });
