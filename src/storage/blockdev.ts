@@ -7,9 +7,11 @@
  * cost more than the write. Reads and syncs are asynchronous.
  */
 import * as fs from 'node:fs';
+import { dirname } from 'node:path';
 import { assert } from '../core/assert.js';
 import { RemcopyError } from '../core/errors.js';
 import { DirectFile } from './direct-io.js';
+import { fsyncDirSync } from './journal-state.js';
 
 export interface BlockDevice {
   readonly sizeBytes: number;
@@ -64,6 +66,35 @@ function checkRange(dev: BlockDevice, offset: number, length: number): void {
   );
 }
 
+/** Makes `path` a sparse file of `sizeBytes` (see FileBlockDevice.open); false if it appeared meanwhile. */
+function createWhole(path: string, sizeBytes: number): boolean {
+  const tmp = `${path}.creating`;
+  const fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+  try {
+    fs.ftruncateSync(fd, sizeBytes);
+    fs.fsyncSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw new RemcopyError(
+      'RC_ERR_IO',
+      `cannot create ${path} (${sizeBytes} bytes): ${(e as Error).message}`,
+    );
+  }
+  fs.closeSync(fd);
+  let linked = true;
+  try {
+    fs.linkSync(tmp, path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    linked = false;
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+  fsyncDirSync(dirname(path));
+  return linked;
+}
+
 export class FileBlockDevice implements BlockDevice {
   private closed = false;
   /**
@@ -83,27 +114,24 @@ export class FileBlockDevice implements BlockDevice {
   /**
    * Open a volume file, creating it sparse at `sizeBytes` if missing. An existing file of another
    * size is an error: a silent resize would destroy or invent data.
+   *
+   * A new file is made whole before it gets its name: sized and fsynced as `<path>.creating`, then
+   * linked to `path` (which fails if `path` appeared meanwhile) and the directory fsynced. A crash
+   * in between leaves only the `.creating` file, remade at the next start, never a short volume
+   * that every later start would refuse.
    */
   static open(path: string, sizeBytes: number): FileBlockDevice {
     assert(Number.isSafeInteger(sizeBytes) && sizeBytes > 0, 'volume size');
-    let fd: number;
     let created = false;
-    try {
-      fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-      created = true;
-      fs.ftruncateSync(fd, sizeBytes);
-      fs.fsyncSync(fd);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      fd = fs.openSync(path, fs.constants.O_RDWR);
-      const actual = fs.fstatSync(fd).size;
-      if (actual !== sizeBytes) {
-        fs.closeSync(fd);
-        throw new RemcopyError(
-          'RC_ERR_VOLUME_SIZE',
-          `${path} is ${actual} bytes but the configuration says ${sizeBytes}; refusing to resize it`,
-        );
-      }
+    if (!fs.existsSync(path)) created = createWhole(path, sizeBytes);
+    const fd = fs.openSync(path, fs.constants.O_RDWR);
+    const actual = fs.fstatSync(fd).size;
+    if (actual !== sizeBytes) {
+      fs.closeSync(fd);
+      throw new RemcopyError(
+        'RC_ERR_VOLUME_SIZE',
+        `${path} is ${actual} bytes but the configuration says ${sizeBytes}; refusing to resize it`,
+      );
     }
     return new FileBlockDevice(fd, sizeBytes, path, created);
   }

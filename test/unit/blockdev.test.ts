@@ -4,10 +4,20 @@
  * reopens them, and refuses a file of the wrong size instead of resizing it.
  */
 import assert from 'node:assert/strict';
-import { closeSync, constants, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { RemcopyError } from '../../src/core/errors.js';
 import type { BlockDevice } from '../../src/storage/blockdev.js';
 import {
   DIRECT_COPY_WRITE_MIN,
@@ -84,6 +94,25 @@ test('file device: created sparse, reopened with its data, wrong size refused', 
   assert.equal(statSync(p).size, SIZE, 'not resized');
   writeFileSync(join(dir, 'small.img'), 'x');
   assert.throws(() => FileBlockDevice.open(join(dir, 'small.img'), SIZE), /RC_ERR_VOLUME_SIZE/);
+});
+
+test('file device: a crash while creating leaves no short volume; a size the file system refuses leaves nothing', async () => {
+  // What a crash between creating and sizing the file left: the half-made file under its own name.
+  const p = join(dir, 'new.img');
+  writeFileSync(`${p}.creating`, '');
+  const d = FileBlockDevice.open(p, SIZE);
+  assert.equal(d.created, true);
+  assert.equal(statSync(p).size, SIZE);
+  assert.equal(existsSync(`${p}.creating`), false);
+  await d.close();
+  // ext4 files end at 16 TiB: sizing one at 1 PiB fails, and no file is left to refuse later.
+  const huge = join(dir, 'huge.img');
+  assert.throws(
+    () => FileBlockDevice.open(huge, 2 ** 50),
+    (e: Error) => e instanceof RemcopyError && e.code === 'RC_ERR_IO' && e.message.includes(huge),
+  );
+  assert.equal(existsSync(huge), false);
+  assert.equal(existsSync(`${huge}.creating`), false);
 });
 
 test('fault wrapper fails the armed operation only', async () => {
