@@ -8,7 +8,7 @@ export const ErrorCodes = {
   RC_ERR_USAGE: 'invalid command-line usage',
   RC_ERR_VOLUME_SIZE: 'existing volume file has the wrong size',
   RC_ERR_JOURNAL_CORRUPT:
-    'journal has a damaged record below its durable point, or (no durable point) one followed by valid ones',
+    'journal has a damaged record below its durable point, or (no durable point) one followed by valid ones, or lost a segment file',
   RC_ERR_JOURNAL_FULL: 'journal is full',
   RC_ERR_JOURNAL_IO: 'journal I/O error',
   RC_ERR_OUT_OF_RANGE: 'request is outside the volume',

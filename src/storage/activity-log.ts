@@ -158,7 +158,7 @@ function decodeSlot(file: Buffer, at: number): Slot | null {
 }
 
 function readBest(file: string): { read: ActivityLogRead; counter: number } {
-  const r = readBestSlot(file, SLOT_OFFSETS, decodeSlot);
+  const r = readBestSlot(file, SLOT_OFFSETS, decodeSlot, 'RC_ERR_IO');
   if (r.state !== 'ok') return { read: r, counter: 0 };
   const best = r.slot;
   const extents = best.extents.map(([v, e]) => ({ volume: best.volumes[v]!, extentNo: e }));

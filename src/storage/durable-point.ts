@@ -123,8 +123,11 @@ export type DurablePointRead =
 
 /** Reads the durable point of the journal in `dir`. */
 export function readDurablePointSync(dir: string): DurablePointRead {
-  const r = readBestSlot(path.join(dir, DURABLE_POINT_FILE_NAME), SLOT_OFFSETS, (buf, at) =>
-    decodeSlot(buf.subarray(at, at + SLOT_BYTES)),
+  const r = readBestSlot(
+    path.join(dir, DURABLE_POINT_FILE_NAME),
+    SLOT_OFFSETS,
+    (buf, at) => decodeSlot(buf.subarray(at, at + SLOT_BYTES)),
+    'RC_ERR_JOURNAL_IO',
   );
   return r.state === 'ok' ? { state: 'ok', ...r.slot } : r;
 }

@@ -624,6 +624,16 @@ describe('activity log', () => {
     });
   });
 
+  test('an activity log that cannot be read (a directory) is an error naming it, not a crash', () => {
+    const dir = newDir();
+    fs.mkdirSync(join(dir, ACTIVITY_LOG_FILE_NAME));
+    assert.throws(
+      () => readActivityLogSync(dir),
+      (e: unknown) =>
+        e instanceof RemcopyError && e.code === 'RC_ERR_IO' && e.message.includes(ACTIVITY_LOG_FILE_NAME),
+    );
+  });
+
   test(`fewer than ${ACTIVITY_LOG_EXTENTS_MIN} or more than ${ACTIVITY_LOG_EXTENTS_MAX} extents is a configuration error`, () => {
     for (const capacity of [ACTIVITY_LOG_EXTENTS_MIN - 1, ACTIVITY_LOG_EXTENTS_MAX + 1, 100.5]) {
       assert.throws(

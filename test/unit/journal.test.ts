@@ -1392,7 +1392,7 @@ describe('journal: the durable point and segment end marks (power loss)', () => 
     await j.close();
   });
 
-  test('a journal from before the durable point keeps the old rule and gets one; an unreadable one is logged', async () => {
+  test('a journal from before the durable point keeps the old rule and gets one; an unreadable one is logged, one that cannot be read refused', async () => {
     const m = new Maker();
     const recs = Array.from({ length: 6 }, () => m.rec('a', Kind.data, 500));
     const dir = newDir();
@@ -1421,6 +1421,18 @@ describe('journal: the durable point and segment end marks (power loss)', () => 
     assert.ok(logs.some((l) => l.startsWith('warn') && l.includes('durable point file is unreadable')));
     await j2.close();
     assert.equal(readDurablePointSync(dir).state, 'ok');
+
+    // A durable point that is not a file (a directory, by hand): refused, naming it; nothing changes.
+    const file = join(dir, DURABLE_POINT_FILE_NAME);
+    fs.rmSync(file);
+    fs.mkdirSync(file);
+    const before = new Map(segFiles(dir).map((f) => [f, fs.readFileSync(join(dir, f))]));
+    await assert.rejects(
+      () => open(dir),
+      (e: unknown) => isCode('RC_ERR_JOURNAL_IO')(e) && String(e).includes(file),
+    );
+    assert.deepEqual(new Map(segFiles(dir).map((f) => [f, fs.readFileSync(join(dir, f))])), before);
+    assert.ok(fs.statSync(file).isDirectory());
   });
 
   test('the end mark written when a batch moves on goes to disk with the next sync, with the new segment', async () => {
