@@ -25,9 +25,11 @@
  *   durable.pos                where the last completed sync round reached (durable-point.ts):
  *                              recovery tells a power-loss hole past it from corruption before it
  *
- * Space: `usedBytes` is the sum of the sizes of the live segment files (records, released or not,
- * in segments not yet deleted). An append that would take usedBytes above bytesMax throws
- * RC_ERR_JOURNAL_FULL and writes nothing. A segment is let go when it is not the active one and
+ * Space: `usedBytes` is what the live segments take (records, released or not, in segments not yet
+ * deleted): a whole segment for each one the journal moved on from, whose tail no record can use,
+ * and the records of the active one. An append that would take usedBytes above bytesMax throws
+ * RC_ERR_JOURNAL_FULL and writes nothing. On disk the files take at most bytesMax plus the unused
+ * tail of the active segment (allocated when the file is a recycled one). A segment is let go when it is not the active one and
  * every record in it is released under the persisted state file: renamed to free-N.log for reuse
  * (at most FREE_SEGMENTS_MAX, and live + free files within bytesMax), else deleted.
  *
@@ -558,10 +560,10 @@ export class Journal {
         recycled: false,
       };
       this.segments.set(r.no, seg);
-      this.usedBytes += r.size;
     }
     this.recoveringSegments.clear();
     const last = recovered[recovered.length - 1];
+    this.usedBytes = last === undefined ? 0 : (recovered.length - 1) * this.segmentBytes + last.size;
     if (last !== undefined) {
       this.active = this.segments.get(last.no)!;
       this.active.fd = this.openFd(this.active.file, 'r+');
@@ -595,18 +597,20 @@ export class Journal {
     const planned = this.encodeBatch(records);
     let total = 0;
     for (const p of planned) total += p.bytes;
-    if (this.usedBytes + total > this.bytesMax) {
+    const created = this.placeBatch(planned);
+    const usedAfter = this.usedBytesAfter(planned, created.length);
+    if (usedAfter > this.bytesMax) {
       throw new RemcopyError(
         'RC_ERR_JOURNAL_FULL',
         `${this.dir}: ${records.length} record(s) of ${total} bytes do not fit ` +
           `(${this.usedBytes} of ${this.bytesMax} bytes used)`,
       );
     }
-    const created = this.placeBatch(planned);
     const recycledNos = new Set<number>();
     const floor = this.active?.no ?? created[0]!;
     const { fds, written } = this.writeBatch(planned, created, recycledNos);
     this.commitBatch(planned, fds, recycledNos);
+    this.usedBytes = usedAfter;
     if (written !== undefined) this.trackWriting(planned, floor, written);
     return planned.map((p) => (p.given ? undefined : p.head));
   }
@@ -739,6 +743,16 @@ export class Journal {
       };
     }
     return planned;
+  }
+
+  /** usedBytes once `planned` (placed, creating `created` segments) is appended. */
+  private usedBytesAfter(planned: readonly PlannedRecord[], created: number): number {
+    const last = planned[planned.length - 1]!;
+    const lastEnd = last.offset + last.bytes;
+    if (created === 0) return this.usedBytes - this.active!.size + lastEnd;
+    // Every segment left (the active one, all created but the last) takes a whole segment.
+    const left = (this.active === null ? 0 : 1) + created - 1;
+    return this.usedBytes - (this.active?.size ?? 0) + left * this.segmentBytes + lastEnd;
   }
 
   /** Gives every record its segment and offset; returns the numbers of segments to create. */
@@ -1121,7 +1135,6 @@ export class Journal {
       if (p.header.kind === RecordKind.marker) g.lastMarker = Math.max(g.lastMarker, p.header.markerNo);
       this.lastOrdinalValue = p.header.ordinal;
       this.lastWriteTimeUsValue = Math.max(this.lastWriteTimeUsValue, p.header.writeTimeUs);
-      this.usedBytes += p.bytes;
     }
     this.retainedRecords += planned.length;
     this.appendGen++;
@@ -1430,7 +1443,7 @@ export class Journal {
       }
       this.dirtySegments.delete(seg);
       this.segments.delete(seg.no);
-      this.usedBytes -= seg.size;
+      this.usedBytes -= this.segmentBytes; // never the active one
       deleted++;
     }
     return deleted;

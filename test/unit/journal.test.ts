@@ -263,6 +263,48 @@ describe('journal', () => {
     await j2.close();
   });
 
+  test('the files stay within bytesMax: a segment left with a tail no record fits counts whole', async () => {
+    // One 9000-byte record per 16 KiB segment: each segment left keeps a 7 KiB tail no record fits.
+    const dir = newDir();
+    const opts = { bytesMax: 64 * 1024, limits: { recordPayloadBytesMax: 12000 } };
+    const j = await open(dir, opts);
+    const m = new Maker();
+    const recBytes = recordBytesOf(new Maker().rec('a', Kind.data, 9000).header, 9000);
+    const fileBytes = (): number =>
+      fs.readdirSync(dir).reduce((n, f) => n + (f.endsWith('.log') ? fs.statSync(join(dir, f)).size : 0), 0);
+    let next = m.rec('a', Kind.data, 9000); // the one refused goes in first next time
+    const fill = (): number => {
+      for (let fitted = 0; ; fitted++) {
+        try {
+          j.append([next]);
+          next = m.rec('a', Kind.data, 9000);
+        } catch (e) {
+          assert.ok(isCode('RC_ERR_JOURNAL_FULL')(e), String(e));
+          return fitted;
+        }
+      }
+    };
+    for (let round = 0; round < 3; round++) {
+      // Later rounds start in the segment holding the last round's last (released) record: left
+      // behind, it counts whole until it is deleted.
+      assert.equal(fill(), round === 0 ? 4 : 3, `round ${round}`);
+      const u = j.usage();
+      assert.equal(u.segments, 4);
+      assert.equal(u.usedBytes, 3 * SMALL.segmentBytes + recBytes);
+      // Segment files (live, and kept for reuse) are whole segments: within bytesMax.
+      assert.ok(fileBytes() <= opts.bytesMax, `round ${round}: ${fileBytes()} bytes of segment files`);
+      await j.sync();
+      j.release('a', seq(j.lastSeq('a')));
+      await j.whenIdle();
+      assert.ok(fileBytes() <= opts.bytesMax, `round ${round}, released: ${fileBytes()} bytes`);
+    }
+    await j.close();
+    // Reopened: the active segment counts its records, the others whole.
+    const j2 = await open(dir, opts);
+    assert.equal(j2.usage().usedBytes, (j2.usage().segments - 1) * SMALL.segmentBytes + recBytes);
+    await j2.close();
+  });
+
   test('segments rotate; released segments are deleted; the sequence continues after reopen', async () => {
     const dir = newDir();
     const j = await open(dir);
