@@ -10,8 +10,9 @@
  * bounded by the request size limit (requests.ts), and one may cover the whole volume. It runs on
  * the thread pool, a piece at a time (BlockDevice.zero), so the node answers other requests, other
  * connections and its API meanwhile; written synchronously it held the event loop for seconds
- * (4 GiB: about 4 s). Node's fs has no fallocate, so a TRIM writes zeroes like WRITE_ZEROES,
- * allocating the range, instead of punching a hole.
+ * (4 GiB: about 4 s). Node's fs has no fallocate, so a TRIM is a WRITE_ZEROES: the pieces that
+ * already read as zero are left as they are (a hole stays a hole), the others get zeroes written
+ * (allocated, not punched).
  */
 import { RecordKind } from '../core/types.js';
 import type { Extent, VolumeExport, WriteOptions, ZeroOptions } from '../frontend/backend.js';

@@ -12,6 +12,7 @@ import { assert } from '../core/assert.js';
 import { RemcopyError } from '../core/errors.js';
 import { DirectFile } from './direct-io.js';
 import { fsyncDirSync } from './journal-state.js';
+import { isZero } from './zeroes.js';
 
 export interface BlockDevice {
   readonly sizeBytes: number;
@@ -35,7 +36,11 @@ export interface BlockDevice {
   writeForCopySync(offset: number, data: Uint8Array): void;
   /** Into the page cache: durable after the next sync(). */
   writeSync(offset: number, data: Uint8Array): void;
-  /** Make the range read back as zeroes. */
+  /**
+   * Make the range read back as zeroes. A file device writes only the pieces that do not already:
+   * reading a hole is cheap, writing zeroes into it allocates blocks (Node has no fallocate to punch
+   * one), so a TRIM or an initial copy's zero record over a fresh sparse volume leaves it sparse.
+   */
   zeroSync(offset: number, length: number): void;
   /** Like writeSync, on a thread of the pool: the write path issues large batches this way. */
   write(offset: number, data: Uint8Array): Promise<void>;
@@ -225,7 +230,8 @@ export class FileBlockDevice implements BlockDevice {
   zeroSync(offset: number, length: number): void {
     checkRange(this, offset, length);
     for (let at = offset; at < offset + length; at += ZERO_CHUNK_BYTES) {
-      this.writeSync(at, zeroChunk.subarray(0, Math.min(ZERO_CHUNK_BYTES, offset + length - at)));
+      const n = Math.min(ZERO_CHUNK_BYTES, offset + length - at);
+      if (!isZero(this.readForCopySync(at, n))) this.writeSync(at, zeroChunk.subarray(0, n));
     }
   }
 
@@ -249,7 +255,8 @@ export class FileBlockDevice implements BlockDevice {
   async zero(offset: number, length: number): Promise<void> {
     checkRange(this, offset, length);
     for (let at = offset; at < offset + length; at += ZERO_CHUNK_BYTES) {
-      await this.write(at, zeroChunk.subarray(0, Math.min(ZERO_CHUNK_BYTES, offset + length - at)));
+      const n = Math.min(ZERO_CHUNK_BYTES, offset + length - at);
+      if (!isZero(await this.readForCopy(at, n))) await this.write(at, zeroChunk.subarray(0, n));
     }
   }
 

@@ -26,6 +26,7 @@ import {
   MemBlockDevice,
 } from '../../src/storage/blockdev.js';
 import { openDirect } from '../../src/storage/direct-io.js';
+import { isZero } from '../../src/storage/zeroes.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rc-bdev-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -113,6 +114,24 @@ test('file device: a crash while creating leaves no short volume; a size the fil
   );
   assert.equal(existsSync(huge), false);
   assert.equal(existsSync(`${huge}.creating`), false);
+});
+
+test('file device: zeroing writes only what is not zero already: a hole stays a hole, data is cleared', async () => {
+  const p = join(dir, 'zero.img');
+  const size = 64 * 1024 * 1024;
+  const d = FileBlockDevice.open(p, size);
+  const allocated = (): number => statSync(p).blocks * 512;
+  // Data in two pieces of the range, the rest never written.
+  d.writeSync(4096, Buffer.alloc(8192, 7));
+  d.writeSync(40 * 1024 * 1024 + 5, Buffer.alloc(3, 9));
+  await d.sync();
+  const before = allocated();
+  await d.zero(0, size);
+  d.zeroSync(1024 * 1024, 16 * 1024 * 1024);
+  await d.sync();
+  assert.ok(allocated() <= before + 2 * 1024 * 1024, `${allocated()} bytes allocated, ${before} before`);
+  for (const at of [0, 40 * 1024 * 1024]) assert.ok(isZero(await d.read(at, 1024 * 1024)), `zero at ${at}`);
+  await d.close();
 });
 
 test('fault wrapper fails the armed operation only', async () => {

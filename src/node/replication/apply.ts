@@ -34,7 +34,6 @@ import type { VolumeSnapshots } from '../../storage/snapshots.js';
 import { readJsonFile, writeJsonDurable } from '../../storage/state-file.js';
 import { failpoint } from '../failpoint.js';
 import type { Log } from '../log.js';
-import { isZero } from '../../storage/zeroes.js';
 import { applyToDevice, ASYNC_APPLY_BYTES_MIN } from '../write-path.js';
 import type { KeptRecord, RecentRecords } from './recent.js';
 import type { ZeroMap } from './zero-map.js';
@@ -494,10 +493,13 @@ export class ApplyCoordinator {
         }
         const zeroMap = g.zeroMaps.get(h.volume);
         if (h.kind === RecordKind.zero) {
-          // A large record on the thread pool, in pieces (zeroWhereNeeded); a small one here.
+          // Only the parts not already zero are written (BlockDevice.zero). A large record goes
+          // to the thread pool in pieces: its length is not bounded by a host's request limit
+          // (one TRIM may cover the volume), and on the event loop it would hold the whole node
+          // (link, API, other exports) for seconds. A small one is done here: a pool hop costs more.
           const known = zeroMap?.knownZero(h.offset, h.length) === true;
-          if (!known && h.length < ASYNC_APPLY_BYTES_MIN) zeroWhereNeededSync(dev, h.offset, h.length);
-          else if (!known) await zeroWhereNeeded(dev, h.offset, h.length);
+          if (!known && h.length < ASYNC_APPLY_BYTES_MIN) dev.zeroSync(h.offset, h.length);
+          else if (!known) await dev.zero(h.offset, h.length);
         } else {
           zeroMap?.touch(h.offset, h.length);
           applyToDevice(dev, h.kind, h.offset, h.length, kindCarriesData(h.kind) ? payload : undefined);
@@ -555,28 +557,4 @@ async function preserveFor(
     list.push({ offset: h.offset, length: h.length });
   }
   await Promise.all([...ranges].map(([s, list]) => s.preserve(list)));
-}
-
-/** Zero-record ranges are checked this many bytes at a time. */
-const ZERO_CHECK_BYTES = 1024 * 1024;
-
-/**
- * Applies a zero record, skipping the parts that already read as zero (a fresh sparse volume
- * during the initial copy): reading a hole is cheap, writing zeroes allocates blocks. A record's
- * length is not bounded by the host's request limit (one TRIM may cover the volume), nor by the
- * bytes a cycle reads from the journal (it carries none): checked and zeroed on the event loop, a
- * record of a few GiB would hold the whole target node (link, API, other exports) for seconds, as
- * it did a source's volume outside the write path (volume-export.ts). So it is read and written on
- * the thread pool, a piece at a time; the cycle applies the records after it once it is done.
- */
-async function zeroWhereNeeded(dev: BlockDevice, offset: number, length: number): Promise<void> {
-  for (let at = offset; at < offset + length; at += ZERO_CHECK_BYTES) {
-    const n = Math.min(ZERO_CHECK_BYTES, offset + length - at);
-    if (!isZero(await dev.readForCopy(at, n))) await dev.zero(at, n);
-  }
-}
-
-/** zeroWhereNeeded for a small record (under ASYNC_APPLY_BYTES_MIN): a pool hop costs more. */
-function zeroWhereNeededSync(dev: BlockDevice, offset: number, length: number): void {
-  if (!isZero(dev.readForCopySync(offset, length))) dev.zeroSync(offset, length);
 }
