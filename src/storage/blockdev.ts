@@ -91,8 +91,8 @@ function createWhole(path: string, sizeBytes: number): boolean {
   try {
     fs.linkSync(tmp, path);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    linked = false;
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') linked = false;
+    else fs.renameSync(tmp, path); // a file system without hard links; the data dir is locked
   } finally {
     fs.rmSync(tmp, { force: true });
   }
@@ -230,8 +230,9 @@ export class FileBlockDevice implements BlockDevice {
   zeroSync(offset: number, length: number): void {
     checkRange(this, offset, length);
     for (let at = offset; at < offset + length; at += ZERO_CHUNK_BYTES) {
+      // Small ranges on the event loop: a buffered read, never one that waits for the disk.
       const n = Math.min(ZERO_CHUNK_BYTES, offset + length - at);
-      if (!isZero(this.readForCopySync(at, n))) this.writeSync(at, zeroChunk.subarray(0, n));
+      if (!isZero(this.readSync(at, n))) this.writeSync(at, zeroChunk.subarray(0, n));
     }
   }
 

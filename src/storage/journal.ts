@@ -29,9 +29,10 @@
  * deleted): a whole segment for each one the journal moved on from, whose tail no record can use,
  * and the records of the active one. An append that would take usedBytes above bytesMax throws
  * RC_ERR_JOURNAL_FULL and writes nothing. On disk the files take at most bytesMax plus the unused
- * tail of the active segment (allocated when the file is a recycled one). A segment is let go when it is not the active one and
- * every record in it is released under the persisted state file: renamed to free-N.log for reuse
- * (at most FREE_SEGMENTS_MAX, and live + free files within bytesMax), else deleted.
+ * tail of the active segment (allocated when the file is a recycled one). A segment is let go when
+ * it is not the active one and every record in it is released under the persisted state file:
+ * renamed to free-N.log for reuse (at most FREE_SEGMENTS_MAX, and live + free files within
+ * bytesMax), else deleted.
  *
  * Segment files are always segmentBytes long (sparse when new), so appends never change a file's
  * size; a recycled file's blocks are already allocated, so appends overwrite instead of allocating
@@ -55,12 +56,12 @@ import { RemcopyError } from '../core/errors.js';
 import type { Ordinal, RecordHeader, Seq, TimeUs } from '../core/types.js';
 import { ordinal, RecordKind, recordKindName, seq, timeUs } from '../core/types.js';
 import {
+  checkSegmentsPresent,
   freeSegmentFileName,
   type LogFn,
   listFreeSegments,
   listSegments,
   type RecoveredSegment,
-  checkSegmentsPresent,
   recoverSegments,
   segmentFileName,
 } from './journal-recovery.js';
@@ -609,8 +610,9 @@ export class Journal {
     const recycledNos = new Set<number>();
     const floor = this.active?.no ?? created[0]!;
     const { fds, written } = this.writeBatch(planned, created, recycledNos);
-    this.commitBatch(planned, fds, recycledNos);
+    // Before commitBatch: the segment deletion it may run takes its segments off this.
     this.usedBytes = usedAfter;
+    this.commitBatch(planned, fds, recycledNos);
     if (written !== undefined) this.trackWriting(planned, floor, written);
     return planned.map((p) => (p.given ? undefined : p.head));
   }

@@ -1639,6 +1639,13 @@ describe('journal: a segment file lost behind its back', () => {
     const check = async (what: string): Promise<void> => {
       await j.whenIdle();
       assert.equal(requiredMissing(dir), null, what);
+      // Usage: every segment but the active one whole, the active one by its records.
+      const u = j.usage();
+      const whole = Math.max(0, u.segments - 1) * SMALL.segmentBytes;
+      assert.ok(
+        u.usedBytes >= whole && u.usedBytes <= whole + SMALL.segmentBytes,
+        `${what}: usage ${u.usedBytes}`,
+      );
     };
     for (let step = 0; step < 120; step++) {
       const group = ['a', 'b', 'c'][rand(3)]!;
