@@ -258,6 +258,12 @@ interface BatchWrite {
   readonly sparse: ReadonlySet<number>;
 }
 
+/** True when every record of `seg` is at or below `released(group)` for its group. */
+function releasedUnder(seg: Segment, released: (group: string) => number): boolean {
+  for (const [group, maxSeq] of seg.maxSeq) if (maxSeq > released(group)) return false;
+  return true;
+}
+
 /** A batch appended whose bytes are not all written yet (Journal.unwritten). */
 interface UnwrittenBatch {
   /** Its append generation. */
@@ -751,9 +757,8 @@ export class Journal {
   private usedBytesAfter(planned: readonly PlannedRecord[], created: number): number {
     const last = planned[planned.length - 1]!;
     const lastEnd = last.offset + last.bytes;
-    if (created === 0) return this.usedBytes - this.active!.size + lastEnd;
     // Every segment left (the active one, all created but the last) takes a whole segment.
-    const left = (this.active === null ? 0 : 1) + created - 1;
+    const left = created === 0 ? 0 : (this.active === null ? 0 : 1) + created - 1;
     return this.usedBytes - (this.active?.size ?? 0) + left * this.segmentBytes + lastEnd;
   }
 
@@ -1397,7 +1402,7 @@ export class Journal {
     const live: number[] = [];
     for (const seg of this.segments.values()) {
       const appendable = seg === this.active && !this.closing;
-      if (appendable || !this.releasedUnder(seg, releasedSeq)) live.push(seg.no);
+      if (appendable || !releasedUnder(seg, (group) => releasedSeq.get(group) ?? 0)) live.push(seg.no);
     }
     return {
       ordinalMax: this.lastOrdinalValue,
@@ -1518,28 +1523,14 @@ export class Journal {
   }
 
   private releasedOnDisk(seg: Segment): boolean {
-    return this.releasedUnder(seg, this.persistedReleased);
-  }
-
-  private releasedUnder(seg: Segment, releasedSeq: ReadonlyMap<string, number>): boolean {
-    for (const [group, maxSeq] of seg.maxSeq) {
-      if (maxSeq > (releasedSeq.get(group) ?? 0)) return false;
-    }
-    return true;
+    return releasedUnder(seg, (group) => this.persistedReleased.get(group) ?? 0);
   }
 
   /** True when a non-active segment holds only records released in memory. */
   private anySegmentReleasable(): boolean {
+    const inMemory = (group: string): number => this.groups.get(group)?.releasedSeq ?? 0;
     for (const seg of this.segments.values()) {
-      if (seg === this.active) continue;
-      let all = true;
-      for (const [group, maxSeq] of seg.maxSeq) {
-        if (maxSeq > (this.groups.get(group)?.releasedSeq ?? 0)) {
-          all = false;
-          break;
-        }
-      }
-      if (all) return true;
+      if (seg !== this.active && releasedUnder(seg, inMemory)) return true;
     }
     return false;
   }
