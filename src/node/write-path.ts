@@ -70,6 +70,8 @@ export const ASYNC_APPLY_BYTES_MIN = 64 * 1024;
 /** Where a suspended group's writes are tracked: resolves once the range's bits are durable. */
 export interface TrackPort {
   mark(volume: string, offset: number, length: number): Promise<void>;
+  /** A write that arrived at `arrivedMs` (nowMs clock) is tracked instead of journalled. */
+  tracking?(arrivedMs: number): void;
 }
 
 export interface WriteRequest {
@@ -296,6 +298,7 @@ export class WritePath {
 
   private trackedWrite(p: Pending): void {
     const t = this.tracked.get(p.group)!;
+    t.port.tracking?.(p.arrivedMs);
     if (this.copyWatches.size > 0) this.wroteUnderCopy(p.device, p.offset, p.offset + p.length);
     t.devices.add(p.device);
     this.stats.trackedWrites++;

@@ -1561,6 +1561,23 @@ export class Journal {
     return n;
   }
 
+  /**
+   * A wall-clock time (ms since the epoch) no later than the append of `group`'s oldest retained
+   * record: the birth time of the segment file holding it (its last change on a file system that
+   * keeps no birth time). undefined when the group retains no record. Lag figures after a restart
+   * count from it, as the records' own arrival is not kept.
+   */
+  retainedSinceMs(group: string): number | undefined {
+    const released = this.releasedSeq(group);
+    let oldest: Segment | undefined;
+    for (const s of this.segments.values()) {
+      if ((s.maxSeq.get(group) ?? 0) > released && (oldest === undefined || s.no < oldest.no)) oldest = s;
+    }
+    if (oldest === undefined) return undefined;
+    const st = fs.statSync(oldest.file);
+    return st.birthtimeMs > 0 ? st.birthtimeMs : Math.min(st.ctimeMs, st.mtimeMs);
+  }
+
   /** Highest marker number ever appended to `group` (0 if none): a new marker names it. */
   lastMarker(group: string): number {
     return this.groups.get(group)?.lastMarker ?? 0;

@@ -22,6 +22,7 @@ export interface GroupStatus {
   seqArrived: number;
   seqApplied: number;
   lagRecords: number;
+  lagBytes: number;
   lagMs: number;
   /** At a target: the completed cut readers see. */
   cut?: { writeTimeUs: number; nodeId: number; ordinal: number } | null;

@@ -6,11 +6,15 @@
  *   target refuses reads and takeover while it is half-synced, then `remcopy verify` passes.
  * - a link down longer than `suspendAfter` suspends the pair by itself, with the reason in status.
  * - a full journal under policy `suspend` suspends the pair instead of failing host writes.
+ * - the lag status reports is never below the truth (TESTING.md): it counts writes tracked while
+ *   suspended, through a kill -9 and the resync, and records retained across a kill -9 of the
+ *   source from before it.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test } from 'node:test';
 import { apiCall } from '../../src/node/api.js';
 import type { Api } from '../../src/testing/cluster.js';
@@ -74,6 +78,23 @@ test('suspend, writes tracked across a kill -9, resume resyncs only the dirty ch
       srcUri,
       offsets.map((o) => `write -P 0x22 ${o} 4k`),
     );
+    // Every tracked write was acknowledged by now: from here on the target has lacked them for at
+    // least the time since (TESTING.md: reported lag is never less than the true lag).
+    const trackedAckedBy = Date.now();
+    const lagAtLeast = async (what: string): Promise<void> => {
+      const floorMs = Date.now() - trackedAckedBy;
+      const st = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
+      assert.ok(
+        st.lagMs >= floorMs,
+        `${what}: lag ${st.lagMs} ms reported, the target lacks writes ${floorMs} ms old`,
+      );
+      assert.ok(
+        st.lagBytes >= (st.dirtyBytes ?? 0),
+        `${what}: lag ${st.lagBytes} bytes, ${st.dirtyBytes} dirty`,
+      );
+    };
+    await sleep(1500);
+    await lagAtLeast('suspended');
     const suspended = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
     assert.equal(suspended.state, 'suspended');
     assert.equal(suspended.reason, 'operator');
@@ -87,6 +108,7 @@ test('suspend, writes tracked across a kill -9, resume resyncs only the dirty ch
     A = await startNodeProcess(topo.file, 'a');
     const restarted = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
     assert.equal(restarted.state, 'suspended', 'the suspension survives a kill -9');
+    await lagAtLeast('restarted');
     assert.equal(restarted.dirtyBytes, dirtyMax, 'the dirty bits survive a kill -9');
     const readBack = await qemuIo(
       srcUri,
@@ -117,6 +139,7 @@ test('suspend, writes tracked across a kill -9, resume resyncs only the dirty ch
     assert.match(tk.out, /resync is running/);
     const progress = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
     assert.equal(progress.state, 'resync');
+    await lagAtLeast('resync');
     assert.ok(progress.resync && progress.resync.bytesTotal === dirtyMax, JSON.stringify(progress.resync));
 
     await waitState(apiOf(pa.api), topo.secret, 'gd', 'pair', 60_000);
@@ -139,6 +162,14 @@ test('suspend, writes tracked across a kill -9, resume resyncs only the dirty ch
     assert.doesNotMatch(tgtCheck, /Pattern verification failed|failed/);
     await waitFor('the dirty bits to be cleared', async () =>
       (await groupStatus(apiOf(pa.api), topo.secret, 'gd')).dirtyBytes === 0 ? true : undefined,
+    );
+    // Back in pair with everything applied (verify waited for it): the tracked writes no longer count.
+    const caughtUp = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
+    assert.equal(caughtUp.state, 'pair');
+    assert.deepEqual(
+      [caughtUp.lagRecords, caughtUp.lagBytes, caughtUp.lagMs],
+      [0, 0, 0],
+      JSON.stringify(caughtUp),
     );
   } finally {
     await Promise.all([A.stop(), B.stop()]);
@@ -165,6 +196,38 @@ test('a link down longer than suspendAfter suspends the pair; after resume the c
     assert.match(refused.out, /link to b is down/);
     B = await startNodeProcess(topo.file, 'b');
     await resumeAndVerify(topo, apiOf(pa.api), 'gd');
+  } finally {
+    await Promise.all([A.stop(), B.stop()]);
+  }
+});
+
+test('records retained across a kill -9 of the source count in its lag from before the restart', async () => {
+  const sites = await pairedSites(
+    root,
+    'lagrestart-',
+    { a: { volumes: { d: '16MiB' } }, b: { volumes: { d: '16MiB' } } },
+    { gd: ['a', 'b', 'd'] },
+  );
+  const { topo, pa } = sites;
+  let { A, B } = sites;
+  try {
+    await B.stop();
+    await qemuIo(`nbd://127.0.0.1:${pa.nbd}/d`, ['write -P 0x61 0 1M']);
+    const ackedBy = Date.now();
+    await sleep(1000);
+    await A.kill9();
+    A = await startNodeProcess(topo.file, 'a');
+    const floorMs = Date.now() - ackedBy;
+    const g = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
+    assert.ok(g.lagMs >= floorMs, `lag ${g.lagMs} ms reported, the target lacks writes ${floorMs} ms old`);
+    assert.ok(g.lagBytes >= 1024 * 1024, `lag ${g.lagBytes} bytes, 1 MiB not shipped`);
+    B = await startNodeProcess(topo.file, 'b');
+    await waitFor('the target to apply everything', async () => {
+      const s = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
+      return s.lagRecords === 0 ? s : undefined;
+    });
+    const caughtUp = await groupStatus(apiOf(pa.api), topo.secret, 'gd');
+    assert.deepEqual([caughtUp.lagBytes, caughtUp.lagMs], [0, 0]);
   } finally {
     await Promise.all([A.stop(), B.stop()]);
   }

@@ -31,6 +31,11 @@ const deltaSchema = z.object({
   state: z.enum(['suspended', 'resync', 'pair']),
   reason: z.string(),
   since: z.string(),
+  /**
+   * No later than the first write the target lacks that no record carries (a tracked one): lag
+   * figures count from it after a restart. Absent in files from before it: `since` then.
+   */
+  behindSince: z.string().optional(),
   redoFloor: z.number().int().nonnegative(),
   resyncEndSeq: z.number().int().nonnegative(),
   resyncs: z.number().int().nonnegative(),

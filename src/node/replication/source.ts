@@ -27,6 +27,7 @@ import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promi
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { RemcopyError } from '../../core/errors.js';
+import { LagTracker } from '../../core/lag.js';
 import type { Sequencer } from '../../core/sequencer.js';
 import { GroupSender, SENDER_LIMITS_DEFAULT } from '../../core/sender.js';
 import type { OrderKey, Seq } from '../../core/types.js';
@@ -41,7 +42,7 @@ import { consistencySetOf } from '../config.js';
 import { nowUs } from '../clock.js';
 import type { Log } from '../log.js';
 import type { WritePath } from '../write-path.js';
-import type { AppendedRecord } from '../write-path.js';
+import type { AppendedRecord, TrackPort } from '../write-path.js';
 import type { GroupBitmaps } from './bitmaps.js';
 import { bitmapsOn } from './bitmaps.js';
 import type { DeltaState, GroupStateStore } from './group-state.js';
@@ -127,20 +128,27 @@ export interface SourceGroupStatus {
   readonly lastError?: string;
 }
 
-/** A batch appended: its last seq, the bytes written so far, when its oldest write arrived. */
-interface Mark {
-  readonly seq: number;
-  readonly bytesTotal: number;
-  readonly arrivedMs: number;
+/** A wall-clock time (ms since the epoch) on the performance.now() clock lag figures use. */
+function monotonicOf(wallMs: number): number {
+  return performance.now() - (Date.now() - wallMs);
+}
+
+/**
+ * When the target began to lack writes that no record carries, as far as the persisted pair state
+ * tells after a restart (no later than the truth): suspended (bits cleared by copies the target
+ * has not applied yet still leave it behind), resyncing, or a resync not yet applied. undefined
+ * when the pair was in `pair` with its last resync released.
+ */
+function behindSinceAtStart(delta: DeltaState | undefined, released: number): number | undefined {
+  if (delta === undefined || (delta.state === 'pair' && delta.resyncEndSeq <= released)) return undefined;
+  return monotonicOf(Date.parse(delta.behindSince ?? delta.since));
 }
 
 class SourceGroup {
   readonly sender: GroupSender;
   seqDurable: number;
   seqApplied = 0;
-  private marks: Mark[] = [];
-  private base: Mark;
-  private bytesWritten = 0;
+  readonly lag: LagTracker;
   releaseTimer: NodeJS.Timeout | undefined;
   releasing: Promise<void> | undefined;
   lastError: string | undefined;
@@ -155,6 +163,8 @@ class SourceGroup {
   /** Bytes journalled as resync copy records since the start (metric). */
   resyncBytesTotal = 0;
   clearPersistTimer: NodeJS.Timeout | undefined;
+  /** What the write path marks a tracked write's chunks in (and tells its arrival to). */
+  readonly trackPort: TrackPort;
 
   constructor(
     readonly cfg: GroupConfig,
@@ -162,6 +172,7 @@ class SourceGroup {
     journal: Journal,
     epoch: number,
     readonly bitmaps: GroupBitmaps,
+    delta: DeltaState | undefined,
   ) {
     const released = journal.releasedSeq(cfg.name);
     this.sender = new GroupSender(
@@ -171,41 +182,41 @@ class SourceGroup {
       epoch,
     );
     this.seqDurable = released;
-    this.base = { seq: released, bytesTotal: 0, arrivedMs: performance.now() };
-    // Records recovered from the journal: their arrival is unknown, count them as arrived now,
-    // with all their bytes (lag is never reported below the truth).
-    if (journal.lastSeq(cfg.name) > released) {
-      this.bytesWritten = journal.retainedBytes(cfg.name);
-      this.marks.push({
-        seq: journal.lastSeq(cfg.name),
-        bytesTotal: this.bytesWritten,
-        arrivedMs: performance.now(),
-      });
-    }
+    // Records recovered from the journal count from their segment file's birth: their own
+    // arrival is not kept (lag is never reported below the truth).
+    const retainedSince = journal.retainedSinceMs(cfg.name);
+    this.lag = new LagTracker({
+      releasedSeq: released,
+      retained:
+        retainedSince === undefined
+          ? undefined
+          : {
+              lastSeq: journal.lastSeq(cfg.name),
+              bytes: journal.retainedBytes(cfg.name),
+              sinceMs: monotonicOf(retainedSince),
+            },
+      behindSinceMs: behindSinceAtStart(delta, released),
+    });
+    this.trackPort = {
+      mark: (volume, offset, length) => bitmaps.mark(volume, offset, length),
+      tracking: (arrivedMs) => this.lag.tracked(arrivedMs),
+    };
+  }
+
+  /** When the first write the target lacks that no record carries arrived, on the wall clock. */
+  behindSinceWall(): string | undefined {
+    const since = this.lag.behindSinceMs;
+    return since === undefined ? undefined : new Date(Date.now() - (performance.now() - since)).toISOString();
   }
 
   get name(): string {
     return this.cfg.name;
   }
 
-  noteAppended(lastSeq: number, bytes: number, arrivedMs: number): void {
-    this.bytesWritten += bytes;
-    this.marks.push({ seq: lastSeq, bytesTotal: this.bytesWritten, arrivedMs });
-  }
-
   noteApplied(applied: number): void {
     if (applied <= this.seqApplied) return;
     this.seqApplied = applied;
-    let i = 0;
-    while (i < this.marks.length && this.marks[i]!.seq <= applied) this.base = this.marks[i++]!;
-    if (i > 0) this.marks = this.marks.slice(i);
-  }
-
-  /** Lag as the target sees it, never below the truth: whole batches count until fully applied. */
-  lag(nowMs: number): { bytes: number; ms: number } {
-    const first = this.marks[0];
-    if (first === undefined) return { bytes: 0, ms: 0 };
-    return { bytes: this.bytesWritten - this.base.bytesTotal, ms: Math.max(0, nowMs - first.arrivedMs) };
+    this.lag.applied(applied);
   }
 }
 
@@ -542,12 +553,12 @@ export class SourceReplicator {
       if (st.role !== undefined) continue;
       const devices = [...g.pairs.keys()].map((name) => ({ name, device: o.devices.get(name)! }));
       const bitmaps = o.bitmapsOf?.(g.name) ?? bitmapsOn(o.cfg, g);
-      const sg = new SourceGroup(g, devices, o.journal, st.epoch, bitmaps);
+      const sg = new SourceGroup(g, devices, o.journal, st.epoch, bitmaps, st.delta);
       if (st.delta?.state === 'suspended') {
         // Before any front end listens: the group's writes go to the bitmap from the first one.
         sg.suspended = true;
         // (Tracked already when the node turned other groups around: same bitmaps, see bitmapsOf.)
-        if (!o.writePath.isTracked(g.name)) o.writePath.track(g.name, bitmaps, Promise.resolve());
+        if (!o.writePath.isTracked(g.name)) o.writePath.track(g.name, sg.trackPort, Promise.resolve());
       }
       this.groups.set(g.name, sg);
       byTarget.set(g.target, [...(byTarget.get(g.target) ?? []), sg]);
@@ -695,10 +706,12 @@ export class SourceReplicator {
   }
 
   private suspendOne(g: SourceGroup, reason: string): Promise<DeltaState> {
+    // Tracked writes of an earlier suspension the target has by now no longer count.
+    if (this.pairState(g) === 'pair') g.lag.caughtUp();
     let settle!: { ok: () => void; fail: (e: unknown) => void };
     const ready = new Promise<void>((ok, fail) => (settle = { ok, fail }));
     g.suspended = true;
-    this.o.writePath.track(g.name, g.bitmaps, ready);
+    this.o.writePath.track(g.name, g.trackPort, ready);
     // No record of the group is appended after this: everything up to it is redone no more once
     // the volumes hold it durably.
     const redoFloor = this.journal.lastSeq(g.name);
@@ -711,6 +724,8 @@ export class SourceReplicator {
         state: 'suspended',
         reason,
         since: new Date().toISOString(),
+        // The target lacks writes since then at the latest (the first tracked one comes later).
+        behindSince: g.behindSinceWall() ?? new Date().toISOString(),
         redoFloor: Math.max(redoFloor, prev?.redoFloor ?? 0),
         resyncEndSeq: prev?.resyncEndSeq ?? 0,
         resyncs: prev?.resyncs ?? 0,
@@ -873,7 +888,7 @@ export class SourceReplicator {
       if (kindCarriesData(h.kind)) e.bytes += h.length;
       per.set(g, e);
     }
-    for (const [g, e] of per) g.noteAppended(e.last, e.bytes, arrivedMs);
+    for (const [g, e] of per) g.lag.appended(e.last, e.bytes, arrivedMs);
     this.makeDurable();
   }
 
@@ -1174,17 +1189,10 @@ export class SourceReplicator {
       }
       const peer = this.peerOf(sg);
       const copy = st.copy;
-      const copying = copy !== undefined && (copy.state === 'copy' || sg.seqApplied < copy.copyEndSeq);
       const delta = st.delta;
-      const state: SourcePairState =
-        delta?.state === 'suspended'
-          ? 'suspended'
-          : copying
-            ? 'copy'
-            : delta?.state === 'resync' || (delta !== undefined && sg.seqApplied < delta.resyncEndSeq)
-              ? 'resync'
-              : 'pair';
-      const lag = sg.lag(now);
+      const state = this.pairState(sg);
+      if (state === 'pair') sg.lag.caughtUp();
+      const lag = sg.lag.lag(now, sg.bitmaps.dirtyBytes);
       out.push({
         name: g.name,
         role: 'source',
@@ -1212,6 +1220,16 @@ export class SourceReplicator {
       });
     }
     return out;
+  }
+
+  /** The pair's state as status shows it: `pair` once the target holds a consistent image again. */
+  private pairState(g: SourceGroup): SourcePairState {
+    const { copy, delta } = this.state.get(g.name);
+    if (delta?.state === 'suspended') return 'suspended';
+    if (copy !== undefined && (copy.state === 'copy' || g.seqApplied < copy.copyEndSeq)) return 'copy';
+    if (delta?.state === 'resync' || (delta !== undefined && g.seqApplied < delta.resyncEndSeq))
+      return 'resync';
+    return 'pair';
   }
 
   private resyncProgress(g: SourceGroup, now: number): ResyncProgress {
