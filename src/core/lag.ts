@@ -35,7 +35,10 @@ export interface Lag {
 export interface LagStart {
   /** The group's released seq: the target has applied everything up to it. */
   readonly releasedSeq: number;
-  /** Records retained past releasedSeq: the last one's seq, their bytes, and a time no later than the oldest one's arrival. */
+  /**
+   * Records retained past releasedSeq: the last one's seq, their bytes, and a time no later than
+   * the oldest one's arrival.
+   */
   readonly retained?: { readonly lastSeq: number; readonly bytes: number; readonly sinceMs: number };
   /** A time no later than the first write the target lacks that no record carries (tracked). */
   readonly behindSinceMs?: number;
