@@ -133,6 +133,11 @@ function monotonicOf(wallMs: number): number {
   return performance.now() - (Date.now() - wallMs);
 }
 
+/** The inverse of monotonicOf. */
+function wallOf(monotonicMs: number): number {
+  return Date.now() - (performance.now() - monotonicMs);
+}
+
 /**
  * When the target began to lack writes that no record carries, as far as the persisted pair state
  * tells after a restart (no later than the truth): suspended (bits cleared by copies the target
@@ -206,7 +211,7 @@ class SourceGroup {
   /** When the first write the target lacks that no record carries arrived, on the wall clock. */
   behindSinceWall(): string | undefined {
     const since = this.lag.behindSinceMs;
-    return since === undefined ? undefined : new Date(Date.now() - (performance.now() - since)).toISOString();
+    return since === undefined ? undefined : new Date(wallOf(since)).toISOString();
   }
 
   get name(): string {
